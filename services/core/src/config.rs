@@ -1,0 +1,806 @@
+//! The line configuration document (one YAML document per production line).
+//!
+//! The same schema is read from a file, a ConfigMap or the `ProductionLine` resource. Parsing
+//! is strict (unknown fields are errors) and [`LineConfig::validate`] reports every semantic
+//! problem at once, each with its path, so an engineer fixes a file in one pass.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    codec::{Address, ByteOrder, DataType, TagCodec, WordOrder},
+    names::name_problem,
+};
+
+/// One problem in a configuration document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where, e.g. `devices[0].tags[2].address`; empty for the document as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All the problems found in one document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A production line: its devices and tags, and how its services reach the bus and databases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineConfig {
+    /// Line name, `[a-z0-9_-]`; the first part of every tag path and MQTT topic.
+    pub line: String,
+    /// The MQTT broker that carries telemetry between adapter and processor.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Settings of the adapter service that polls this line's devices.
+    #[serde(default)]
+    pub adapter: AdapterSettings,
+    /// Settings of the processor service that consumes this line's samples.
+    #[serde(default)]
+    pub processor: ProcessorSettings,
+    /// Settings of the storage service and its databases.
+    #[serde(default)]
+    pub storage: StorageSettings,
+    /// The devices of the line.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// How to reach the MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `host:port` of the broker.
+    #[serde(default = "default_mqtt_address")]
+    pub address: String,
+    /// User name, when the broker requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password comes from a secret, never from this document.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// Keep-alive interval, e.g. `30s`.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub keep_alive: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            address: default_mqtt_address(),
+            username: None,
+            password: None,
+            keep_alive: default_keep_alive(),
+        }
+    }
+}
+
+fn default_mqtt_address() -> String {
+    "127.0.0.1:1883".into()
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Where a secret comes from: an environment variable or a file (e.g. a mounted Secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SecretRef {
+    /// Name of an environment variable that holds the secret.
+    Env(String),
+    /// Path of a file whose contents (trailing newline removed) are the secret.
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// Reads the secret. The error names where it looked, never the secret.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            SecretRef::Env(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set or not UTF-8")),
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Adapter service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSettings {
+    /// Identifies this adapter instance in every batch it publishes.
+    #[serde(default = "default_adapter_id")]
+    pub id: String,
+    /// Address of the gRPC AdapterService.
+    #[serde(default = "default_adapter_grpc")]
+    pub grpc_listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default = "default_adapter_http")]
+    pub http_listen: SocketAddr,
+    /// Folder for state that must survive restarts (sequence numbers).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for AdapterSettings {
+    fn default() -> Self {
+        Self {
+            id: default_adapter_id(),
+            grpc_listen: default_adapter_grpc(),
+            http_listen: default_adapter_http(),
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_adapter_id() -> String {
+    "adapter-0".into()
+}
+fn default_adapter_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_adapter_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9181))
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("fieldline-state")
+}
+
+/// Processor service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorSettings {
+    /// Address of the gRPC PlantService (the MES API).
+    #[serde(default = "default_processor_grpc")]
+    pub grpc_listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default = "default_processor_http")]
+    pub http_listen: SocketAddr,
+    /// URL of the storage service's gRPC endpoint.
+    #[serde(default = "default_storage_url")]
+    pub storage_url: String,
+    /// MQTT client id; a fixed id keeps the broker session (and unacked messages) across
+    /// restarts. Defaults to `fieldline-processor-{line}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        Self {
+            grpc_listen: default_processor_grpc(),
+            http_listen: default_processor_http(),
+            storage_url: default_storage_url(),
+            client_id: None,
+        }
+    }
+}
+
+fn default_processor_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50053))
+}
+fn default_processor_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9183))
+}
+fn default_storage_url() -> String {
+    "http://127.0.0.1:50052".into()
+}
+
+/// Storage service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Address of the gRPC StorageService.
+    #[serde(default = "default_storage_grpc")]
+    pub grpc_listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default = "default_storage_http")]
+    pub http_listen: SocketAddr,
+    /// InfluxDB for sample history.
+    #[serde(default)]
+    pub influx: Option<InfluxConfig>,
+    /// MySQL/MariaDB or SQLite for devices, tags, latest values and events.
+    #[serde(default)]
+    pub sql: Option<SqlConfig>,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            grpc_listen: default_storage_grpc(),
+            http_listen: default_storage_http(),
+            influx: None,
+            sql: None,
+        }
+    }
+}
+
+fn default_storage_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50052))
+}
+fn default_storage_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9182))
+}
+
+/// An InfluxDB 1.x server, written through the v1 `/write` API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    /// Database to write to.
+    pub database: String,
+    /// Retention policy; the database's default when absent.
+    #[serde(default)]
+    pub retention_policy: Option<String>,
+    /// User name, when authentication is on.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password, from a secret.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// Create the database at startup when it does not exist.
+    #[serde(default = "default_true")]
+    pub create_database: bool,
+    /// Time limit of one write request.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+}
+
+/// A SQL database reached through sqlx: `mysql://user@host:3306/db` or `sqlite://path.db`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Connection URL without the password.
+    pub url: String,
+    /// Password, from a secret (MySQL only).
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The protocol a device speaks; selects the adapter's driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// A Modbus TCP server (a PLC, or a gateway in front of RTU slaves).
+    ModbusTcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::ModbusTcp => "modbus-tcp",
+        }
+    }
+}
+
+/// A device of the line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Device name, `[a-z0-9_-]`, unique within the line.
+    pub name: String,
+    /// Device type; selects plugins, alarms and control rules.
+    #[serde(rename = "type")]
+    pub device_type: String,
+    /// The protocol the device speaks.
+    pub protocol: Protocol,
+    /// Where the device is: `host:port` for modbus-tcp.
+    pub endpoint: String,
+    /// Modbus unit identifier (slave id); gateways route by it.
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+    /// How often to poll, e.g. `500ms`.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub poll_interval: Duration,
+    /// Time limit for connecting and for each request.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Longest pause between reconnect attempts (the backoff doubles up to this).
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_backoff: Duration,
+    /// The tags to read.
+    pub tags: Vec<TagConfig>,
+}
+
+impl DeviceConfig {
+    /// Name, type and unit of every tag, for metadata tables and the MES.
+    pub fn tag_metadata(&self) -> Vec<TagMetadata> {
+        self.tags
+            .iter()
+            .map(|t| TagMetadata {
+                name: t.name.clone(),
+                data_type: t.data_type.clone(),
+                address: t.address.clone(),
+                unit: t.unit.clone(),
+                writable: t.writable,
+                description: t.description.clone(),
+            })
+            .collect()
+    }
+}
+
+/// What the rest of the pipeline knows of a tag, whatever its protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagMetadata {
+    pub name: String,
+    pub data_type: String,
+    pub address: String,
+    pub unit: Option<String>,
+    pub writable: bool,
+    pub description: Option<String>,
+}
+
+fn default_unit_id() -> u8 {
+    1
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A tag: where it lives on the device, its type and how to scale it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagConfig {
+    /// Tag name, `[a-z0-9_-]`, unique within the device.
+    pub name: String,
+    /// Where the value lives. Modbus: `coil`, `discrete`, `input` or `holding`, then the
+    /// 0-based offset; a bit of a register as `holding:5.3`.
+    pub address: String,
+    /// bool, u16, i16, u32, i32, u64, i64, f32, f64 or string(N registers).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// Register order of 32/64-bit values.
+    #[serde(default)]
+    pub word_order: WordOrder,
+    /// Byte order inside each register.
+    #[serde(default)]
+    pub byte_order: ByteOrder,
+    /// value = raw * scale + offset.
+    #[serde(default)]
+    pub scale: Option<f64>,
+    /// value = raw * scale + offset.
+    #[serde(default)]
+    pub offset: Option<f64>,
+    /// Engineering unit, e.g. `degC`.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Publish only when the value moved by more than this (report by exception).
+    #[serde(default)]
+    pub deadband: Option<f64>,
+    /// Whether commands may write this tag.
+    #[serde(default)]
+    pub writable: bool,
+    /// Lowest value a command may write.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest value a command may write.
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// Free text for people.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A Modbus tag after validation: parsed address and codec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedModbusTag {
+    pub name: String,
+    pub address: Address,
+    pub codec: TagCodec,
+    pub deadband: Option<f64>,
+    pub writable: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl TagConfig {
+    /// Parses the tag as a Modbus tag, checking that address, type and options fit together.
+    pub fn resolve(&self) -> Result<ResolvedModbusTag, Vec<(&'static str, String)>> {
+        let mut problems = Vec::new();
+        let address = self
+            .address
+            .parse::<Address>()
+            .map_err(|e| problems.push(("address", e)));
+        let data_type = self
+            .data_type
+            .parse::<DataType>()
+            .map_err(|e| problems.push(("type", e)));
+        let (Ok(address), Ok(data_type)) = (address, data_type) else {
+            return Err(problems);
+        };
+        if (address.table.is_bits() || address.bit.is_some()) && data_type != DataType::Bool {
+            problems.push((
+                "type",
+                format!(
+                    "a {} holds one bit, so its type must be bool",
+                    describe(&address)
+                ),
+            ));
+        }
+        if address.bit.is_none()
+            && !address.table.is_bits()
+            && u32::from(address.offset) + u32::from(data_type.registers()) > 65536
+        {
+            problems.push((
+                "address",
+                format!("{data_type} at {address} runs past register 65535"),
+            ));
+        }
+        for (field, v) in [("scale", self.scale), ("offset", self.offset)] {
+            if let Some(v) = v {
+                if !data_type.is_numeric() {
+                    problems.push((field, format!("applies to numbers, not to {data_type}")));
+                } else if !v.is_finite() || (field == "scale" && v == 0.0) {
+                    problems.push((field, format!("{v} is not a usable {field}")));
+                }
+            }
+        }
+        if let Some(d) = self.deadband
+            && !(d.is_finite() && d >= 0.0)
+        {
+            problems.push(("deadband", format!("{d} must be a number of at least 0")));
+        }
+        if self.writable && !address.table.is_writable() {
+            problems.push((
+                "writable",
+                format!("{}s are read-only in Modbus", address.table),
+            ));
+        }
+        if let (Some(min), Some(max)) = (self.min, self.max)
+            && min > max
+        {
+            problems.push(("min", format!("min {min} is above max {max}")));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(ResolvedModbusTag {
+            name: self.name.clone(),
+            address,
+            codec: TagCodec {
+                data_type,
+                word_order: self.word_order,
+                byte_order: self.byte_order,
+                bit: address.bit,
+                scale: self.scale,
+                offset: self.offset,
+            },
+            deadband: self.deadband,
+            writable: self.writable,
+            min: self.min,
+            max: self.max,
+        })
+    }
+}
+
+fn describe(address: &Address) -> String {
+    match address.bit {
+        Some(_) => "bit of a register".into(),
+        None => format!("{}", address.table),
+    }
+}
+
+impl LineConfig {
+    /// Parses and validates a YAML document, returning every problem found.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        let config: LineConfig = serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            // serde_yaml prefixes the path ("devices[0].tags[1]: unknown field ...").
+            let (path, message) = match message.split_once(": ") {
+                Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
+                _ => (String::new(), message),
+            };
+            ConfigErrors(vec![ConfigError { path, message }])
+        })?;
+        config.validate().map_err(ConfigErrors)?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Checks everything parsing cannot: names, addresses, types, ranges, uniqueness.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+        if let Some(p) = name_problem(&self.line) {
+            err("line".into(), format!("name {p}"));
+        }
+        if self.mqtt.address.parse::<SocketAddr>().is_err() && !self.mqtt.address.contains(':') {
+            err(
+                "mqtt.address".into(),
+                format!("{:?} is not host:port", self.mqtt.address),
+            );
+        }
+        if let Some(influx) = &self.storage.influx
+            && !(influx.url.starts_with("http://") || influx.url.starts_with("https://"))
+        {
+            err(
+                "storage.influx.url".into(),
+                format!("{:?} must start with http:// or https://", influx.url),
+            );
+        }
+        if let Some(sql) = &self.storage.sql
+            && !(sql.url.starts_with("mysql://")
+                || sql.url.starts_with("mariadb://")
+                || sql.url.starts_with("sqlite:"))
+        {
+            err(
+                "storage.sql.url".into(),
+                format!(
+                    "{:?} must start with mysql://, mariadb:// or sqlite:",
+                    sql.url
+                ),
+            );
+        }
+        if self.devices.is_empty() {
+            err("devices".into(), "a line needs at least one device".into());
+        }
+        let mut device_names = HashSet::new();
+        for (i, device) in self.devices.iter().enumerate() {
+            let at = format!("devices[{i}]");
+            if let Some(p) = name_problem(&device.name) {
+                err(format!("{at}.name"), format!("name {p}"));
+            } else if !device_names.insert(device.name.as_str()) {
+                err(
+                    format!("{at}.name"),
+                    format!("device {:?} is defined twice", device.name),
+                );
+            }
+            if device.device_type.is_empty() {
+                err(format!("{at}.type"), "must not be empty".into());
+            }
+            match device.protocol {
+                Protocol::ModbusTcp => validate_modbus(device, &at, &mut err),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+}
+
+fn validate_modbus(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, String)) {
+    if !d
+        .endpoint
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    {
+        err(
+            format!("{at}.endpoint"),
+            format!("{:?} is not host:port", d.endpoint),
+        );
+    }
+    if d.poll_interval < Duration::from_millis(10) {
+        err(
+            format!("{at}.poll_interval"),
+            "must be at least 10ms".into(),
+        );
+    }
+    if d.timeout.is_zero() {
+        err(format!("{at}.timeout"), "must be more than 0".into());
+    }
+    if d.tags.is_empty() {
+        err(
+            format!("{at}.tags"),
+            "a device needs at least one tag".into(),
+        );
+    }
+    let mut tag_names = HashSet::new();
+    for (j, tag) in d.tags.iter().enumerate() {
+        let tat = format!("{at}.tags[{j}]");
+        if let Some(p) = name_problem(&tag.name) {
+            err(format!("{tat}.name"), format!("name {p}"));
+        } else if !tag_names.insert(tag.name.as_str()) {
+            err(
+                format!("{tat}.name"),
+                format!("tag {:?} is defined twice", tag.name),
+            );
+        }
+        if let Err(problems) = tag.resolve() {
+            for (field, message) in problems {
+                err(format!("{tat}.{field}"), message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+line: packaging-1
+devices:
+  - name: filler
+    type: filler-v2
+    protocol: modbus-tcp
+    endpoint: 127.0.0.1:5020
+    unit_id: 1
+    poll_interval: 500ms
+    tags:
+      - name: temperature
+        address: holding:0
+        type: f32
+        word_order: big
+        byte_order: big
+        scale: 0.01
+        unit: degC
+        deadband: 0.05
+      - name: pump_run
+        address: coil:0
+        type: bool
+        writable: true
+"#;
+
+    #[test]
+    fn the_design_example_is_valid() {
+        let c = LineConfig::from_yaml(GOOD).unwrap();
+        assert_eq!(c.line, "packaging-1");
+        let d = &c.devices[0];
+        assert_eq!(d.poll_interval, Duration::from_millis(500));
+        assert_eq!(d.tags.len(), 2);
+        assert_eq!(c.mqtt.address, "127.0.0.1:1883");
+    }
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        match LineConfig::from_yaml(yaml) {
+            Ok(_) => panic!("expected errors"),
+            Err(ConfigErrors(errors)) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path_at_once() {
+        let yaml = GOOD
+            .replace("address: holding:0", "address: holdng:0")
+            .replace("name: pump_run", "name: Pump Run")
+            .replace("type: bool", "type: f32")
+            .replace("127.0.0.1:5020", "127.0.0.1");
+        let errors = errors_of(&yaml);
+        let expected = [
+            "devices[0].endpoint: \"127.0.0.1\" is not host:port",
+            "devices[0].tags[0].address: unknown table \"holdng\"; use coil, discrete, input or holding",
+            "devices[0].tags[1].name: name \"Pump Run\" contains 'P'",
+            "devices[0].tags[1].type: a coil holds one bit, so its type must be bool",
+        ];
+        for e in expected {
+            assert!(
+                errors.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_a_path() {
+        let errors = errors_of(&GOOD.replace("unit: degC", "unti: degC"));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("unknown field `unti`"), "{errors:?}");
+        assert!(errors[0].starts_with("devices[0].tags[0]"), "{errors:?}");
+    }
+
+    #[test]
+    fn unknown_protocol_is_an_error() {
+        let errors = errors_of(&GOOD.replace("modbus-tcp", "modbus-udp"));
+        assert!(errors[0].contains("modbus-udp"), "{errors:?}");
+    }
+
+    #[test]
+    fn duplicates_ranges_and_writability_are_checked() {
+        let yaml = GOOD
+            .replace("name: pump_run", "name: temperature")
+            .replace("scale: 0.01", "scale: 0")
+            .replace("deadband: 0.05", "deadband: -1")
+            .replace("poll_interval: 500ms", "poll_interval: 1ms");
+        let errors = errors_of(&yaml);
+        for e in [
+            "devices[0].tags[1].name: tag \"temperature\" is defined twice",
+            "devices[0].tags[0].scale: 0 is not a usable scale",
+            "devices[0].tags[0].deadband: -1 must be a number of at least 0",
+            "devices[0].poll_interval: must be at least 10ms",
+        ] {
+            assert!(
+                errors.iter().any(|got| got == e),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        let ro = GOOD.replace("address: coil:0", "address: discrete:0");
+        assert!(
+            errors_of(&ro)
+                .iter()
+                .any(|e| e == "devices[0].tags[1].writable: discretes are read-only in Modbus")
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error_not_a_panic() {
+        for bad in [
+            "",
+            "line: [",
+            "line: a\ndevices: 3",
+            "\u{feff}line: x\ndevices: []",
+        ] {
+            assert!(LineConfig::from_yaml(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_file() {
+        let dir = std::env::temp_dir().join(format!("fieldline-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(SecretRef::File(file).resolve().unwrap(), "s3cret");
+        let missing = SecretRef::Env("FIELDLINE_TEST_SURELY_UNSET".into())
+            .resolve()
+            .unwrap_err();
+        assert!(missing.contains("FIELDLINE_TEST_SURELY_UNSET"));
+    }
+}

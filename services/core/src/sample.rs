@@ -1,0 +1,169 @@
+//! Values, quality and samples: what every stage after the device speaks.
+
+use std::fmt;
+
+/// A typed value. Integers keep their signedness so storage can type fields exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    String(String),
+}
+
+impl Value {
+    /// The value as a float, for deadbands and limits; `None` for strings.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            Value::I64(v) => Some(*v as f64),
+            Value::U64(v) => Some(*v as f64),
+            Value::F64(v) => Some(*v),
+            Value::String(_) => None,
+        }
+    }
+
+    /// A short name of the value's type, for messages and metadata.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Bool(_) => "bool",
+            Value::I64(_) => "int",
+            Value::U64(_) => "uint",
+            Value::F64(_) => "float",
+            Value::String(_) => "string",
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::I64(v) => write!(f, "{v}"),
+            Value::U64(v) => write!(f, "{v}"),
+            Value::F64(v) => write!(f, "{v}"),
+            Value::String(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// Why a sample is not Good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QualityReason {
+    CommFailure,
+    DeviceException(u8),
+    DecodeError,
+    OutOfRange,
+    Stale,
+    Processing,
+}
+
+impl QualityReason {
+    /// The reason as stored in `<tag>_quality` fields and shown to people.
+    pub fn code(&self) -> String {
+        match self {
+            QualityReason::CommFailure => "comm_failure".into(),
+            QualityReason::DeviceException(code) => format!("device_exception({code})"),
+            QualityReason::DecodeError => "decode_error".into(),
+            QualityReason::OutOfRange => "out_of_range".into(),
+            QualityReason::Stale => "stale".into(),
+            QualityReason::Processing => "processing".into(),
+        }
+    }
+}
+
+/// Whether a value can be trusted, and if not, why.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Quality {
+    Good,
+    Uncertain {
+        reason: QualityReason,
+        detail: String,
+    },
+    Bad {
+        reason: QualityReason,
+        detail: String,
+    },
+}
+
+impl Quality {
+    pub fn bad(reason: QualityReason, detail: impl Into<String>) -> Self {
+        Quality::Bad {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn is_good(&self) -> bool {
+        matches!(self, Quality::Good)
+    }
+
+    pub fn is_bad(&self) -> bool {
+        matches!(self, Quality::Bad { .. })
+    }
+
+    /// `good`, `uncertain:<reason>` or `bad:<reason>`: the compact form stored beside values.
+    pub fn code(&self) -> String {
+        match self {
+            Quality::Good => "good".into(),
+            Quality::Uncertain { reason, .. } => format!("uncertain:{}", reason.code()),
+            Quality::Bad { reason, .. } => format!("bad:{}", reason.code()),
+        }
+    }
+}
+
+impl fmt::Display for Quality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Quality::Good => f.write_str("good"),
+            Quality::Uncertain { detail, .. } | Quality::Bad { detail, .. }
+                if !detail.is_empty() =>
+            {
+                write!(f, "{} ({detail})", self.code())
+            }
+            _ => f.write_str(&self.code()),
+        }
+    }
+}
+
+/// One reading of one tag. A Bad sample carries no value: an unreadable value is never 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub tag: String,
+    pub value: Option<Value>,
+    pub quality: Quality,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp_ns: i64,
+}
+
+impl Sample {
+    pub fn good(tag: impl Into<String>, value: Value, timestamp_ns: i64) -> Self {
+        Self {
+            tag: tag.into(),
+            value: Some(value),
+            quality: Quality::Good,
+            timestamp_ns,
+        }
+    }
+
+    pub fn bad(tag: impl Into<String>, quality: Quality, timestamp_ns: i64) -> Self {
+        debug_assert!(quality.is_bad());
+        Self {
+            tag: tag.into(),
+            value: None,
+            quality,
+            timestamp_ns,
+        }
+    }
+}
+
+/// The samples of one device from one poll, numbered per device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleBatch {
+    pub line: String,
+    pub device: String,
+    pub adapter_id: String,
+    pub sequence: u64,
+    pub samples: Vec<Sample>,
+}

@@ -1,0 +1,275 @@
+//! Conversions between wire messages and core types. Incoming messages are outside input:
+//! anything the core model cannot represent is an error, never a default.
+
+use fieldline_core::{Quality, QualityReason, Sample, SampleBatch, Value};
+
+use crate::v1;
+
+/// A message that does not describe a valid core value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("sample {tag:?}: {message}")]
+    Sample { tag: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<Value> for v1::Value {
+    fn from(v: Value) -> Self {
+        use v1::value::Kind;
+        let kind = match v {
+            Value::Bool(b) => Kind::BoolValue(b),
+            Value::I64(i) => Kind::IntValue(i),
+            Value::U64(u) => Kind::UintValue(u),
+            Value::F64(f) => Kind::DoubleValue(f),
+            Value::String(s) => Kind::StringValue(s),
+        };
+        v1::Value { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<v1::Value> for Value {
+    type Error = ConvertError;
+
+    fn try_from(v: v1::Value) -> Result<Self, ConvertError> {
+        use v1::value::Kind;
+        Ok(match v.kind {
+            Some(Kind::BoolValue(b)) => Value::Bool(b),
+            Some(Kind::IntValue(i)) => Value::I64(i),
+            Some(Kind::UintValue(u)) => Value::U64(u),
+            Some(Kind::DoubleValue(f)) => Value::F64(f),
+            Some(Kind::StringValue(s)) => Value::String(s),
+            None => return Err(ConvertError::Invalid("value has no kind".into())),
+        })
+    }
+}
+
+fn reason_to_wire(reason: QualityReason) -> (v1::QualityReason, u32) {
+    match reason {
+        QualityReason::CommFailure => (v1::QualityReason::CommFailure, 0),
+        QualityReason::DeviceException(code) => {
+            (v1::QualityReason::DeviceException, u32::from(code))
+        }
+        QualityReason::DecodeError => (v1::QualityReason::DecodeError, 0),
+        QualityReason::OutOfRange => (v1::QualityReason::OutOfRange, 0),
+        QualityReason::Stale => (v1::QualityReason::Stale, 0),
+        QualityReason::Processing => (v1::QualityReason::Processing, 0),
+    }
+}
+
+fn reason_from_wire(q: &v1::Quality) -> Result<QualityReason, String> {
+    Ok(match v1::QualityReason::try_from(q.reason) {
+        Ok(v1::QualityReason::CommFailure) => QualityReason::CommFailure,
+        Ok(v1::QualityReason::DeviceException) => QualityReason::DeviceException(
+            u8::try_from(q.exception_code)
+                .map_err(|_| format!("exception code {} is out of range", q.exception_code))?,
+        ),
+        Ok(v1::QualityReason::DecodeError) => QualityReason::DecodeError,
+        Ok(v1::QualityReason::OutOfRange) => QualityReason::OutOfRange,
+        Ok(v1::QualityReason::Stale) => QualityReason::Stale,
+        Ok(v1::QualityReason::Processing) => QualityReason::Processing,
+        Ok(v1::QualityReason::Unspecified) | Err(_) => {
+            return Err(format!("quality reason {} is not known", q.reason));
+        }
+    })
+}
+
+impl From<Quality> for v1::Quality {
+    fn from(q: Quality) -> Self {
+        let (status, reason, detail) = match q {
+            Quality::Good => (v1::QualityStatus::Good, None, String::new()),
+            Quality::Uncertain { reason, detail } => {
+                (v1::QualityStatus::Uncertain, Some(reason), detail)
+            }
+            Quality::Bad { reason, detail } => (v1::QualityStatus::Bad, Some(reason), detail),
+        };
+        let (reason, exception_code) = reason
+            .map(reason_to_wire)
+            .unwrap_or((v1::QualityReason::Unspecified, 0));
+        v1::Quality {
+            status: status as i32,
+            reason: reason as i32,
+            exception_code,
+            detail,
+        }
+    }
+}
+
+impl TryFrom<v1::Quality> for Quality {
+    type Error = String;
+
+    fn try_from(q: v1::Quality) -> Result<Self, String> {
+        match v1::QualityStatus::try_from(q.status) {
+            Ok(v1::QualityStatus::Good) => Ok(Quality::Good),
+            Ok(v1::QualityStatus::Uncertain) => Ok(Quality::Uncertain {
+                reason: reason_from_wire(&q)?,
+                detail: q.detail,
+            }),
+            Ok(v1::QualityStatus::Bad) => Ok(Quality::Bad {
+                reason: reason_from_wire(&q)?,
+                detail: q.detail,
+            }),
+            Ok(v1::QualityStatus::Unspecified) | Err(_) => {
+                Err(format!("quality status {} is not known", q.status))
+            }
+        }
+    }
+}
+
+impl From<Sample> for v1::Sample {
+    fn from(s: Sample) -> Self {
+        v1::Sample {
+            tag: s.tag,
+            value: s.value.map(Into::into),
+            quality: Some(s.quality.into()),
+            timestamp_ns: s.timestamp_ns,
+        }
+    }
+}
+
+impl TryFrom<v1::Sample> for Sample {
+    type Error = ConvertError;
+
+    fn try_from(s: v1::Sample) -> Result<Self, ConvertError> {
+        let err = |message: String| ConvertError::Sample {
+            tag: s.tag.clone(),
+            message,
+        };
+        let quality: Quality = s
+            .quality
+            .clone()
+            .ok_or_else(|| err("has no quality".into()))?
+            .try_into()
+            .map_err(err)?;
+        let value = match s.value.clone() {
+            Some(v) => Some(Value::try_from(v).map_err(|e| err(e.to_string()))?),
+            None => None,
+        };
+        match (&value, &quality) {
+            (Some(_), Quality::Bad { .. }) => {
+                return Err(err("a Bad sample must not carry a value".into()));
+            }
+            (None, Quality::Good | Quality::Uncertain { .. }) => {
+                return Err(err("a Good or Uncertain sample needs a value".into()));
+            }
+            _ => {}
+        }
+        if let Some(Value::F64(f)) = &value
+            && !f.is_finite()
+        {
+            return Err(err(format!("value {f} is not a finite number")));
+        }
+        Ok(Sample {
+            tag: s.tag,
+            value,
+            quality,
+            timestamp_ns: s.timestamp_ns,
+        })
+    }
+}
+
+impl From<SampleBatch> for v1::SampleBatch {
+    fn from(b: SampleBatch) -> Self {
+        v1::SampleBatch {
+            line: b.line,
+            device: b.device,
+            adapter_id: b.adapter_id,
+            sequence: b.sequence,
+            samples: b.samples.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::SampleBatch> for SampleBatch {
+    type Error = ConvertError;
+
+    fn try_from(b: v1::SampleBatch) -> Result<Self, ConvertError> {
+        for (what, name) in [("line", &b.line), ("device", &b.device)] {
+            if let Some(problem) = fieldline_core::names::name_problem(name) {
+                return Err(ConvertError::Invalid(format!(
+                    "batch {what} name {problem}"
+                )));
+            }
+        }
+        let samples = b
+            .samples
+            .into_iter()
+            .map(Sample::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        for s in &samples {
+            if let Some(problem) = fieldline_core::names::name_problem(&s.tag) {
+                return Err(ConvertError::Sample {
+                    tag: s.tag.clone(),
+                    message: format!("tag name {problem}"),
+                });
+            }
+        }
+        Ok(SampleBatch {
+            line: b.line,
+            device: b.device,
+            adapter_id: b.adapter_id,
+            sequence: b.sequence,
+            samples,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn batch() -> SampleBatch {
+        SampleBatch {
+            line: "l1".into(),
+            device: "d1".into(),
+            adapter_id: "a".into(),
+            sequence: 7,
+            samples: vec![
+                Sample::good("t", Value::F64(1.5), 10),
+                Sample::good("i", Value::I64(-3), 10),
+                Sample::good("u", Value::U64(u64::MAX), 10),
+                Sample::good("b", Value::Bool(true), 10),
+                Sample::bad(
+                    "x",
+                    Quality::bad(QualityReason::DeviceException(2), "illegal data address"),
+                    10,
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn batches_round_trip_through_bytes() {
+        let bytes = v1::SampleBatch::from(batch()).encode_to_vec();
+        let back =
+            SampleBatch::try_from(v1::SampleBatch::decode(bytes.as_slice()).unwrap()).unwrap();
+        assert_eq!(back, batch());
+    }
+
+    #[test]
+    fn inconsistent_samples_are_refused() {
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[0].quality = None;
+        assert!(SampleBatch::try_from(wire).is_err());
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[4].value = Some(Value::I64(0).into());
+        assert!(
+            SampleBatch::try_from(wire).is_err(),
+            "a Bad sample with a value"
+        );
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[0].value = Some(Value::F64(f64::NAN).into());
+        assert!(SampleBatch::try_from(wire).is_err());
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.device = "../etc".into();
+        assert!(SampleBatch::try_from(wire).is_err());
+    }
+
+    #[test]
+    fn garbage_bytes_do_not_decode_into_a_batch() {
+        let garbage = [0xffu8, 0xff, 0xff, 0x01, 0x02];
+        let decoded = v1::SampleBatch::decode(garbage.as_slice());
+        assert!(decoded.is_err() || SampleBatch::try_from(decoded.unwrap()).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! The wire contract of Fieldline: protobuf messages and gRPC services generated from
+//! `proto/fieldline/v1`, and conversions between them and the core domain types. Every
+//! service speaks through this crate; nothing else generates code from the `.proto` files.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("fieldline.v1");
+
+    /// The encoded descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/fieldline_descriptor.bin"));
+}
+
+mod convert;
+
+pub use convert::ConvertError;
+
+/// MQTT topic of a device's sample batches.
+pub fn samples_topic(line: &str, device: &str) -> String {
+    format!("fieldline/v1/{line}/{device}/samples")
+}
+
+/// MQTT filter matching every device's sample batches of a line.
+pub fn line_samples_filter(line: &str) -> String {
+    format!("fieldline/v1/{line}/+/samples")
+}
