@@ -102,9 +102,10 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------- stop
 
-# stop_pidfile NAME PIDFILE: stop a server this script started (by its pid).
+# stop_pidfile NAME PIDFILE BINARY: stop a server this script started (by its
+# pid, and only if that pid still runs BINARY).
 stop_pidfile() {
-    local name=$1 pidfile=$2 pid
+    local name=$1 pidfile=$2 binary=$3 pid
     if [[ ! -s $pidfile ]]; then
         log "$name: no pid file $pidfile, nothing to stop"
         return 0
@@ -112,6 +113,11 @@ stop_pidfile() {
     pid=$(tr -dc '0-9' <"$pidfile")
     if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then
         log "$name: pid ${pid:-?} is not running"
+        rm -f "$pidfile"
+        return 0
+    fi
+    if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$binary"; then
+        log "$name: pid $pid is not $binary (stale pid file), not stopping it"
         rm -f "$pidfile"
         return 0
     fi
@@ -131,9 +137,9 @@ stop_parts() {
     local part
     for part in "$@"; do
         case $part in
-        mosquitto) stop_pidfile mosquitto "$DIR/mosquitto.pid" ;;
-        mariadb) stop_pidfile mariadb "$DIR/mariadbd.pid" ;;
-        influxdb) stop_pidfile influxdb "$DIR/influxd.pid" ;;
+        mosquitto) stop_pidfile mosquitto "$DIR/mosquitto.pid" mosquitto ;;
+        mariadb) stop_pidfile mariadb "$DIR/mariadbd.pid" mariadbd ;;
+        influxdb) stop_pidfile influxdb "$DIR/influxd.pid" influxd ;;
         tools | venv) ;;
         *) die "unknown part '$part' (parts: ${ALL_PARTS[*]})" ;;
         esac
@@ -159,7 +165,6 @@ setup_mosquitto() {
         SUMMARY+=("mosquitto  mqtt://127.0.0.1:$MQTT_PORT (already running, reused)")
         return 0
     fi
-    have curl || apt_install curl
     have mosquitto || apt_install mosquitto
     have mosquitto || die "mosquitto is still missing after apt-get install mosquitto"
 
@@ -207,7 +212,9 @@ setup_mariadb() {
     local data="$DIR/mysql-data" cnf="$DIR/my.cnf" logf="$DIR/mariadbd.log"
     local sock="$DIR/mariadbd.sock" how
 
-    have mariadb || apt_install mariadb-client
+    if ! have mariadb; then
+        if port_open "$MARIADB_PORT"; then apt_install mariadb-client; else apt_install mariadb-server; fi
+    fi
     if port_open "$MARIADB_PORT"; then
         if ! maria_tcp -e 'select 1' >/dev/null 2>&1; then
             # A server we did not start, where root may have unix_socket auth
@@ -362,6 +369,9 @@ setup_venv() {
     fi
 
     if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        if ! have "$PYTHON" && [[ $PYTHON == python3 ]]; then
+            apt_install python3 python3-venv
+        fi
         have "$PYTHON" || die "$PYTHON not found (set FIELDLINE_PYTHON)"
         rm -rf "$VENV"
         log "creating venv $VENV"
