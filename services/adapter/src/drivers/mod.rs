@@ -1,0 +1,36 @@
+//! Device drivers, one folder per protocol. A driver owns its device connection, polls on
+//! schedule, turns replies into samples (Bad with a reason when a value cannot be read) and
+//! performs writes handed to it through the adapter's safe write path.
+
+pub mod modbus;
+
+use std::sync::{Arc, Mutex};
+
+use fieldline_proto::v1;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{metrics::AdapterMetrics, publisher::BatchSink, sequence::Sequence};
+
+/// A write on its way to the driver that owns the device, with where to send the outcome.
+pub struct WriteRequest {
+    pub command: v1::Command,
+    /// Tag name within the device.
+    pub tag: String,
+    pub reply: oneshot::Sender<v1::CommandResult>,
+}
+
+/// The handle through which the rest of the adapter reaches a running device.
+#[derive(Clone)]
+pub struct DeviceHandle {
+    pub name: String,
+    pub writes: mpsc::Sender<WriteRequest>,
+}
+
+/// What every driver needs from the adapter.
+pub struct DeviceContext {
+    pub line: String,
+    pub adapter_id: String,
+    pub sink: BatchSink,
+    pub metrics: AdapterMetrics,
+    pub sequence: Arc<Mutex<Sequence>>,
+}

@@ -1,0 +1,136 @@
+//! The adapter: the first stage of the pipeline. It polls the devices of one production line
+//! through protocol drivers, turns what they say into typed, timestamped, quality-flagged
+//! samples, publishes them as numbered batches to `fieldline/v1/{line}/{device}/samples`
+//! (QoS 1) and serves AdapterService (live samples and writes) over gRPC.
+
+pub mod drivers;
+pub mod metrics;
+pub mod publisher;
+pub mod sequence;
+pub mod service;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use fieldline_core::config::{LineConfig, Protocol};
+use fieldline_proto::v1::adapter_service_server::AdapterServiceServer;
+use fieldline_runtime::{CancellationToken, Health};
+use prometheus_client::registry::Registry;
+use tokio::task::JoinSet;
+
+use crate::{
+    drivers::{DeviceContext, DeviceHandle, modbus::ModbusDevice},
+    metrics::AdapterMetrics,
+    publisher::Publisher,
+    sequence::Sequence,
+};
+
+/// Errors that stop the adapter from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] fieldline_runtime::Error),
+    #[error("device {device}: {message}")]
+    Device { device: String, message: String },
+    #[error(transparent)]
+    Sequence(#[from] sequence::SequenceError),
+    #[error("cannot serve gRPC on {addr}: {source}")]
+    Grpc { addr: SocketAddr, source: std::io::Error },
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Runtime(e) => e.metric_label(),
+            Error::Device { .. } => "device",
+            Error::Sequence(_) => "sequence",
+            Error::Grpc { .. } => "bind",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A started adapter; [`RunningAdapter::wait`] returns once it has stopped and flushed.
+pub struct RunningAdapter {
+    pub grpc_addr: SocketAddr,
+    tasks: JoinSet<()>,
+    publisher: Publisher,
+}
+
+impl RunningAdapter {
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        self.publisher.join().await;
+    }
+}
+
+/// Starts polling every device of `config` and serving AdapterService, until `stop`.
+pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry, stop: CancellationToken) -> Result<RunningAdapter> {
+    let metrics = AdapterMetrics::register(registry);
+    let settings = &config.adapter;
+    let client_id = format!("fieldline-adapter-{}-{}", config.line, settings.id);
+    let options = fieldline_runtime::mqtt::options(&config.mqtt, &client_id)?;
+    // Pollers stop first; the publisher then flushes what they queued.
+    let pollers_stop = stop.child_token();
+    let publisher_stop = CancellationToken::new();
+    let publisher = Publisher::start(
+        options,
+        publisher::DEFAULT_QUEUE,
+        metrics.clone(),
+        health.component("mqtt"),
+        publisher_stop.clone(),
+        Duration::from_secs(5),
+    );
+    let mut tasks = JoinSet::new();
+    let mut handles = HashMap::new();
+    let now_us = u64::try_from(fieldline_runtime::now_ns() / 1000).unwrap_or(0);
+    for device in &config.devices {
+        let sequence = Sequence::open(&settings.state_dir, &config.line, &device.name, now_us)?;
+        let cx = DeviceContext {
+            line: config.line.clone(),
+            adapter_id: settings.id.clone(),
+            sink: publisher.sink.clone(),
+            metrics: metrics.clone(),
+            sequence: Arc::new(Mutex::new(sequence)),
+        };
+        let (writes_tx, writes_rx) = tokio::sync::mpsc::channel(64);
+        handles.insert(device.name.clone(), DeviceHandle { name: device.name.clone(), writes: writes_tx });
+        match device.protocol {
+            Protocol::ModbusTcp => {
+                let driver = ModbusDevice::new(device.clone())
+                    .map_err(|message| Error::Device { device: device.name.clone(), message })?;
+                tasks.spawn(driver.run(cx, writes_rx, pollers_stop.clone()));
+            }
+        }
+    }
+    let api = service::AdapterApi { line: config.line.clone(), devices: handles, sink: publisher.sink.clone() };
+    let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
+        .await
+        .map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
+    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
+    let grpc_stop = stop.clone();
+    tasks.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(AdapterServiceServer::new(api))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), grpc_stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "AdapterService stopped");
+        }
+    });
+    tracing::info!(line = %config.line, devices = config.devices.len(), grpc = %grpc_addr, "adapter started");
+    // When every poller has stopped, let the publisher flush and disconnect.
+    let flush = publisher_stop.clone();
+    tasks.spawn(async move {
+        pollers_stop.cancelled().await;
+        // Give pollers a moment to hand over their last batch.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        flush.cancel();
+    });
+    Ok(RunningAdapter { grpc_addr, tasks, publisher })
+}
