@@ -1,0 +1,127 @@
+//! Storage: the last stage of the pipeline. It takes sample batches from processors over
+//! StorageService.Ingest and acknowledges each one only once every configured backend has
+//! it: InfluxDB for sample history, MySQL/MariaDB (or SQLite in the embedded mode) for devices,
+//! tags and the latest value of each tag.
+
+pub mod metrics;
+pub mod service;
+pub mod sinks;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use fieldline_core::config::LineConfig;
+use fieldline_proto::v1::storage_service_server::StorageServiceServer;
+use fieldline_runtime::{CancellationToken, Health, backoff::Backoff};
+use prometheus_client::registry::Registry;
+
+use crate::{
+    metrics::StorageMetrics,
+    sinks::{Sink, SinkError, influx::InfluxSink, sql::SqlSink},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage needs at least one backend: set storage.influx and/or storage.sql")]
+    NoSinks,
+    #[error("{0}")]
+    Sink(#[from] SinkError),
+    #[error("cannot serve gRPC on {addr}: {source}")]
+    Grpc { addr: SocketAddr, source: std::io::Error },
+    #[error("stopped before the backends were reachable")]
+    Stopped,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::NoSinks => "config",
+            Error::Sink(e) => e.metric_label(),
+            Error::Grpc { .. } => "bind",
+            Error::Stopped => "stopped",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A started storage service.
+pub struct RunningStorage {
+    pub grpc_addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+    sinks: Arc<Vec<Sink>>,
+}
+
+impl RunningStorage {
+    /// Waits for the server to stop, then closes the database pools.
+    pub async fn wait(self) {
+        let _ = self.server.await;
+        for sink in self.sinks.iter() {
+            if let Sink::Sql(s) = sink {
+                s.close().await;
+            }
+        }
+    }
+}
+
+/// Connects the configured backends (retrying while they are unreachable) and serves
+/// StorageService until `stop`.
+pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry, stop: CancellationToken) -> Result<RunningStorage> {
+    let settings = &config.storage;
+    if settings.influx.is_none() && settings.sql.is_none() {
+        return Err(Error::NoSinks);
+    }
+    let metrics = StorageMetrics::register(registry);
+    let ready = health.component("backends");
+    let mut sinks = Vec::new();
+    if let Some(influx) = &settings.influx {
+        let sink = InfluxSink::new(influx)?;
+        retry_until_ready("influxdb", &stop, || sink.prepare()).await?;
+        sinks.push(Sink::Influx(sink));
+    }
+    if let Some(sql) = &settings.sql {
+        let sink = retry_until_ready("sql", &stop, || SqlSink::connect(sql)).await?;
+        retry_until_ready("sql", &stop, || sink.register_line(&config.line, &config.devices)).await?;
+        sinks.push(Sink::Sql(sink));
+    }
+    ready.set(true);
+    let sinks = Arc::new(sinks);
+    let api = service::StorageApi { sinks: sinks.clone(), metrics, stop: stop.clone() };
+    let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
+        .await
+        .map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
+    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
+    let server = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(StorageServiceServer::new(api))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "StorageService stopped");
+        }
+    });
+    let names: Vec<&str> = sinks.iter().map(Sink::name).collect();
+    tracing::info!(grpc = %grpc_addr, sinks = ?names, "storage started");
+    Ok(RunningStorage { grpc_addr, server, sinks })
+}
+
+async fn retry_until_ready<T, F, Fut>(what: &str, stop: &CancellationToken, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SinkError>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(SinkError::Config(e)) => return Err(Error::Sink(SinkError::Config(e))),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(backend = what, %error, retry_in = ?delay, "backend not ready");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return Err(Error::Stopped),
+                }
+            }
+        }
+    }
+}

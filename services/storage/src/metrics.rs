@@ -1,0 +1,40 @@
+//! Storage metrics, exported on `/metrics`.
+
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+pub type Labels = Vec<(&'static str, String)>;
+
+#[derive(Clone)]
+pub struct StorageMetrics {
+    pub batches: Family<Labels, Counter>,
+    pub samples_written: Family<Labels, Counter>,
+    pub samples_rejected: Family<Labels, Counter>,
+    pub retries: Family<Labels, Counter>,
+    pub write_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+fn write_histogram() -> Histogram {
+    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
+}
+
+impl StorageMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            batches: Family::default(),
+            samples_written: Family::default(),
+            samples_rejected: Family::default(),
+            retries: Family::default(),
+            write_seconds: Family::new_with_constructor(write_histogram),
+        };
+        let r = registry.sub_registry_with_prefix("fieldline_storage");
+        r.register("batches", "Batches received, by result", m.batches.clone());
+        r.register("samples_written", "Samples stored, by sink", m.samples_written.clone());
+        r.register("samples_rejected", "Samples a sink refused for good, by sink", m.samples_rejected.clone());
+        r.register("write_retries", "Writes retried after a transient failure, by sink", m.retries.clone());
+        r.register("write_duration_seconds", "Time of one successful sink write, by sink", m.write_seconds.clone());
+        m
+    }
+}
