@@ -1,0 +1,291 @@
+//! From the telemetry bus to storage, with nothing lost and nothing stored twice.
+//!
+//! The MQTT session is persistent and acks are manual: a batch is acknowledged to the broker
+//! only after storage acknowledged it, so a crash anywhere in between makes the broker deliver
+//! it again. Redeliveries of batches already stored are recognised by their per-device
+//! sequence number and dropped; a redelivery of a batch still in flight is simply stored again
+//! (storage writes are idempotent). When the storage link breaks, every unacknowledged batch
+//! is sent again, in order, on the new link.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use fieldline_proto::{line_samples_filter, v1, v1::storage_service_client::StorageServiceClient};
+use fieldline_runtime::{CancellationToken, backoff::Backoff, health::Readiness};
+use prost::Message;
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{latest::Latest, metrics::ProcessorMetrics};
+
+/// Highest stored sequence number per (line, device).
+type Progress = Arc<Mutex<HashMap<(String, String), u64>>>;
+
+struct InFlight {
+    id: u64,
+    publish: Publish,
+    batch: v1::SampleBatch,
+}
+
+/// Everything the two forwarding tasks share.
+pub struct Forwarder {
+    pub line: String,
+    pub client: AsyncClient,
+    pub metrics: ProcessorMetrics,
+    pub latest: Latest,
+    pub storage_url: String,
+    pub mqtt_ready: Readiness,
+    pub storage_ready: Readiness,
+}
+
+impl Forwarder {
+    /// Runs until `stop`; then waits (up to `drain`) for storage to ack what is in flight,
+    /// acks those messages to the broker and disconnects.
+    pub async fn run(self, eventloop: EventLoop, stop: CancellationToken, drain: Duration) {
+        let progress: Progress = Arc::default();
+        let (to_storage, from_mqtt) = mpsc::unbounded_channel();
+        let mqtt_done = CancellationToken::new();
+        let consume = tokio::spawn(consume(
+            eventloop,
+            self.client.clone(),
+            self.line.clone(),
+            to_storage,
+            progress.clone(),
+            self.metrics.clone(),
+            self.latest.clone(),
+            self.mqtt_ready.clone(),
+            stop.clone(),
+            mqtt_done.clone(),
+        ));
+        forward(
+            from_mqtt,
+            self.client.clone(),
+            self.storage_url,
+            progress,
+            self.metrics,
+            self.storage_ready,
+            stop,
+            drain,
+        )
+        .await;
+        let _ = self.client.disconnect().await;
+        // Let the event loop send the last acks and the DISCONNECT.
+        let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_done.cancelled()).await;
+        consume.abort();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    line: String,
+    to_storage: mpsc::UnboundedSender<(Publish, v1::SampleBatch)>,
+    progress: Progress,
+    metrics: ProcessorMetrics,
+    latest: Latest,
+    ready: Readiness,
+    stop: CancellationToken,
+    done: CancellationToken,
+) {
+    let filter = line_samples_filter(&line);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                tracing::info!(filter = %filter, "connected to MQTT broker; subscribing");
+                if let Err(error) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                    tracing::error!(%error, "cannot subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if stop.is_cancelled() {
+                    // Not acked: the broker keeps it for the next session.
+                    continue;
+                }
+                handle(publish, &client, &to_storage, &progress, &metrics, &latest).await;
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                done.cancel();
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                ready.set(false);
+                if stop.is_cancelled() {
+                    done.cancel();
+                    return;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "MQTT connection failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    publish: Publish,
+    client: &AsyncClient,
+    to_storage: &mpsc::UnboundedSender<(Publish, v1::SampleBatch)>,
+    progress: &Progress,
+    metrics: &ProcessorMetrics,
+    latest: &Latest,
+) {
+    metrics.received.inc();
+    let batch = match v1::SampleBatch::decode(publish.payload.as_ref()) {
+        Ok(b) => b,
+        Err(error) => {
+            // Not a batch: retrying cannot help, and holding it would block the session.
+            metrics.invalid.inc();
+            tracing::warn!(topic = %publish.topic, %error, bytes = publish.payload.len(), "dropping a message that is not a SampleBatch");
+            let _ = client.ack(&publish).await;
+            return;
+        }
+    };
+    if let Err(error) = fieldline_core::SampleBatch::try_from(batch.clone()) {
+        metrics.invalid.inc();
+        tracing::warn!(topic = %publish.topic, %error, "dropping an invalid SampleBatch");
+        let _ = client.ack(&publish).await;
+        return;
+    }
+    let key = (batch.line.clone(), batch.device.clone());
+    let stored_up_to = progress.lock().ok().and_then(|p| p.get(&key).copied());
+    if stored_up_to.is_some_and(|last| batch.sequence <= last) {
+        metrics.duplicates.inc();
+        tracing::debug!(device = %batch.device, sequence = batch.sequence, "redelivery of a stored batch dropped");
+        let _ = client.ack(&publish).await;
+        return;
+    }
+    latest.apply(&batch);
+    if to_storage.send((publish, batch)).is_err() {
+        tracing::debug!("forwarder stopped; batch left for redelivery");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut from_mqtt: mpsc::UnboundedReceiver<(Publish, v1::SampleBatch)>,
+    client: AsyncClient,
+    storage_url: String,
+    progress: Progress,
+    metrics: ProcessorMetrics,
+    ready: Readiness,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut next_id: u64 = 1;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut draining_until: Option<tokio::time::Instant> = None;
+    'connect: loop {
+        if draining_until.is_some_and(|t| tokio::time::Instant::now() >= t) || (stop.is_cancelled() && in_flight.is_empty()) {
+            break;
+        }
+        let mut storage = match StorageServiceClient::connect(storage_url.clone()).await {
+            Ok(c) => c,
+            Err(error) => {
+                ready.set(false);
+                metrics.error("storage_connect");
+                let delay = backoff.next_delay();
+                tracing::warn!(url = %storage_url, %error, retry_in = ?delay, "storage unreachable");
+                if stop.is_cancelled() && draining_until.is_none() {
+                    draining_until = Some(tokio::time::Instant::now() + drain);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                }
+                continue;
+            }
+        };
+        let (requests, request_rx) = mpsc::channel::<v1::IngestRequest>(1024);
+        // Everything not yet acknowledged goes again, in order.
+        let resend: Vec<v1::IngestRequest> =
+            in_flight.iter().map(|f| v1::IngestRequest { request_id: f.id, batch: Some(f.batch.clone()) }).collect();
+        let sender = requests.clone();
+        tokio::spawn(async move {
+            for r in resend {
+                if sender.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut acks = match storage.ingest(ReceiverStream::new(request_rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                metrics.error("storage_ingest");
+                let delay = backoff.next_delay();
+                tracing::warn!(%status, retry_in = ?delay, "storage refused the ingest stream");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        ready.set(true);
+        backoff.reset();
+        tracing::info!(url = %storage_url, resent = in_flight.len(), "storage link up");
+        loop {
+            if stop.is_cancelled() && draining_until.is_none() {
+                draining_until = Some(tokio::time::Instant::now() + drain);
+                from_mqtt.close();
+            }
+            if draining_until.is_some() && in_flight.is_empty() && from_mqtt.is_empty() {
+                break 'connect;
+            }
+            let deadline = draining_until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                received = from_mqtt.recv() => {
+                    let Some((publish, batch)) = received else { continue };
+                    let id = next_id;
+                    next_id += 1;
+                    let request = v1::IngestRequest { request_id: id, batch: Some(batch.clone()) };
+                    in_flight.push_back(InFlight { id, publish, batch });
+                    metrics.in_flight.set(in_flight.len() as i64);
+                    if requests.send(request).await.is_err() {
+                        continue 'connect;
+                    }
+                }
+                ack = acks.message() => match ack {
+                    Ok(Some(ack)) => {
+                        let Some(pos) = in_flight.iter().position(|f| f.id == ack.request_id) else { continue };
+                        let Some(done) = in_flight.remove(pos) else { continue };
+                        metrics.in_flight.set(in_flight.len() as i64);
+                        if ack.stored {
+                            metrics.stored.inc();
+                        } else {
+                            metrics.error("refused_by_storage");
+                            tracing::warn!(device = %done.batch.device, sequence = done.batch.sequence, detail = %ack.detail, "storage refused a batch");
+                        }
+                        if ack.rejected_samples > 0 {
+                            metrics.rejected_samples.inc_by(u64::from(ack.rejected_samples));
+                        }
+                        if let Ok(mut p) = progress.lock() {
+                            let last = p.entry((done.batch.line.clone(), done.batch.device.clone())).or_insert(0);
+                            *last = (*last).max(done.batch.sequence);
+                        }
+                        if let Err(error) = client.ack(&done.publish).await {
+                            tracing::warn!(%error, "cannot ack to the broker; it will redeliver");
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        ready.set(false);
+                        metrics.error("storage_link");
+                        tracing::warn!(in_flight = in_flight.len(), "storage link lost; reconnecting");
+                        continue 'connect;
+                    }
+                },
+                _ = stop.cancelled(), if draining_until.is_none() => {}
+                _ = tokio::time::sleep_until(deadline), if draining_until.is_some() => {
+                    tracing::warn!(in_flight = in_flight.len(), "storage did not acknowledge everything before shutdown; the broker will redeliver");
+                    break 'connect;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! `fieldline-processor --config LINE.yaml`: forwards the line's telemetry to storage and
+//! serves the MES API.
+
+use std::{path::PathBuf, sync::Arc};
+
+use clap::Parser;
+use fieldline_runtime::{Health, http, shutdown, telemetry};
+use prometheus_client::registry::Registry;
+
+/// Consumes a line's samples from MQTT, forwards them to storage and serves PlantService.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The line document.
+    #[arg(long, short, env = "FIELDLINE_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let args = Args::parse();
+    let config = fieldline_runtime::config::load(&args.config)?;
+    let stop = shutdown::on_signal();
+    let health = Health::default();
+    let mut registry = Registry::default();
+    let processor = fieldline_processor::start(&config, &health, &mut registry, stop.clone()).await?;
+    http::serve(config.processor.http_listen, health, Arc::new(registry), stop.clone()).await?;
+    processor.wait().await;
+    Ok(())
+}
