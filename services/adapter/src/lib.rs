@@ -39,7 +39,10 @@ pub enum Error {
     #[error(transparent)]
     Sequence(#[from] sequence::SequenceError),
     #[error("cannot serve gRPC on {addr}: {source}")]
-    Grpc { addr: SocketAddr, source: std::io::Error },
+    Grpc {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -70,7 +73,12 @@ impl RunningAdapter {
 }
 
 /// Starts polling every device of `config` and serving AdapterService, until `stop`.
-pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry, stop: CancellationToken) -> Result<RunningAdapter> {
+pub async fn start(
+    config: &LineConfig,
+    health: &Health,
+    registry: &mut Registry,
+    stop: CancellationToken,
+) -> Result<RunningAdapter> {
     let metrics = AdapterMetrics::register(registry);
     let settings = &config.adapter;
     let client_id = format!("fieldline-adapter-{}-{}", config.line, settings.id);
@@ -99,25 +107,47 @@ pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry
             sequence: Arc::new(Mutex::new(sequence)),
         };
         let (writes_tx, writes_rx) = tokio::sync::mpsc::channel(64);
-        handles.insert(device.name.clone(), DeviceHandle { name: device.name.clone(), writes: writes_tx });
+        handles.insert(
+            device.name.clone(),
+            DeviceHandle {
+                name: device.name.clone(),
+                writes: writes_tx,
+            },
+        );
         match device.protocol {
             Protocol::ModbusTcp => {
-                let driver = ModbusDevice::new(device.clone())
-                    .map_err(|message| Error::Device { device: device.name.clone(), message })?;
+                let driver =
+                    ModbusDevice::new(device.clone()).map_err(|message| Error::Device {
+                        device: device.name.clone(),
+                        message,
+                    })?;
                 tasks.spawn(driver.run(cx, writes_rx, pollers_stop.clone()));
             }
         }
     }
-    let api = service::AdapterApi { line: config.line.clone(), devices: handles, sink: publisher.sink.clone() };
+    let api = service::AdapterApi {
+        line: config.line.clone(),
+        devices: handles,
+        sink: publisher.sink.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
         .await
-        .map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
-    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
+        .map_err(|source| Error::Grpc {
+            addr: settings.grpc_listen,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc {
+        addr: settings.grpc_listen,
+        source,
+    })?;
     let grpc_stop = stop.clone();
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(AdapterServiceServer::new(api))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), grpc_stop.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                grpc_stop.cancelled_owned(),
+            )
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "AdapterService stopped");
@@ -132,5 +162,9 @@ pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry
         tokio::time::sleep(Duration::from_millis(20)).await;
         flush.cancel();
     });
-    Ok(RunningAdapter { grpc_addr, tasks, publisher })
+    Ok(RunningAdapter {
+        grpc_addr,
+        tasks,
+        publisher,
+    })
 }

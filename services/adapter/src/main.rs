@@ -24,7 +24,13 @@ async fn main() -> anyhow::Result<()> {
     let health = Health::default();
     let mut registry = Registry::default();
     let adapter = fieldline_adapter::start(&config, &health, &mut registry, stop.clone()).await?;
-    http::serve(config.adapter.http_listen, health, Arc::new(registry), stop.clone()).await?;
+    http::serve(
+        config.adapter.http_listen,
+        health,
+        Arc::new(registry),
+        stop.clone(),
+    )
+    .await?;
     adapter.wait().await;
     Ok(())
 }

@@ -22,7 +22,9 @@ pub struct AdapterMetrics {
 }
 
 fn poll_histogram() -> Histogram {
-    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
 }
 
 impl AdapterMetrics {
@@ -40,14 +42,42 @@ impl AdapterMetrics {
         };
         let r = registry.sub_registry_with_prefix("fieldline_adapter");
         r.register("polls", "Poll cycles run, by device", m.polls.clone());
-        r.register("poll_duration_seconds", "Time to read every tag of a device once", m.poll_seconds.clone());
-        r.register("requests", "Protocol requests sent, by device and table", m.requests.clone());
+        r.register(
+            "poll_duration_seconds",
+            "Time to read every tag of a device once",
+            m.poll_seconds.clone(),
+        );
+        r.register(
+            "requests",
+            "Protocol requests sent, by device and table",
+            m.requests.clone(),
+        );
         r.register("errors", "Errors, by device and kind", m.errors.clone());
-        r.register("samples_read", "Samples read, by device and quality", m.samples_read.clone());
-        r.register("batches_published", "Sample batches handed to the MQTT client", m.batches_published.clone());
-        r.register("batches_dropped", "Sample batches dropped because the publish queue was full", m.batches_dropped.clone());
-        r.register("publish_queue_depth", "Batches waiting for the broker", m.publish_queue.clone());
-        r.register("writes", "Write commands, by device and outcome", m.writes.clone());
+        r.register(
+            "samples_read",
+            "Samples read, by device and quality",
+            m.samples_read.clone(),
+        );
+        r.register(
+            "batches_published",
+            "Sample batches handed to the MQTT client",
+            m.batches_published.clone(),
+        );
+        r.register(
+            "batches_dropped",
+            "Sample batches dropped because the publish queue was full",
+            m.batches_dropped.clone(),
+        );
+        r.register(
+            "publish_queue_depth",
+            "Batches waiting for the broker",
+            m.publish_queue.clone(),
+        );
+        r.register(
+            "writes",
+            "Write commands, by device and outcome",
+            m.writes.clone(),
+        );
         m
     }
 }

@@ -51,7 +51,9 @@ impl BatchSink {
                 tracing::debug!("publisher stopped; batch not queued");
             }
         }
-        self.metrics.publish_queue.set((self.capacity - self.queue.capacity()) as i64);
+        self.metrics
+            .publish_queue
+            .set((self.capacity - self.queue.capacity()) as i64);
     }
 
     /// Live batches, for AdapterService.StreamSamples.
@@ -83,8 +85,24 @@ impl Publisher {
         let unacked = Arc::new(AtomicI64::new(0));
         let connection = CancellationToken::new();
         tokio::spawn(drive(eventloop, ready, unacked.clone(), connection.clone()));
-        let task = tokio::spawn(drain(rx, client, metrics.clone(), unacked, stop, connection, flush_timeout));
-        Publisher { sink: BatchSink { queue, live, metrics, capacity: capacity.max(1) }, task }
+        let task = tokio::spawn(drain(
+            rx,
+            client,
+            metrics.clone(),
+            unacked,
+            stop,
+            connection,
+            flush_timeout,
+        ));
+        Publisher {
+            sink: BatchSink {
+                queue,
+                live,
+                metrics,
+                capacity: capacity.max(1),
+            },
+            task,
+        }
     }
 
     /// Waits until the publisher has flushed and disconnected.
@@ -122,18 +140,29 @@ async fn drain(
     }
     let left = unacked.load(Ordering::Relaxed);
     if left > 0 {
-        tracing::warn!(unacknowledged = left, "stopping with batches the broker has not acknowledged");
+        tracing::warn!(
+            unacknowledged = left,
+            "stopping with batches the broker has not acknowledged"
+        );
     }
     let _ = client.disconnect().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     connection.cancel();
 }
 
-async fn publish(client: &AsyncClient, metrics: &AdapterMetrics, unacked: &AtomicI64, batch: SampleBatch) {
+async fn publish(
+    client: &AsyncClient,
+    metrics: &AdapterMetrics,
+    unacked: &AtomicI64,
+    batch: SampleBatch,
+) {
     let topic = samples_topic(&batch.line, &batch.device);
     let payload = v1::SampleBatch::from(batch).encode_to_vec();
     unacked.fetch_add(1, Ordering::Relaxed);
-    match client.publish(topic, QoS::AtLeastOnce, false, payload).await {
+    match client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+    {
         Ok(()) => {
             metrics.batches_published.inc();
         }
@@ -146,7 +175,12 @@ async fn publish(client: &AsyncClient, metrics: &AdapterMetrics, unacked: &Atomi
 }
 
 /// Polls the MQTT event loop: connects, reconnects with backoff, counts acknowledgements.
-async fn drive(mut eventloop: EventLoop, ready: Readiness, unacked: Arc<AtomicI64>, stop: CancellationToken) {
+async fn drive(
+    mut eventloop: EventLoop,
+    ready: Readiness,
+    unacked: Arc<AtomicI64>,
+    stop: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let event = tokio::select! {

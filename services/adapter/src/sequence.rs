@@ -34,7 +34,10 @@ impl Sequence {
     /// Opens (or creates) the state for `device` under `dir`.
     pub fn open(dir: &Path, line: &str, device: &str, now_us: u64) -> Result<Self, SequenceError> {
         let path = dir.join(format!("{line}.{device}.seq"));
-        let err = |source| SequenceError { path: path.clone(), source };
+        let err = |source| SequenceError {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(err)?;
         let stored = match std::fs::read_to_string(&path) {
             Ok(text) => match text.trim().parse::<u64>() {
@@ -48,7 +51,11 @@ impl Sequence {
             Err(e) => return Err(err(e)),
         };
         let start = stored.max(now_us).max(1);
-        let mut seq = Self { path, next: start, reserved_until: start };
+        let mut seq = Self {
+            path,
+            next: start,
+            reserved_until: start,
+        };
         seq.reserve()?;
         Ok(seq)
     }
@@ -76,7 +83,10 @@ impl Sequence {
             }
             Ok(())
         };
-        write().map_err(|source| SequenceError { path: self.path.clone(), source })?;
+        write().map_err(|source| SequenceError {
+            path: self.path.clone(),
+            source,
+        })?;
         self.reserved_until = until;
         Ok(())
     }
@@ -108,7 +118,11 @@ mod tests {
             assert!(n > last);
             last = n;
         }
-        let stored: u64 = std::fs::read_to_string(dir.path().join("l.d.seq")).unwrap().trim().parse().unwrap();
+        let stored: u64 = std::fs::read_to_string(dir.path().join("l.d.seq"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(stored > last);
     }
 

@@ -23,39 +23,64 @@ type SampleStream = Pin<Box<dyn Stream<Item = Result<v1::SampleBatch, Status>> +
 impl AdapterService for AdapterApi {
     type StreamSamplesStream = SampleStream;
 
-    async fn stream_samples(&self, request: Request<v1::StreamSamplesRequest>) -> Result<Response<SampleStream>, Status> {
+    async fn stream_samples(
+        &self,
+        request: Request<v1::StreamSamplesRequest>,
+    ) -> Result<Response<SampleStream>, Status> {
         let wanted = request.into_inner().devices;
         if let Some(unknown) = wanted.iter().find(|d| !self.devices.contains_key(*d)) {
-            return Err(Status::not_found(format!("this adapter has no device {unknown:?}")));
+            return Err(Status::not_found(format!(
+                "this adapter has no device {unknown:?}"
+            )));
         }
-        let stream = BroadcastStream::new(self.sink.subscribe()).filter_map(move |item| match item {
-            Ok(batch) if wanted.is_empty() || wanted.contains(&batch.device) => Some(Ok((*batch).clone())),
-            Ok(_) => None,
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                tracing::warn!(skipped = n, "a StreamSamples client is too slow; batches skipped for it");
-                None
-            }
-        });
+        let stream =
+            BroadcastStream::new(self.sink.subscribe()).filter_map(move |item| match item {
+                Ok(batch) if wanted.is_empty() || wanted.contains(&batch.device) => {
+                    Some(Ok((*batch).clone()))
+                }
+                Ok(_) => None,
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        skipped = n,
+                        "a StreamSamples client is too slow; batches skipped for it"
+                    );
+                    None
+                }
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn write(&self, request: Request<v1::Command>) -> Result<Response<v1::CommandResult>, Status> {
+    async fn write(
+        &self,
+        request: Request<v1::Command>,
+    ) -> Result<Response<v1::CommandResult>, Status> {
         let command = request.into_inner();
         let path = TagPath::parse(&command.tag).map_err(Status::invalid_argument)?;
         if path.line != self.line {
-            return Err(Status::not_found(format!("this adapter serves line {:?}, not {:?}", self.line, path.line)));
+            return Err(Status::not_found(format!(
+                "this adapter serves line {:?}, not {:?}",
+                self.line, path.line
+            )));
         }
-        let device = self
-            .devices
-            .get(&path.device)
-            .ok_or_else(|| Status::not_found(format!("line {} has no device {:?}", self.line, path.device)))?;
+        let device = self.devices.get(&path.device).ok_or_else(|| {
+            Status::not_found(format!(
+                "line {} has no device {:?}",
+                self.line, path.device
+            ))
+        })?;
         let (reply, outcome) = oneshot::channel();
         device
             .writes
-            .send(WriteRequest { command, tag: path.tag, reply })
+            .send(WriteRequest {
+                command,
+                tag: path.tag,
+                reply,
+            })
             .await
             .map_err(|_| Status::unavailable("the device's driver has stopped"))?;
-        let result = outcome.await.map_err(|_| Status::unavailable("the device's driver stopped during the write"))?;
+        let result = outcome
+            .await
+            .map_err(|_| Status::unavailable("the device's driver stopped during the write"))?;
         Ok(Response::new(result))
     }
 }

@@ -185,7 +185,9 @@ async fn forward(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut draining_until: Option<tokio::time::Instant> = None;
     'connect: loop {
-        if draining_until.is_some_and(|t| tokio::time::Instant::now() >= t) || (stop.is_cancelled() && in_flight.is_empty()) {
+        if draining_until.is_some_and(|t| tokio::time::Instant::now() >= t)
+            || (stop.is_cancelled() && in_flight.is_empty())
+        {
             break;
         }
         let mut storage = match StorageServiceClient::connect(storage_url.clone()).await {
@@ -207,8 +209,13 @@ async fn forward(
         };
         let (requests, request_rx) = mpsc::channel::<v1::IngestRequest>(1024);
         // Everything not yet acknowledged goes again, in order.
-        let resend: Vec<v1::IngestRequest> =
-            in_flight.iter().map(|f| v1::IngestRequest { request_id: f.id, batch: Some(f.batch.clone()) }).collect();
+        let resend: Vec<v1::IngestRequest> = in_flight
+            .iter()
+            .map(|f| v1::IngestRequest {
+                request_id: f.id,
+                batch: Some(f.batch.clone()),
+            })
+            .collect();
         let sender = requests.clone();
         tokio::spawn(async move {
             for r in resend {
@@ -238,7 +245,8 @@ async fn forward(
             if draining_until.is_some() && in_flight.is_empty() && from_mqtt.is_empty() {
                 break 'connect;
             }
-            let deadline = draining_until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let deadline = draining_until
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 received = from_mqtt.recv() => {
                     let Some((publish, batch)) = received else { continue };

@@ -19,7 +19,10 @@ pub struct Latest {
 
 impl Default for Latest {
     fn default() -> Self {
-        Self { samples: Arc::default(), changes: broadcast::channel(4096).0 }
+        Self {
+            samples: Arc::default(),
+            changes: broadcast::channel(4096).0,
+        }
     }
 }
 
@@ -27,7 +30,10 @@ impl Default for Latest {
 pub fn matches(filter: &v1::TagFilter, s: &v1::TagSample) -> bool {
     (filter.line.is_empty() || filter.line == s.line)
         && (filter.device.is_empty() || filter.device == s.device)
-        && (filter.tags.is_empty() || s.sample.as_ref().is_some_and(|x| filter.tags.contains(&x.tag)))
+        && (filter.tags.is_empty()
+            || s.sample
+                .as_ref()
+                .is_some_and(|x| filter.tags.contains(&x.tag)))
 }
 
 impl Latest {
@@ -42,7 +48,11 @@ impl Latest {
                     .and_then(|held| held.sample.as_ref())
                     .is_none_or(|held| s.timestamp_ns >= held.timestamp_ns);
                 if newer {
-                    let tagged = v1::TagSample { line: batch.line.clone(), device: batch.device.clone(), sample: Some(s.clone()) };
+                    let tagged = v1::TagSample {
+                        line: batch.line.clone(),
+                        device: batch.device.clone(),
+                        sample: Some(s.clone()),
+                    };
                     map.insert(key, tagged.clone());
                     changed.push(tagged);
                 }
@@ -56,7 +66,12 @@ impl Latest {
     pub fn snapshot(&self, filter: &v1::TagFilter) -> Vec<v1::TagSample> {
         self.samples
             .read()
-            .map(|map| map.values().filter(|s| matches(filter, s)).cloned().collect())
+            .map(|map| {
+                map.values()
+                    .filter(|s| matches(filter, s))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -24,7 +24,10 @@ pub enum Error {
     #[error(transparent)]
     Runtime(#[from] fieldline_runtime::Error),
     #[error("cannot serve gRPC on {addr}: {source}")]
-    Grpc { addr: SocketAddr, source: std::io::Error },
+    Grpc {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("building gRPC reflection: {0}")]
     Reflection(String),
 }
@@ -56,10 +59,18 @@ impl RunningProcessor {
 }
 
 /// Starts consuming the line's telemetry and serving PlantService, until `stop`.
-pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry, stop: CancellationToken) -> Result<RunningProcessor> {
+pub async fn start(
+    config: &LineConfig,
+    health: &Health,
+    registry: &mut Registry,
+    stop: CancellationToken,
+) -> Result<RunningProcessor> {
     let metrics = ProcessorMetrics::register(registry);
     let settings = &config.processor;
-    let client_id = settings.client_id.clone().unwrap_or_else(|| format!("fieldline-processor-{}", config.line));
+    let client_id = settings
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("fieldline-processor-{}", config.line));
     let mut options = fieldline_runtime::mqtt::options(&config.mqtt, &client_id)?;
     options.set_manual_acks(true);
     let (client, eventloop) = AsyncClient::new(options, 1024);
@@ -77,19 +88,34 @@ pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry
     tasks.spawn(forwarder.run(eventloop, stop.clone(), Duration::from_secs(10)));
     let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
         .await
-        .map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
-    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
-    let plant = PlantServiceServer::new(plant::PlantApi { latest: latest.clone() });
+        .map_err(|source| Error::Grpc {
+            addr: settings.grpc_listen,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc {
+        addr: settings.grpc_listen,
+        source,
+    })?;
+    let plant = PlantServiceServer::new(plant::PlantApi {
+        latest: latest.clone(),
+    });
     let grpc_stop = stop.clone();
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(plant)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), grpc_stop.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                grpc_stop.cancelled_owned(),
+            )
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "PlantService stopped");
         }
     });
     tracing::info!(line = %config.line, grpc = %grpc_addr, storage = %settings.storage_url, "processor started");
-    Ok(RunningProcessor { grpc_addr, latest, tasks })
+    Ok(RunningProcessor {
+        grpc_addr,
+        latest,
+        tasks,
+    })
 }

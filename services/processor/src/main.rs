@@ -24,8 +24,15 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
     let health = Health::default();
     let mut registry = Registry::default();
-    let processor = fieldline_processor::start(&config, &health, &mut registry, stop.clone()).await?;
-    http::serve(config.processor.http_listen, health, Arc::new(registry), stop.clone()).await?;
+    let processor =
+        fieldline_processor::start(&config, &health, &mut registry, stop.clone()).await?;
+    http::serve(
+        config.processor.http_listen,
+        health,
+        Arc::new(registry),
+        stop.clone(),
+    )
+    .await?;
     processor.wait().await;
     Ok(())
 }

@@ -30,17 +30,43 @@ impl ProcessorMetrics {
             errors: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("fieldline_processor");
-        r.register("batches_received", "Sample batches received from MQTT", m.received.clone());
-        r.register("batches_duplicate", "Redelivered batches dropped by sequence number", m.duplicates.clone());
-        r.register("batches_invalid", "Messages that were not valid sample batches", m.invalid.clone());
-        r.register("batches_stored", "Batches acknowledged by storage", m.stored.clone());
-        r.register("samples_rejected", "Samples storage refused for good", m.rejected_samples.clone());
-        r.register("batches_in_flight", "Batches sent to storage and not yet acknowledged", m.in_flight.clone());
+        r.register(
+            "batches_received",
+            "Sample batches received from MQTT",
+            m.received.clone(),
+        );
+        r.register(
+            "batches_duplicate",
+            "Redelivered batches dropped by sequence number",
+            m.duplicates.clone(),
+        );
+        r.register(
+            "batches_invalid",
+            "Messages that were not valid sample batches",
+            m.invalid.clone(),
+        );
+        r.register(
+            "batches_stored",
+            "Batches acknowledged by storage",
+            m.stored.clone(),
+        );
+        r.register(
+            "samples_rejected",
+            "Samples storage refused for good",
+            m.rejected_samples.clone(),
+        );
+        r.register(
+            "batches_in_flight",
+            "Batches sent to storage and not yet acknowledged",
+            m.in_flight.clone(),
+        );
         r.register("errors", "Errors, by kind", m.errors.clone());
         m
     }
 
     pub fn error(&self, kind: &str) {
-        self.errors.get_or_create(&vec![("kind", kind.to_string())]).inc();
+        self.errors
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
     }
 }

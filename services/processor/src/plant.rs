@@ -20,12 +20,20 @@ type TagStream = Pin<Box<dyn Stream<Item = Result<v1::TagSample, Status>> + Send
 impl PlantService for PlantApi {
     type SubscribeStream = TagStream;
 
-    async fn read_latest(&self, request: Request<v1::TagFilter>) -> Result<Response<v1::ReadLatestResponse>, Status> {
+    async fn read_latest(
+        &self,
+        request: Request<v1::TagFilter>,
+    ) -> Result<Response<v1::ReadLatestResponse>, Status> {
         let filter = request.into_inner();
-        Ok(Response::new(v1::ReadLatestResponse { samples: self.latest.snapshot(&filter) }))
+        Ok(Response::new(v1::ReadLatestResponse {
+            samples: self.latest.snapshot(&filter),
+        }))
     }
 
-    async fn subscribe(&self, request: Request<v1::TagFilter>) -> Result<Response<TagStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<v1::TagFilter>,
+    ) -> Result<Response<TagStream>, Status> {
         let filter = request.into_inner();
         // Subscribe before the snapshot so nothing falls between them.
         let changes = BroadcastStream::new(self.latest.changes());
@@ -33,9 +41,16 @@ impl PlantService for PlantApi {
         let live_filter = filter.clone();
         let live = changes
             .map(move |item| match item {
-                Ok(batch) => batch.iter().filter(|s| matches(&live_filter, s)).cloned().map(Ok).collect::<Vec<_>>(),
+                Ok(batch) => batch
+                    .iter()
+                    .filter(|s| matches(&live_filter, s))
+                    .cloned()
+                    .map(Ok)
+                    .collect::<Vec<_>>(),
                 Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                    vec![Err(Status::data_loss(format!("subscriber too slow: {n} updates skipped; subscribe again")))]
+                    vec![Err(Status::data_loss(format!(
+                        "subscriber too slow: {n} updates skipped; subscribe again"
+                    )))]
                 }
             })
             .flat_map(futures::stream::iter);

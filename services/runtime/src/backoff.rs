@@ -15,12 +15,19 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max: max.max(base), attempt: 0 }
+        Self {
+            base,
+            max: max.max(base),
+            attempt: 0,
+        }
     }
 
     /// The next delay to wait.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let step = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = step / 2;
         half + rand::rng().random_range(Duration::ZERO..=half)
@@ -46,7 +53,10 @@ mod tests {
         let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
-        assert!(delays[9] >= Duration::from_secs(1), "capped step is 2s, jitter keeps half");
+        assert!(
+            delays[9] >= Duration::from_secs(1),
+            "capped step is 2s, jitter keeps half"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }

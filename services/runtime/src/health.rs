@@ -59,7 +59,10 @@ mod tests {
         let health = Health::default();
         let a = health.component("mqtt");
         let b = health.component("storage");
-        assert_eq!(health.report(), (false, vec!["mqtt".to_string(), "storage".to_string()]));
+        assert_eq!(
+            health.report(),
+            (false, vec!["mqtt".to_string(), "storage".to_string()])
+        );
         a.set(true);
         b.set(true);
         assert_eq!(health.report(), (true, vec![]));

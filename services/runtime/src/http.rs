@@ -30,15 +30,21 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> crate::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| crate::Error::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| crate::Error::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::Error::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| crate::Error::Bind { addr, source })?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Ops { health, registry });
     tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "operations endpoint stopped");
         }
@@ -50,7 +56,10 @@ pub async fn serve(
 async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
     match ops.health.report() {
         (true, _) => (StatusCode::OK, "ready\n".to_string()),
-        (false, waiting) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", waiting.join(", "))),
+        (false, waiting) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", waiting.join(", ")),
+        ),
     }
 }
 
@@ -59,7 +68,10 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     match encode(&mut body, &ops.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
         Err(error) => (
@@ -84,9 +96,14 @@ mod tests {
         registry.register("fieldline_test_things", "Things counted", counter.clone());
         counter.inc_by(3);
         let shutdown = CancellationToken::new();
-        let addr = serve("127.0.0.1:0".parse().unwrap(), health, Arc::new(registry), shutdown.clone())
-            .await
-            .unwrap();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            health,
+            Arc::new(registry),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         let get = |path: &str| reqwest::get(format!("http://{addr}{path}"));
         assert_eq!(get("/healthz").await.unwrap().status(), 200);
         let not_ready = get("/readyz").await.unwrap();

@@ -19,7 +19,10 @@ pub enum Error {
     #[error("configuration:\n{0}")]
     Config(#[from] fieldline_core::config::ConfigErrors),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("secret: {0}")]
     Secret(String),
     #[error("MQTT address {0:?} is not host:port")]

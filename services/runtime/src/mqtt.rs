@@ -11,7 +11,12 @@ pub fn options(config: &MqttConfig, client_id: &str) -> crate::Result<MqttOption
     let (host, port) = config
         .address
         .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?)))
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().ok()?,
+            ))
+        })
         .ok_or_else(|| crate::Error::MqttAddress(config.address.clone()))?;
     let mut options = MqttOptions::new(client_id, host, port);
     options

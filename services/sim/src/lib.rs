@@ -1,1 +1,12 @@
-//! Device simulators.
+//! Device simulators: the stand-ins for the field devices at the head of the pipeline, so the
+//! adapter always has a real protocol peer on 127.0.0.1. `fieldline up` (the demo line), the
+//! tests and the benchmarks use them. A simulated device is a register table ([`SimState`])
+//! that a process model such as the [`tank`] moves over time and a protocol server such as
+//! [`serve_modbus_tcp`] exposes to clients.
+
+mod modbus;
+mod state;
+pub mod tank;
+
+pub use modbus::serve_modbus_tcp;
+pub use state::{Registers, SimState};

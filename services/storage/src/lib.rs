@@ -26,7 +26,10 @@ pub enum Error {
     #[error("{0}")]
     Sink(#[from] SinkError),
     #[error("cannot serve gRPC on {addr}: {source}")]
-    Grpc { addr: SocketAddr, source: std::io::Error },
+    Grpc {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("stopped before the backends were reachable")]
     Stopped,
 }
@@ -65,7 +68,12 @@ impl RunningStorage {
 
 /// Connects the configured backends (retrying while they are unreachable) and serves
 /// StorageService until `stop`.
-pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry, stop: CancellationToken) -> Result<RunningStorage> {
+pub async fn start(
+    config: &LineConfig,
+    health: &Health,
+    registry: &mut Registry,
+    stop: CancellationToken,
+) -> Result<RunningStorage> {
     let settings = &config.storage;
     if settings.influx.is_none() && settings.sql.is_none() {
         return Err(Error::NoSinks);
@@ -80,20 +88,36 @@ pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry
     }
     if let Some(sql) = &settings.sql {
         let sink = retry_until_ready("sql", &stop, || SqlSink::connect(sql)).await?;
-        retry_until_ready("sql", &stop, || sink.register_line(&config.line, &config.devices)).await?;
+        retry_until_ready("sql", &stop, || {
+            sink.register_line(&config.line, &config.devices)
+        })
+        .await?;
         sinks.push(Sink::Sql(sink));
     }
     ready.set(true);
     let sinks = Arc::new(sinks);
-    let api = service::StorageApi { sinks: sinks.clone(), metrics, stop: stop.clone() };
+    let api = service::StorageApi {
+        sinks: sinks.clone(),
+        metrics,
+        stop: stop.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
         .await
-        .map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
-    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc { addr: settings.grpc_listen, source })?;
+        .map_err(|source| Error::Grpc {
+            addr: settings.grpc_listen,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc {
+        addr: settings.grpc_listen,
+        source,
+    })?;
     let server = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(StorageServiceServer::new(api))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.cancelled_owned(),
+            )
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "StorageService stopped");
@@ -101,10 +125,18 @@ pub async fn start(config: &LineConfig, health: &Health, registry: &mut Registry
     });
     let names: Vec<&str> = sinks.iter().map(Sink::name).collect();
     tracing::info!(grpc = %grpc_addr, sinks = ?names, "storage started");
-    Ok(RunningStorage { grpc_addr, server, sinks })
+    Ok(RunningStorage {
+        grpc_addr,
+        server,
+        sinks,
+    })
 }
 
-async fn retry_until_ready<T, F, Fut>(what: &str, stop: &CancellationToken, mut attempt: F) -> Result<T>
+async fn retry_until_ready<T, F, Fut>(
+    what: &str,
+    stop: &CancellationToken,
+    mut attempt: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SinkError>>,

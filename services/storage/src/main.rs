@@ -24,7 +24,13 @@ async fn main() -> anyhow::Result<()> {
     let health = Health::default();
     let mut registry = Registry::default();
     let storage = fieldline_storage::start(&config, &health, &mut registry, stop.clone()).await?;
-    http::serve(config.storage.http_listen, health, Arc::new(registry), stop.clone()).await?;
+    http::serve(
+        config.storage.http_listen,
+        health,
+        Arc::new(registry),
+        stop.clone(),
+    )
+    .await?;
     storage.wait().await;
     Ok(())
 }

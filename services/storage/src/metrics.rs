@@ -17,7 +17,9 @@ pub struct StorageMetrics {
 }
 
 fn write_histogram() -> Histogram {
-    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    ])
 }
 
 impl StorageMetrics {
@@ -31,10 +33,26 @@ impl StorageMetrics {
         };
         let r = registry.sub_registry_with_prefix("fieldline_storage");
         r.register("batches", "Batches received, by result", m.batches.clone());
-        r.register("samples_written", "Samples stored, by sink", m.samples_written.clone());
-        r.register("samples_rejected", "Samples a sink refused for good, by sink", m.samples_rejected.clone());
-        r.register("write_retries", "Writes retried after a transient failure, by sink", m.retries.clone());
-        r.register("write_duration_seconds", "Time of one successful sink write, by sink", m.write_seconds.clone());
+        r.register(
+            "samples_written",
+            "Samples stored, by sink",
+            m.samples_written.clone(),
+        );
+        r.register(
+            "samples_rejected",
+            "Samples a sink refused for good, by sink",
+            m.samples_rejected.clone(),
+        );
+        r.register(
+            "write_retries",
+            "Writes retried after a transient failure, by sink",
+            m.retries.clone(),
+        );
+        r.register(
+            "write_duration_seconds",
+            "Time of one successful sink write, by sink",
+            m.write_seconds.clone(),
+        );
         m
     }
 }

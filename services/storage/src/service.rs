@@ -31,7 +31,10 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<v1::IngestAck, Status>> + Send
 impl StorageService for StorageApi {
     type IngestStream = AckStream;
 
-    async fn ingest(&self, request: Request<Streaming<v1::IngestRequest>>) -> Result<Response<AckStream>, Status> {
+    async fn ingest(
+        &self,
+        request: Request<Streaming<v1::IngestRequest>>,
+    ) -> Result<Response<AckStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         let sinks = self.sinks.clone();
@@ -51,7 +54,9 @@ impl StorageService for StorageApi {
                         break;
                     }
                 };
-                let Some(ack) = store(&sinks, &metrics, request, &stop).await else { break };
+                let Some(ack) = store(&sinks, &metrics, request, &stop).await else {
+                    break;
+                };
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
                 }
@@ -63,22 +68,45 @@ impl StorageService for StorageApi {
 
 /// Stores one batch in every sink; `None` when stopped before it was stored (not acked, so
 /// the sender will deliver it again).
-pub async fn store(sinks: &[Sink], metrics: &StorageMetrics, request: v1::IngestRequest, stop: &CancellationToken) -> Option<v1::IngestAck> {
+pub async fn store(
+    sinks: &[Sink],
+    metrics: &StorageMetrics,
+    request: v1::IngestRequest,
+    stop: &CancellationToken,
+) -> Option<v1::IngestAck> {
     let request_id = request.request_id;
     let Some(wire) = request.batch else {
-        metrics.batches.get_or_create(&vec![("result", "invalid".into())]).inc();
-        return Some(v1::IngestAck { request_id, stored: false, rejected_samples: 0, detail: "request carries no batch".into() });
+        metrics
+            .batches
+            .get_or_create(&vec![("result", "invalid".into())])
+            .inc();
+        return Some(v1::IngestAck {
+            request_id,
+            stored: false,
+            rejected_samples: 0,
+            detail: "request carries no batch".into(),
+        });
     };
     let count = wire.samples.len();
     let batch = match SampleBatch::try_from(wire) {
         Ok(b) => b,
         Err(e) => {
-            metrics.batches.get_or_create(&vec![("result", "invalid".into())]).inc();
+            metrics
+                .batches
+                .get_or_create(&vec![("result", "invalid".into())])
+                .inc();
             tracing::warn!(error = %e, "refusing an invalid batch");
-            return Some(v1::IngestAck { request_id, stored: false, rejected_samples: count as u32, detail: e.to_string() });
+            return Some(v1::IngestAck {
+                request_id,
+                stored: false,
+                rejected_samples: count as u32,
+                detail: e.to_string(),
+            });
         }
     };
-    let writes = sinks.iter().map(|sink| write_with_retry(sink, metrics, &batch, stop));
+    let writes = sinks
+        .iter()
+        .map(|sink| write_with_retry(sink, metrics, &batch, stop));
     let results = futures::future::join_all(writes).await;
     let mut rejected = 0usize;
     let mut details = Vec::new();
@@ -87,28 +115,61 @@ pub async fn store(sinks: &[Sink], metrics: &StorageMetrics, request: v1::Ingest
         rejected = rejected.max(r);
         details.extend(d);
     }
-    metrics.batches.get_or_create(&vec![("result", if rejected == 0 { "stored" } else { "partly_rejected" }.into())]).inc();
-    Some(v1::IngestAck { request_id, stored: true, rejected_samples: rejected as u32, detail: details.join("; ") })
+    metrics
+        .batches
+        .get_or_create(&vec![(
+            "result",
+            if rejected == 0 {
+                "stored"
+            } else {
+                "partly_rejected"
+            }
+            .into(),
+        )])
+        .inc();
+    Some(v1::IngestAck {
+        request_id,
+        stored: true,
+        rejected_samples: rejected as u32,
+        detail: details.join("; "),
+    })
 }
 
-async fn write_with_retry(sink: &Sink, metrics: &StorageMetrics, batch: &SampleBatch, stop: &CancellationToken) -> Option<(usize, Vec<String>)> {
+async fn write_with_retry(
+    sink: &Sink,
+    metrics: &StorageMetrics,
+    batch: &SampleBatch,
+    stop: &CancellationToken,
+) -> Option<(usize, Vec<String>)> {
     let labels = vec![("sink", sink.name().to_string())];
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let started = std::time::Instant::now();
         match sink.write(batch).await {
             Ok(report) => {
-                metrics.write_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                metrics
+                    .write_seconds
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
                 let written = batch.samples.len().saturating_sub(report.rejected);
-                metrics.samples_written.get_or_create(&labels).inc_by(written as u64);
+                metrics
+                    .samples_written
+                    .get_or_create(&labels)
+                    .inc_by(written as u64);
                 if report.rejected > 0 {
-                    metrics.samples_rejected.get_or_create(&labels).inc_by(report.rejected as u64);
+                    metrics
+                        .samples_rejected
+                        .get_or_create(&labels)
+                        .inc_by(report.rejected as u64);
                     tracing::warn!(sink = sink.name(), device = %batch.device, sequence = batch.sequence, rejected = report.rejected, detail = %report.detail.join("; "), "samples refused");
                 }
                 return Some((report.rejected, report.detail));
             }
             Err(SinkError::Permanent(detail)) => {
-                metrics.samples_rejected.get_or_create(&labels).inc_by(batch.samples.len() as u64);
+                metrics
+                    .samples_rejected
+                    .get_or_create(&labels)
+                    .inc_by(batch.samples.len() as u64);
                 tracing::error!(sink = sink.name(), device = %batch.device, sequence = batch.sequence, %detail, "batch refused");
                 return Some((batch.samples.len(), vec![detail]));
             }

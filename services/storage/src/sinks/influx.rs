@@ -25,12 +25,21 @@ impl InfluxSink {
             .timeout(config.timeout)
             .build()
             .map_err(|e| SinkError::Config(format!("cannot build the InfluxDB client: {e}")))?;
-        let mut write_url = format!("{}/write?db={}", config.url.trim_end_matches('/'), urlencode(&config.database));
+        let mut write_url = format!(
+            "{}/write?db={}",
+            config.url.trim_end_matches('/'),
+            urlencode(&config.database)
+        );
         if let Some(rp) = &config.retention_policy {
             write_url.push_str("&rp=");
             write_url.push_str(&urlencode(rp));
         }
-        Ok(Self { client, config: config.clone(), password, write_url })
+        Ok(Self {
+            client,
+            config: config.clone(),
+            password,
+            write_url,
+        })
     }
 
     fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -46,7 +55,13 @@ impl InfluxSink {
             return Ok(());
         }
         let url = format!("{}/query", self.config.url.trim_end_matches('/'));
-        let q = format!("CREATE DATABASE \"{}\"", self.config.database.replace('\\', "\\\\").replace('"', "\\\""));
+        let q = format!(
+            "CREATE DATABASE \"{}\"",
+            self.config
+                .database
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+        );
         let response = self
             .authorize(self.client.post(url))
             .header("Content-Type", "application/x-www-form-urlencoded")
@@ -59,7 +74,11 @@ impl InfluxSink {
             Ok(())
         } else {
             let body = response.text().await.unwrap_or_default();
-            Err(SinkError::Transient(format!("creating database {}: HTTP {status}: {}", self.config.database, body.trim())))
+            Err(SinkError::Transient(format!(
+                "creating database {}: HTTP {status}: {}",
+                self.config.database,
+                body.trim()
+            )))
         }
     }
 
@@ -68,13 +87,22 @@ impl InfluxSink {
     pub async fn write(&self, batch: &SampleBatch) -> Result<WriteReport, SinkError> {
         let mut body = String::with_capacity(64 * batch.samples.len());
         let rejected = line_protocol::encode_batch(batch, &mut body);
-        let mut report = WriteReport { rejected: rejected.len(), detail: rejected.iter().map(|r| format!("{}: {}", r.tag, r.reason)).collect() };
+        let mut report = WriteReport {
+            rejected: rejected.len(),
+            detail: rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.tag, r.reason))
+                .collect(),
+        };
         if body.is_empty() {
             return Ok(report);
         }
         let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-        gz.write_all(body.as_bytes()).map_err(|e| SinkError::Transient(format!("gzip: {e}")))?;
-        let compressed = gz.finish().map_err(|e| SinkError::Transient(format!("gzip: {e}")))?;
+        gz.write_all(body.as_bytes())
+            .map_err(|e| SinkError::Transient(format!("gzip: {e}")))?;
+        let compressed = gz
+            .finish()
+            .map_err(|e| SinkError::Transient(format!("gzip: {e}")))?;
         let response = self
             .authorize(self.client.post(&self.write_url))
             .header("Content-Encoding", "gzip")
@@ -92,14 +120,18 @@ impl InfluxSink {
         match status.as_u16() {
             400 => {
                 report.rejected += 1;
-                report.detail.push(format!("InfluxDB refused points: {text}"));
+                report
+                    .detail
+                    .push(format!("InfluxDB refused points: {text}"));
                 Ok(report)
             }
             404 if text.contains("database not found") => {
                 let _ = self.prepare().await;
                 Err(SinkError::Transient(format!("InfluxDB: {text}")))
             }
-            _ => Err(SinkError::Transient(format!("InfluxDB answered HTTP {status}: {text}"))),
+            _ => Err(SinkError::Transient(format!(
+                "InfluxDB answered HTTP {status}: {text}"
+            ))),
         }
     }
 }

@@ -41,7 +41,10 @@ pub fn encode_batch(batch: &SampleBatch, out: &mut String) -> Vec<Rejected> {
                         fields.push_str(&v);
                         wrote = true;
                     }
-                    Err(reason) => rejected.push(Rejected { tag: s.tag.clone(), reason }),
+                    Err(reason) => rejected.push(Rejected {
+                        tag: s.tag.clone(),
+                        reason,
+                    }),
                 }
             }
             if !matches!(s.quality, Quality::Good) {
@@ -84,7 +87,11 @@ fn field_value(value: &Value) -> Result<String, String> {
         Value::F64(f) if f.is_finite() => {
             let text = f.to_string();
             // `12` would be read as a float anyway; keep the decimal point for clarity.
-            if text.contains(['.', 'e', 'E']) { text } else { format!("{text}.0") }
+            if text.contains(['.', 'e', 'E']) {
+                text
+            } else {
+                format!("{text}.0")
+            }
         }
         Value::F64(f) => return Err(format!("{f} is not a finite number")),
         Value::String(s) => {
@@ -135,7 +142,13 @@ mod tests {
     use fieldline_core::{QualityReason, Sample};
 
     fn batch(samples: Vec<Sample>) -> SampleBatch {
-        SampleBatch { line: "packaging-1".into(), device: "filler".into(), adapter_id: "a".into(), sequence: 1, samples }
+        SampleBatch {
+            line: "packaging-1".into(),
+            device: "filler".into(),
+            adapter_id: "a".into(),
+            sequence: 1,
+            samples,
+        }
     }
 
     #[test]
@@ -160,12 +173,19 @@ mod tests {
     #[test]
     fn bad_samples_write_quality_and_no_value() {
         let b = batch(vec![
-            Sample::bad("temperature", Quality::bad(QualityReason::DeviceException(2), "illegal"), 5),
+            Sample::bad(
+                "temperature",
+                Quality::bad(QualityReason::DeviceException(2), "illegal"),
+                5,
+            ),
             Sample::good("run", Value::Bool(false), 5),
         ]);
         let mut out = String::new();
         encode_batch(&b, &mut out);
-        assert_eq!(out, "filler,device=filler,line=packaging-1 temperature_quality=\"bad:device_exception(2)\",run=false 5\n");
+        assert_eq!(
+            out,
+            "filler,device=filler,line=packaging-1 temperature_quality=\"bad:device_exception(2)\",run=false 5\n"
+        );
     }
 
     #[test]
@@ -177,7 +197,10 @@ mod tests {
         ]);
         let mut out = String::new();
         let rejected = encode_batch(&b, &mut out);
-        assert_eq!(rejected.iter().map(|r| r.tag.as_str()).collect::<Vec<_>>(), ["huge", "nan"]);
+        assert_eq!(
+            rejected.iter().map(|r| r.tag.as_str()).collect::<Vec<_>>(),
+            ["huge", "nan"]
+        );
         assert_eq!(out, "filler,device=filler,line=packaging-1 ok=1i 1\n");
     }
 }

@@ -2,12 +2,7 @@
 //! path for both. Every insert is an upsert on a natural key, so a replayed batch changes
 //! nothing, and the latest value of a tag never moves back to an older sample.
 
-use std::{
-    collections::HashSet,
-    str::FromStr,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashSet, str::FromStr, sync::Mutex, time::Duration};
 
 use fieldline_core::{
     Quality, SampleBatch, Value,
@@ -45,7 +40,8 @@ impl SqlSink {
     pub async fn connect(config: &SqlConfig) -> Result<Self, SinkError> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = connection_url(config)?;
-        let options = AnyConnectOptions::from_str(&url).map_err(|e| SinkError::Config(format!("storage.sql.url: {e}")))?;
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| SinkError::Config(format!("storage.sql.url: {e}")))?;
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 1 } else { 4 })
             .acquire_timeout(Duration::from_secs(10))
@@ -53,7 +49,11 @@ impl SqlSink {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
                         // WAL keeps readers off the writer's back; FULL makes an ack mean durable.
-                        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000"] {
+                        for pragma in [
+                            "PRAGMA journal_mode=WAL",
+                            "PRAGMA synchronous=FULL",
+                            "PRAGMA busy_timeout=5000",
+                        ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
                     }
@@ -62,13 +62,22 @@ impl SqlSink {
             })
             .connect_with(options)
             .await
-            .map_err(|e| SinkError::Transient(format!("cannot connect to {}: {e}", redact(&config.url))))?;
+            .map_err(|e| {
+                SinkError::Transient(format!("cannot connect to {}: {e}", redact(&config.url)))
+            })?;
         let migrator = match dialect {
             Dialect::MySql => &MYSQL_MIGRATIONS,
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
         };
-        migrator.run(&pool).await.map_err(|e| SinkError::Transient(format!("migrating the database: {e}")))?;
-        Ok(Self { pool, dialect, known_devices: Mutex::new(HashSet::new()) })
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| SinkError::Transient(format!("migrating the database: {e}")))?;
+        Ok(Self {
+            pool,
+            dialect,
+            known_devices: Mutex::new(HashSet::new()),
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -80,16 +89,32 @@ impl SqlSink {
     }
 
     /// Records the devices and tags of a line (from its configuration).
-    pub async fn register_line(&self, line: &str, devices: &[DeviceConfig]) -> Result<(), SinkError> {
+    pub async fn register_line(
+        &self,
+        line: &str,
+        devices: &[DeviceConfig],
+    ) -> Result<(), SinkError> {
         let now = fieldline_runtime::now_ns();
         for d in devices {
-            self.upsert_device(line, &d.name, &d.device_type, d.protocol.as_str(), &d.endpoint, now).await?;
+            self.upsert_device(
+                line,
+                &d.name,
+                &d.device_type,
+                d.protocol.as_str(),
+                &d.endpoint,
+                now,
+            )
+            .await?;
             for t in d.tag_metadata() {
                 let sql = match self.dialect {
-                    Dialect::MySql => "INSERT INTO tags (line, device, tag, data_type, address, unit, writable, description, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                        ON DUPLICATE KEY UPDATE data_type = VALUES(data_type), address = VALUES(address), unit = VALUES(unit), writable = VALUES(writable), description = VALUES(description), updated_ns = VALUES(updated_ns)",
-                    Dialect::Sqlite => "INSERT INTO tags (line, device, tag, data_type, address, unit, writable, description, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                        ON CONFLICT (line, device, tag) DO UPDATE SET data_type = excluded.data_type, address = excluded.address, unit = excluded.unit, writable = excluded.writable, description = excluded.description, updated_ns = excluded.updated_ns",
+                    Dialect::MySql => {
+                        "INSERT INTO tags (line, device, tag, data_type, address, unit, writable, description, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                        ON DUPLICATE KEY UPDATE data_type = VALUES(data_type), address = VALUES(address), unit = VALUES(unit), writable = VALUES(writable), description = VALUES(description), updated_ns = VALUES(updated_ns)"
+                    }
+                    Dialect::Sqlite => {
+                        "INSERT INTO tags (line, device, tag, data_type, address, unit, writable, description, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                        ON CONFLICT (line, device, tag) DO UPDATE SET data_type = excluded.data_type, address = excluded.address, unit = excluded.unit, writable = excluded.writable, description = excluded.description, updated_ns = excluded.updated_ns"
+                    }
                 };
                 sqlx::query::<Any>(sql)
                     .bind(line)
@@ -112,12 +137,24 @@ impl SqlSink {
         Ok(())
     }
 
-    async fn upsert_device(&self, line: &str, device: &str, device_type: &str, protocol: &str, endpoint: &str, now: i64) -> Result<(), SinkError> {
+    async fn upsert_device(
+        &self,
+        line: &str,
+        device: &str,
+        device_type: &str,
+        protocol: &str,
+        endpoint: &str,
+        now: i64,
+    ) -> Result<(), SinkError> {
         let sql = match self.dialect {
-            Dialect::MySql => "INSERT INTO devices (line, device, device_type, protocol, endpoint, updated_ns) VALUES (?, ?, ?, ?, ?, ?) \
-                ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), protocol = VALUES(protocol), endpoint = VALUES(endpoint), updated_ns = VALUES(updated_ns)",
-            Dialect::Sqlite => "INSERT INTO devices (line, device, device_type, protocol, endpoint, updated_ns) VALUES (?, ?, ?, ?, ?, ?) \
-                ON CONFLICT (line, device) DO UPDATE SET device_type = excluded.device_type, protocol = excluded.protocol, endpoint = excluded.endpoint, updated_ns = excluded.updated_ns",
+            Dialect::MySql => {
+                "INSERT INTO devices (line, device, device_type, protocol, endpoint, updated_ns) VALUES (?, ?, ?, ?, ?, ?) \
+                ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), protocol = VALUES(protocol), endpoint = VALUES(endpoint), updated_ns = VALUES(updated_ns)"
+            }
+            Dialect::Sqlite => {
+                "INSERT INTO devices (line, device, device_type, protocol, endpoint, updated_ns) VALUES (?, ?, ?, ?, ?, ?) \
+                ON CONFLICT (line, device) DO UPDATE SET device_type = excluded.device_type, protocol = excluded.protocol, endpoint = excluded.endpoint, updated_ns = excluded.updated_ns"
+            }
         };
         sqlx::query::<Any>(sql)
             .bind(line)
@@ -135,14 +172,28 @@ impl SqlSink {
     /// Stores the batch: latest values always, the samples themselves in SQLite.
     pub async fn write(&self, batch: &SampleBatch) -> Result<WriteReport, SinkError> {
         let key = (batch.line.clone(), batch.device.clone());
-        let known = self.known_devices.lock().map(|k| k.contains(&key)).unwrap_or(false);
+        let known = self
+            .known_devices
+            .lock()
+            .map(|k| k.contains(&key))
+            .unwrap_or(false);
         if !known {
             // A device not in this service's configuration: record that it exists.
             let sql = match self.dialect {
-                Dialect::MySql => "INSERT IGNORE INTO devices (line, device, updated_ns) VALUES (?, ?, ?)",
-                Dialect::Sqlite => "INSERT OR IGNORE INTO devices (line, device, updated_ns) VALUES (?, ?, ?)",
+                Dialect::MySql => {
+                    "INSERT IGNORE INTO devices (line, device, updated_ns) VALUES (?, ?, ?)"
+                }
+                Dialect::Sqlite => {
+                    "INSERT OR IGNORE INTO devices (line, device, updated_ns) VALUES (?, ?, ?)"
+                }
             };
-            sqlx::query::<Any>(sql).bind(&batch.line).bind(&batch.device).bind(fieldline_runtime::now_ns()).execute(&self.pool).await.map_err(classify)?;
+            sqlx::query::<Any>(sql)
+                .bind(&batch.line)
+                .bind(&batch.device)
+                .bind(fieldline_runtime::now_ns())
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
             if let Ok(mut k) = self.known_devices.lock() {
                 k.insert(key);
             }
@@ -186,9 +237,11 @@ impl SqlSink {
             query.execute(&mut *tx).await.map_err(classify)?;
             if self.dialect == Dialect::Sqlite {
                 let rows = placeholders(chunk.len(), 8);
-                let sql = format!("INSERT OR REPLACE INTO samples (line, device, tag, ts_ns, value_type, value_text, value_num, quality) VALUES {rows}");
+                let sql = format!(
+                    "INSERT OR REPLACE INTO samples (line, device, tag, ts_ns, value_type, value_text, value_num, quality) VALUES {rows}"
+                );
                 // Built only from fixed text and `?` placeholders; every value is bound.
-            let mut query = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
+                let mut query = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
                 for s in chunk {
                     let (value_type, value_text, value_num) = columns(s.value.as_ref());
                     query = query
@@ -227,7 +280,11 @@ pub fn columns(value: Option<&Value>) -> (Option<String>, Option<String>, Option
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            (Some(v.type_name().to_string()), Some(text), v.as_f64().filter(|f| f.is_finite()))
+            (
+                Some(v.type_name().to_string()),
+                Some(text),
+                v.as_f64().filter(|f| f.is_finite()),
+            )
         }
     }
 }
@@ -235,7 +292,9 @@ pub fn columns(value: Option<&Value>) -> (Option<String>, Option<String>, Option
 fn quality_detail(q: &Quality) -> String {
     match q {
         Quality::Good => String::new(),
-        Quality::Uncertain { detail, .. } | Quality::Bad { detail, .. } => detail.chars().take(255).collect(),
+        Quality::Uncertain { detail, .. } | Quality::Bad { detail, .. } => {
+            detail.chars().take(255).collect()
+        }
     }
 }
 
@@ -245,7 +304,10 @@ fn classify(e: sqlx::Error) -> SinkError {
     match &e {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            if matches!(code.as_str(), "1205" | "1213" | "40001" | "HY000" | "5" | "6") {
+            if matches!(
+                code.as_str(),
+                "1205" | "1213" | "40001" | "HY000" | "5" | "6"
+            ) {
                 SinkError::Transient(format!("database busy: {e}"))
             } else {
                 SinkError::Permanent(format!("database refused the write: {e}"))
@@ -260,24 +322,41 @@ fn connection_url(config: &SqlConfig) -> Result<(Dialect, String), SinkError> {
     if let Some(rest) = url.strip_prefix("sqlite:") {
         let mut url = format!("sqlite:{rest}");
         if !url.contains("mode=") {
-            url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
         }
         return Ok((Dialect::Sqlite, url));
     }
     let rest = url
         .strip_prefix("mysql://")
         .or_else(|| url.strip_prefix("mariadb://"))
-        .ok_or_else(|| SinkError::Config(format!("storage.sql.url {:?} must start with mysql://, mariadb:// or sqlite:", redact(url))))?;
+        .ok_or_else(|| {
+            SinkError::Config(format!(
+                "storage.sql.url {:?} must start with mysql://, mariadb:// or sqlite:",
+                redact(url)
+            ))
+        })?;
     let mut url = format!("mysql://{rest}");
     if let Some(secret) = &config.password {
         let password = secret.resolve().map_err(SinkError::Config)?;
         let host_start = rest.find('/').unwrap_or(rest.len());
         let Some(at) = rest[..host_start].find('@') else {
-            return Err(SinkError::Config("storage.sql.url needs a user (user@host) when a password is set".into()));
+            return Err(SinkError::Config(
+                "storage.sql.url needs a user (user@host) when a password is set".into(),
+            ));
         };
         let encoded: String = password
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         url = format!("mysql://{}:{encoded}{}", &rest[..at], &rest[at..]);
     }
@@ -316,15 +395,27 @@ mod tests {
         assert_eq!(dialect, Dialect::MySql);
         assert_eq!(url, "mysql://root:p%40ss%3Aw%2Frd@127.0.0.1:3306/test");
         assert_eq!(redact(&url), "mysql://root:***@127.0.0.1:3306/test");
-        let (dialect, url) = connection_url(&SqlConfig { url: "sqlite://x.db".into(), password: None }).unwrap();
-        assert_eq!((dialect, url.as_str()), (Dialect::Sqlite, "sqlite://x.db?mode=rwc"));
+        let (dialect, url) = connection_url(&SqlConfig {
+            url: "sqlite://x.db".into(),
+            password: None,
+        })
+        .unwrap();
+        assert_eq!(
+            (dialect, url.as_str()),
+            (Dialect::Sqlite, "sqlite://x.db?mode=rwc")
+        );
     }
 
     #[tokio::test]
     async fn sqlite_upserts_are_idempotent_and_never_go_back_in_time() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let sink = SqlSink::connect(&SqlConfig { url, password: None }).await.unwrap();
+        let sink = SqlSink::connect(&SqlConfig {
+            url,
+            password: None,
+        })
+        .await
+        .unwrap();
         let batch = |ts: i64, v: f64| SampleBatch {
             line: "l".into(),
             device: "d".into(),
@@ -338,17 +429,26 @@ mod tests {
         sink.write(&batch(200, 2.0)).await.unwrap();
         sink.write(&batch(200, 2.0)).await.unwrap();
         sink.write(&batch(100, 1.0)).await.unwrap();
-        let (text, ts): (String, i64) = sqlx::query_as("SELECT value_text, source_ns FROM latest_values WHERE tag = 't'")
+        let (text, ts): (String, i64) =
+            sqlx::query_as("SELECT value_text, source_ns FROM latest_values WHERE tag = 't'")
+                .fetch_one(sink.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            (text.as_str(), ts),
+            ("2", 200),
+            "an older replay must not overwrite the latest value"
+        );
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM samples")
             .fetch_one(sink.pool())
             .await
             .unwrap();
-        assert_eq!((text.as_str(), ts), ("2", 200), "an older replay must not overwrite the latest value");
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM samples").fetch_one(sink.pool()).await.unwrap();
         assert_eq!(count, 4, "two tags at two timestamps, replays replaced");
-        let (q, v): (String, Option<String>) = sqlx::query_as("SELECT quality, value_text FROM latest_values WHERE tag = 'x'")
-            .fetch_one(sink.pool())
-            .await
-            .unwrap();
+        let (q, v): (String, Option<String>) =
+            sqlx::query_as("SELECT quality, value_text FROM latest_values WHERE tag = 'x'")
+                .fetch_one(sink.pool())
+                .await
+                .unwrap();
         assert_eq!((q.as_str(), v), ("bad:comm_failure", None));
     }
 }

@@ -23,7 +23,11 @@ pub struct PlanLimits {
 
 impl Default for PlanLimits {
     fn default() -> Self {
-        Self { max_registers: MAX_REGISTERS, max_bits: MAX_BITS, max_gap: 0 }
+        Self {
+            max_registers: MAX_REGISTERS,
+            max_bits: MAX_BITS,
+            max_gap: 0,
+        }
     }
 }
 
@@ -63,7 +67,11 @@ pub fn plan(spans: &[TagSpan], limits: PlanLimits) -> Vec<ReadRequest> {
     let mut requests: Vec<ReadRequest> = Vec::new();
     let mut current: Option<(ReadRequest, u32)> = None;
     for span in sorted {
-        let limit = if span.table.is_bits() { limits.max_bits } else { limits.max_registers };
+        let limit = if span.table.is_bits() {
+            limits.max_bits
+        } else {
+            limits.max_registers
+        };
         if span.width == 0 || span.width > limit {
             continue;
         }
@@ -82,7 +90,12 @@ pub fn plan(spans: &[TagSpan], limits: PlanLimits) -> Vec<ReadRequest> {
             requests.push(req);
         }
         current = Some((
-            ReadRequest { table: span.table, start: span.offset, count: span.width, tags: vec![(span.tag, 0)] },
+            ReadRequest {
+                table: span.table,
+                start: span.offset,
+                count: span.width,
+                tags: vec![(span.tag, 0)],
+            },
             span.end(),
         ));
     }
@@ -98,7 +111,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn span(tag: usize, table: Table, offset: u16, width: u16) -> TagSpan {
-        TagSpan { tag, table, offset, width }
+        TagSpan {
+            tag,
+            table,
+            offset,
+            width,
+        }
     }
 
     #[test]
@@ -115,9 +133,24 @@ mod tests {
         assert_eq!(
             plan,
             vec![
-                ReadRequest { table: Table::Coil, start: 0, count: 2, tags: vec![(3, 0), (4, 1)] },
-                ReadRequest { table: Table::Input, start: 10, count: 2, tags: vec![(5, 0)] },
-                ReadRequest { table: Table::Holding, start: 0, count: 5, tags: vec![(0, 0), (1, 2), (2, 4)] },
+                ReadRequest {
+                    table: Table::Coil,
+                    start: 0,
+                    count: 2,
+                    tags: vec![(3, 0), (4, 1)]
+                },
+                ReadRequest {
+                    table: Table::Input,
+                    start: 10,
+                    count: 2,
+                    tags: vec![(5, 0)]
+                },
+                ReadRequest {
+                    table: Table::Holding,
+                    start: 0,
+                    count: 5,
+                    tags: vec![(0, 0), (1, 2), (2, 4)]
+                },
             ]
         );
     }
@@ -126,14 +159,32 @@ mod tests {
     fn gaps_split_unless_gap_fill_allows_them() {
         let spans = [span(0, Table::Holding, 0, 1), span(1, Table::Holding, 5, 1)];
         assert_eq!(plan(&spans, PlanLimits::default()).len(), 2);
-        let filled = plan(&spans, PlanLimits { max_gap: 4, ..PlanLimits::default() });
-        assert_eq!(filled, vec![ReadRequest { table: Table::Holding, start: 0, count: 6, tags: vec![(0, 0), (1, 5)] }]);
+        let filled = plan(
+            &spans,
+            PlanLimits {
+                max_gap: 4,
+                ..PlanLimits::default()
+            },
+        );
+        assert_eq!(
+            filled,
+            vec![ReadRequest {
+                table: Table::Holding,
+                start: 0,
+                count: 6,
+                tags: vec![(0, 0), (1, 5)]
+            }]
+        );
     }
 
     #[test]
     fn overlapping_tags_share_words() {
         // A bit tag inside a register also read as u16.
-        let spans = [span(0, Table::Holding, 3, 1), span(1, Table::Holding, 3, 1), span(2, Table::Holding, 2, 2)];
+        let spans = [
+            span(0, Table::Holding, 3, 1),
+            span(1, Table::Holding, 3, 1),
+            span(2, Table::Holding, 2, 2),
+        ];
         let plan = plan(&spans, PlanLimits::default());
         assert_eq!(plan.len(), 1);
         assert_eq!((plan[0].start, plan[0].count), (2, 2));
@@ -141,13 +192,23 @@ mod tests {
 
     #[test]
     fn requests_never_exceed_the_protocol_limit() {
-        let spans: Vec<TagSpan> = (0..200).map(|i| span(i, Table::Holding, i as u16, 1)).collect();
+        let spans: Vec<TagSpan> = (0..200)
+            .map(|i| span(i, Table::Holding, i as u16, 1))
+            .collect();
         let plan = plan(&spans, PlanLimits::default());
-        assert_eq!(plan.iter().map(|r| r.count).collect::<Vec<_>>(), vec![125, 75]);
+        assert_eq!(
+            plan.iter().map(|r| r.count).collect::<Vec<_>>(),
+            vec![125, 75]
+        );
     }
 
     fn any_table() -> impl Strategy<Value = Table> {
-        prop_oneof![Just(Table::Coil), Just(Table::Discrete), Just(Table::Input), Just(Table::Holding)]
+        prop_oneof![
+            Just(Table::Coil),
+            Just(Table::Discrete),
+            Just(Table::Input),
+            Just(Table::Holding)
+        ]
     }
 
     proptest! {

@@ -70,7 +70,11 @@ impl ModbusDevice {
                 tag: i,
                 table: t.address.table,
                 offset: t.address.offset,
-                width: if t.address.table.is_bits() { 1 } else { t.codec.register_count() },
+                width: if t.address.table.is_bits() {
+                    1
+                } else {
+                    t.codec.register_count()
+                },
             })
             .collect();
         let plan = plan(&spans, PlanLimits::default());
@@ -82,7 +86,12 @@ impl ModbusDevice {
     }
 
     /// Polls until `stop`, serving writes from `writes` between polls.
-    pub async fn run(self, cx: DeviceContext, mut writes: mpsc::Receiver<WriteRequest>, stop: CancellationToken) {
+    pub async fn run(
+        self,
+        cx: DeviceContext,
+        mut writes: mpsc::Receiver<WriteRequest>,
+        stop: CancellationToken,
+    ) {
         let device = self.config.name.clone();
         let mut poller = Poller {
             device: self,
@@ -133,7 +142,10 @@ impl Poller {
     fn error(&self, cx: &DeviceContext, kind: &str) {
         cx.metrics
             .errors
-            .get_or_create(&vec![("device", self.device.config.name.clone()), ("kind", kind.to_string())])
+            .get_or_create(&vec![
+                ("device", self.device.config.name.clone()),
+                ("kind", kind.to_string()),
+            ])
             .inc();
     }
 
@@ -183,15 +195,30 @@ impl Poller {
         let timeout = self.device.config.timeout;
         let result = tokio::time::timeout(timeout, async {
             match table {
-                Table::Coil => ctx.read_coils(start, count).await.map(|r| r.map(Reply::Bits)),
-                Table::Discrete => ctx.read_discrete_inputs(start, count).await.map(|r| r.map(Reply::Bits)),
-                Table::Input => ctx.read_input_registers(start, count).await.map(|r| r.map(Reply::Words)),
-                Table::Holding => ctx.read_holding_registers(start, count).await.map(|r| r.map(Reply::Words)),
+                Table::Coil => ctx
+                    .read_coils(start, count)
+                    .await
+                    .map(|r| r.map(Reply::Bits)),
+                Table::Discrete => ctx
+                    .read_discrete_inputs(start, count)
+                    .await
+                    .map(|r| r.map(Reply::Bits)),
+                Table::Input => ctx
+                    .read_input_registers(start, count)
+                    .await
+                    .map(|r| r.map(Reply::Words)),
+                Table::Holding => ctx
+                    .read_holding_registers(start, count)
+                    .await
+                    .map(|r| r.map(Reply::Words)),
             }
         })
         .await;
         match result {
-            Err(_) => Outcome::Transport(format!("no response within {}", humantime_duration(timeout))),
+            Err(_) => Outcome::Transport(format!(
+                "no response within {}",
+                humantime_duration(timeout)
+            )),
             Ok(Err(e)) => Outcome::Transport(e.to_string()),
             Ok(Ok(Err(code))) => Outcome::Exception(code),
             Ok(Ok(Ok(reply))) => Outcome::Data(reply),
@@ -209,7 +236,11 @@ impl Poller {
             }
             let now = now_ns();
             for slot in &mut results {
-                *slot = Some((None, Quality::bad(QualityReason::CommFailure, reason.clone()), now));
+                *slot = Some((
+                    None,
+                    Quality::bad(QualityReason::CommFailure, reason.clone()),
+                    now,
+                ));
             }
         } else {
             for r in 0..self.device.plan.len() {
@@ -219,7 +250,10 @@ impl Poller {
                 };
                 cx.metrics
                     .requests
-                    .get_or_create(&vec![("device", self.device.config.name.clone()), ("table", table.to_string())])
+                    .get_or_create(&vec![
+                        ("device", self.device.config.name.clone()),
+                        ("table", table.to_string()),
+                    ])
                     .inc();
                 let outcome = self.request(table, start, count).await;
                 let now = now_ns();
@@ -232,7 +266,10 @@ impl Poller {
                     }
                     Outcome::Exception(code) => {
                         self.error(cx, "exception");
-                        let quality = Quality::bad(QualityReason::DeviceException(u8::from(code)), code.to_string());
+                        let quality = Quality::bad(
+                            QualityReason::DeviceException(u8::from(code)),
+                            code.to_string(),
+                        );
                         for &(tag, _) in &req.tags {
                             results[tag] = Some((None, quality.clone(), now));
                         }
@@ -251,24 +288,42 @@ impl Poller {
         }
         let labels = self.labels();
         cx.metrics.polls.get_or_create(&labels).inc();
-        cx.metrics.poll_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        cx.metrics
+            .poll_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
         let mut samples = Vec::with_capacity(tag_count);
         for (i, result) in results.into_iter().enumerate() {
-            let Some((value, quality, ts)) = result else { continue };
+            let Some((value, quality, ts)) = result else {
+                continue;
+            };
             let q = if quality.is_good() { "good" } else { "bad" };
             cx.metrics
                 .samples_read
-                .get_or_create(&vec![("device", self.device.config.name.clone()), ("quality", q.to_string())])
+                .get_or_create(&vec![
+                    ("device", self.device.config.name.clone()),
+                    ("quality", q.to_string()),
+                ])
                 .inc();
             let tag = &self.device.tags[i];
             if self.deadbands[i].should_report(tag.deadband, &value, &quality) {
-                samples.push(Sample { tag: tag.name.clone(), value, quality, timestamp_ns: ts });
+                samples.push(Sample {
+                    tag: tag.name.clone(),
+                    value,
+                    quality,
+                    timestamp_ns: ts,
+                });
             }
         }
         if samples.is_empty() {
             return;
         }
-        let sequence = match cx.sequence.lock().map_err(|_| "sequence lock poisoned".to_string()).and_then(|mut s| s.next().map_err(|e| e.to_string())) {
+        let sequence = match cx
+            .sequence
+            .lock()
+            .map_err(|_| "sequence lock poisoned".to_string())
+            .and_then(|mut s| s.next().map_err(|e| e.to_string()))
+        {
             Ok(n) => n,
             Err(error) => {
                 self.error(cx, "sequence");
@@ -288,7 +343,12 @@ impl Poller {
     /// The adapter's last line of defence for writes: the tag must be writable, the value
     /// within limits and the deadline not passed; a command id seen before returns the earlier
     /// result without writing again; after the write the value is read back and compared.
-    async fn write(&mut self, cx: &DeviceContext, tag_name: &str, command: &v1::Command) -> v1::CommandResult {
+    async fn write(
+        &mut self,
+        cx: &DeviceContext,
+        tag_name: &str,
+        command: &v1::Command,
+    ) -> v1::CommandResult {
         if let Some(done) = self.remembered.get(&command.id) {
             return done.clone();
         }
@@ -301,7 +361,10 @@ impl Poller {
         };
         cx.metrics
             .writes
-            .get_or_create(&vec![("device", self.device.config.name.clone()), ("outcome", outcome.to_string())])
+            .get_or_create(&vec![
+                ("device", self.device.config.name.clone()),
+                ("outcome", outcome.to_string()),
+            ])
             .inc();
         tracing::info!(device = %self.device.config.name, tag = tag_name, command = %command.id, requested_by = %command.requested_by, outcome, detail = %result.detail, "write");
         // Rejections and transport failures did not reach the device; a retry with the same id
@@ -318,13 +381,26 @@ impl Poller {
         result
     }
 
-    async fn write_once(&mut self, cx: &DeviceContext, tag_name: &str, command: &v1::Command) -> v1::CommandResult {
-        let reject = |by: &str, detail: String| result(command, v1::CommandStatus::Rejected, by, None, detail);
+    async fn write_once(
+        &mut self,
+        cx: &DeviceContext,
+        tag_name: &str,
+        command: &v1::Command,
+    ) -> v1::CommandResult {
+        let reject = |by: &str, detail: String| {
+            result(command, v1::CommandStatus::Rejected, by, None, detail)
+        };
         if command.id.is_empty() {
-            return reject("command_id", "a command needs an id (its idempotency key)".into());
+            return reject(
+                "command_id",
+                "a command needs an id (its idempotency key)".into(),
+            );
         }
         let Some(index) = self.device.tags.iter().position(|t| t.name == tag_name) else {
-            return reject("unknown_tag", format!("device {} has no tag {tag_name:?}", self.device.config.name));
+            return reject(
+                "unknown_tag",
+                format!("device {} has no tag {tag_name:?}", self.device.config.name),
+            );
         };
         let tag = self.device.tags[index].clone();
         if !tag.writable {
@@ -366,52 +442,109 @@ impl Poller {
             }
         };
         if command.deadline_ns > 0 && now_ns() > command.deadline_ns {
-            return reject("deadline", "the command's deadline passed before it could be written".into());
+            return reject(
+                "deadline",
+                "the command's deadline passed before it could be written".into(),
+            );
         }
         if let Err(e) = self.ensure_connected(cx).await {
-            return result(command, v1::CommandStatus::Failed, "", None, format!("device not reachable: {e}"));
+            return result(
+                command,
+                v1::CommandStatus::Failed,
+                "",
+                None,
+                format!("device not reachable: {e}"),
+            );
         }
         let written = self.perform_write(&tag, &value, &words).await;
         match written {
             Outcome::Data(_) => {}
             Outcome::Exception(code) => {
                 self.error(cx, "exception");
-                return result(command, v1::CommandStatus::Failed, "", None, format!("device refused the write: {code}"));
+                return result(
+                    command,
+                    v1::CommandStatus::Failed,
+                    "",
+                    None,
+                    format!("device refused the write: {code}"),
+                );
             }
             Outcome::Transport(reason) => {
                 self.error(cx, "transport");
                 self.schedule_reconnect(&reason);
-                return result(command, v1::CommandStatus::Failed, "", None, format!("write not confirmed: {reason}"));
+                return result(
+                    command,
+                    v1::CommandStatus::Failed,
+                    "",
+                    None,
+                    format!("write not confirmed: {reason}"),
+                );
             }
         }
-        let width = if tag.address.table.is_bits() { 1 } else { tag.codec.register_count() };
-        let read_back = match self.request(tag.address.table, tag.address.offset, width).await {
+        let width = if tag.address.table.is_bits() {
+            1
+        } else {
+            tag.codec.register_count()
+        };
+        let read_back = match self
+            .request(tag.address.table, tag.address.offset, width)
+            .await
+        {
             Outcome::Data(reply) => decode(&tag, &reply, 0, now_ns()).0,
             Outcome::Exception(_) | Outcome::Transport(_) => None,
         };
         match read_back {
-            Some(back) if same_value(&back, &value, tag.codec.data_type) => {
-                result(command, v1::CommandStatus::Written, "", Some(back), String::new())
-            }
+            Some(back) if same_value(&back, &value, tag.codec.data_type) => result(
+                command,
+                v1::CommandStatus::Written,
+                "",
+                Some(back),
+                String::new(),
+            ),
             Some(back) => {
                 let detail = format!("wrote {value}, read back {back}");
-                result(command, v1::CommandStatus::ReadbackMismatch, "", Some(back), detail)
+                result(
+                    command,
+                    v1::CommandStatus::ReadbackMismatch,
+                    "",
+                    Some(back),
+                    detail,
+                )
             }
-            None => result(command, v1::CommandStatus::ReadbackMismatch, "", None, "written, but the value could not be read back".into()),
+            None => result(
+                command,
+                v1::CommandStatus::ReadbackMismatch,
+                "",
+                None,
+                "written, but the value could not be read back".into(),
+            ),
         }
     }
 
-    async fn perform_write(&mut self, tag: &ResolvedModbusTag, value: &Value, words: &[u16]) -> Outcome {
+    async fn perform_write(
+        &mut self,
+        tag: &ResolvedModbusTag,
+        value: &Value,
+        words: &[u16],
+    ) -> Outcome {
         let offset = tag.address.offset;
         if let (Some(bit), Value::Bool(on)) = (tag.codec.bit, value) {
             // A bit inside a holding register: read, modify, write back.
             let current = match self.request(Table::Holding, offset, 1).await {
                 Outcome::Data(Reply::Words(w)) if w.len() == 1 => w[0],
-                Outcome::Data(_) => return Outcome::Transport("short reply to the read before a bit write".into()),
+                Outcome::Data(_) => {
+                    return Outcome::Transport("short reply to the read before a bit write".into());
+                }
                 other => return other,
             };
-            let word = if *on { current | (1 << bit) } else { current & !(1 << bit) };
-            return self.send_write(Table::Holding, offset, &[word], false).await;
+            let word = if *on {
+                current | (1 << bit)
+            } else {
+                current & !(1 << bit)
+            };
+            return self
+                .send_write(Table::Holding, offset, &[word], false)
+                .await;
         }
         match (tag.address.table, value) {
             (Table::Coil, Value::Bool(on)) => self.send_write(Table::Coil, offset, &[], *on).await,
@@ -419,7 +552,13 @@ impl Poller {
         }
     }
 
-    async fn send_write(&mut self, table: Table, offset: u16, words: &[u16], coil: bool) -> Outcome {
+    async fn send_write(
+        &mut self,
+        table: Table,
+        offset: u16,
+        words: &[u16],
+        coil: bool,
+    ) -> Outcome {
         let Some(ctx) = self.connection.as_mut() else {
             return Outcome::Transport("not connected".into());
         };
@@ -433,7 +572,10 @@ impl Poller {
         })
         .await;
         match sent {
-            Err(_) => Outcome::Transport(format!("no response within {}", humantime_duration(timeout))),
+            Err(_) => Outcome::Transport(format!(
+                "no response within {}",
+                humantime_duration(timeout)
+            )),
             Ok(Err(e)) => Outcome::Transport(e.to_string()),
             Ok(Ok(Err(code))) => Outcome::Exception(code),
             Ok(Ok(Ok(()))) => Outcome::Data(Reply::Words(Vec::new())),
@@ -442,32 +584,58 @@ impl Poller {
 }
 
 async fn connect(addr: SocketAddr, unit: u8, timeout: Duration) -> Result<Context, String> {
-    match tokio::time::timeout(timeout, tokio_modbus::client::tcp::connect_slave(addr, Slave(unit))).await {
+    match tokio::time::timeout(
+        timeout,
+        tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)),
+    )
+    .await
+    {
         Ok(Ok(ctx)) => Ok(ctx),
         Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
-        Err(_) => Err(format!("cannot connect to {addr} within {}", humantime_duration(timeout))),
+        Err(_) => Err(format!(
+            "cannot connect to {addr} within {}",
+            humantime_duration(timeout)
+        )),
     }
 }
 
 /// Decodes one tag from a reply; anything short or undecodable is a Bad sample.
-fn decode(tag: &ResolvedModbusTag, reply: &Reply, pos: u16, ts: i64) -> (Option<Value>, Quality, i64) {
+fn decode(
+    tag: &ResolvedModbusTag,
+    reply: &Reply,
+    pos: u16,
+    ts: i64,
+) -> (Option<Value>, Quality, i64) {
     let pos = usize::from(pos);
     let decoded = match reply {
         Reply::Bits(bits) => match bits.get(pos) {
             Some(bit) => Ok(tag.codec.decode_bit(*bit)),
-            None => Err((QualityReason::DecodeError, format!("reply holds {} bits, tag needs bit {pos}", bits.len()))),
+            None => Err((
+                QualityReason::DecodeError,
+                format!("reply holds {} bits, tag needs bit {pos}", bits.len()),
+            )),
         },
         Reply::Words(words) => {
             let width = usize::from(tag.codec.register_count());
             match words.get(pos..pos + width) {
                 Some(slice) => tag.codec.decode_registers(slice).map_err(|e| {
                     let reason = match e {
-                        fieldline_core::codec::DecodeError::OutOfRange(_) => QualityReason::OutOfRange,
+                        fieldline_core::codec::DecodeError::OutOfRange(_) => {
+                            QualityReason::OutOfRange
+                        }
                         _ => QualityReason::DecodeError,
                     };
                     (reason, e.to_string())
                 }),
-                None => Err((QualityReason::DecodeError, format!("reply holds {} registers, tag needs {}..{}", words.len(), pos, pos + width))),
+                None => Err((
+                    QualityReason::DecodeError,
+                    format!(
+                        "reply holds {} registers, tag needs {}..{}",
+                        words.len(),
+                        pos,
+                        pos + width
+                    ),
+                )),
             }
         }
     };
@@ -488,7 +656,13 @@ fn same_value(back: &Value, wanted: &Value, data_type: DataType) -> bool {
     }
 }
 
-fn result(command: &v1::Command, status: v1::CommandStatus, rejected_by: &str, read_back: Option<Value>, detail: String) -> v1::CommandResult {
+fn result(
+    command: &v1::Command,
+    status: v1::CommandStatus,
+    rejected_by: &str,
+    read_back: Option<Value>,
+    detail: String,
+) -> v1::CommandResult {
     v1::CommandResult {
         command_id: command.id.clone(),
         status: status as i32,
@@ -511,7 +685,11 @@ mod tests {
     fn tag(data_type: DataType) -> ResolvedModbusTag {
         ResolvedModbusTag {
             name: "t".into(),
-            address: Address { table: Table::Holding, offset: 0, bit: None },
+            address: Address {
+                table: Table::Holding,
+                offset: 0,
+                bit: None,
+            },
             codec: TagCodec::new(data_type),
             deadband: None,
             writable: false,
@@ -524,7 +702,13 @@ mod tests {
     fn a_short_reply_is_bad_not_zero() {
         let (value, quality, _) = decode(&tag(DataType::U32), &Reply::Words(vec![1]), 0, 0);
         assert_eq!(value, None);
-        assert!(matches!(quality, Quality::Bad { reason: QualityReason::DecodeError, .. }));
+        assert!(matches!(
+            quality,
+            Quality::Bad {
+                reason: QualityReason::DecodeError,
+                ..
+            }
+        ));
         let (value, quality, _) = decode(&tag(DataType::Bool), &Reply::Bits(vec![]), 3, 0);
         assert_eq!(value, None);
         assert!(quality.is_bad());
@@ -534,15 +718,33 @@ mod tests {
     fn nan_from_the_device_is_out_of_range() {
         let (value, quality, _) = decode(&tag(DataType::F32), &Reply::Words(vec![0x7FC0, 0]), 0, 0);
         assert_eq!(value, None);
-        assert!(matches!(quality, Quality::Bad { reason: QualityReason::OutOfRange, .. }));
+        assert!(matches!(
+            quality,
+            Quality::Bad {
+                reason: QualityReason::OutOfRange,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn read_back_comparison_tolerates_f32_rounding_only() {
-        assert!(same_value(&Value::F64(0.1f32 as f64), &Value::F64(0.1), DataType::F32));
-        assert!(!same_value(&Value::F64(0.2), &Value::F64(0.1), DataType::F32));
+        assert!(same_value(
+            &Value::F64(0.1f32 as f64),
+            &Value::F64(0.1),
+            DataType::F32
+        ));
+        assert!(!same_value(
+            &Value::F64(0.2),
+            &Value::F64(0.1),
+            DataType::F32
+        ));
         assert!(same_value(&Value::I64(5), &Value::I64(5), DataType::I16));
         assert!(!same_value(&Value::I64(5), &Value::I64(6), DataType::I16));
-        assert!(same_value(&Value::Bool(true), &Value::Bool(true), DataType::Bool));
+        assert!(same_value(
+            &Value::Bool(true),
+            &Value::Bool(true),
+            DataType::Bool
+        ));
     }
 }

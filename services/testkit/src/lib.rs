@@ -1,0 +1,175 @@
+//! Harnesses for tests that run against real parts: the backends started by
+//! `tests/backends.sh` (Mosquitto, MariaDB, InfluxDB 1.x) and protocol peers we did not write
+//! (pymodbus). A missing backend fails the test with the command that starts it; nothing here
+//! ever skips a test.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
+
+pub const MQTT: &str = "127.0.0.1:1883";
+pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+pub const INFLUX_URL: &str = "http://127.0.0.1:8086";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The state folder of `tests/backends.sh`.
+pub fn backends_dir() -> PathBuf {
+    std::env::var_os("FIELDLINE_BACKENDS_DIR").map_or_else(
+        || PathBuf::from("/var/tmp/fieldline-backends"),
+        PathBuf::from,
+    )
+}
+
+const HOW: &str = "start the test backends with `bash tests/backends.sh` (installs and starts Mosquitto, MariaDB, InfluxDB 1.x and the Python peers)";
+
+fn require_port(what: &str, addr: &str) -> anyhow::Result<()> {
+    let sock: SocketAddr = addr.parse()?;
+    TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map(drop)
+        .with_context(|| format!("{what} is not answering on {addr}; {HOW}"))
+}
+
+/// Fails unless Mosquitto, MariaDB and InfluxDB answer.
+pub fn require_backends() -> anyhow::Result<()> {
+    require_port("the MQTT broker", MQTT)?;
+    require_port("MariaDB", "127.0.0.1:3306")?;
+    require_port("InfluxDB", "127.0.0.1:8086")?;
+    Ok(())
+}
+
+/// The Python interpreter of the peers' venv.
+pub fn python() -> anyhow::Result<PathBuf> {
+    let p = backends_dir().join("venv/bin/python");
+    if !p.exists() {
+        bail!("no Python venv at {}; {HOW}", p.display());
+    }
+    Ok(p)
+}
+
+/// A name unique to this test run, usable as a line, device or database name.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// A pymodbus server (`tests/peers/modbus_server.py`), killed when dropped.
+pub struct ModbusPeer {
+    pub addr: SocketAddr,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ModbusPeer {
+    /// Starts the peer with registers from `spec` (see the script for the format).
+    pub async fn start(spec: &serde_json::Value) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique("modbus-spec"));
+        std::fs::create_dir_all(&dir)?;
+        let spec_path = dir.join("spec.json");
+        std::fs::write(&spec_path, serde_json::to_vec(spec)?)?;
+        let script = repo_root().join("tests/peers/modbus_server.py");
+        let mut child = Command::new(python()?)
+            .arg(&script)
+            .args(["--port", "0", "--spec"])
+            .arg(&spec_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", script.display()))?;
+        let stdin = child.stdin.take().context("peer stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("peer stdout")?);
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(20), stdout.read_line(&mut line))
+            .await
+            .context("pymodbus server did not print READY within 20s")??;
+        let port: u16 = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("unexpected first line from the pymodbus server: {line:?}"))?;
+        Ok(Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Sends one command (`set holding 4 int16 -99`, `get coil 0`) and returns the reply.
+    pub async fn command(&mut self, command: &str) -> anyhow::Result<String> {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        self.stdin.flush().await?;
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(5), self.stdout.read_line(&mut line))
+            .await
+            .context("peer did not answer")??;
+        Ok(line.trim().to_string())
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs an InfluxQL query against `db` and returns the JSON answer.
+pub async fn influx_query(db: &str, q: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{INFLUX_URL}/query");
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("db={}&q={}", encode(db), encode(q)))
+        .send()
+        .await?;
+    let text = response.text().await?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
