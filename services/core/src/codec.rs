@@ -302,7 +302,7 @@ impl TagCodec {
             DataType::I32 => Value::I64(i64::from(i32::from_be_bytes(arr(&bytes)))),
             DataType::U64 => Value::U64(u64::from_be_bytes(arr(&bytes))),
             DataType::I64 => Value::I64(i64::from_be_bytes(arr(&bytes))),
-            DataType::F32 => Value::F64(finite(f64::from(f32::from_be_bytes(arr(&bytes))))?),
+            DataType::F32 => Value::F64(finite(f32_as_f64(f32::from_be_bytes(arr(&bytes))))?),
             DataType::F64 => Value::F64(finite(f64::from_be_bytes(arr(&bytes)))?),
         };
         if !self.is_scaled() {
@@ -481,6 +481,15 @@ fn arr<const N: usize>(bytes: &[u8]) -> [u8; N] {
     out
 }
 
+/// The f64 closest to the f32's shortest decimal form: a device's 22.849432f32 becomes
+/// 22.849432, not 22.84943199157715, so stored and displayed values read as the device meant.
+fn f32_as_f64(x: f32) -> f64 {
+    if !x.is_finite() {
+        return f64::from(x);
+    }
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 fn finite(x: f64) -> Result<f64, DecodeError> {
     if x.is_finite() {
         Ok(x)
@@ -568,6 +577,15 @@ mod tests {
             i64c.decode_registers(&[0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF]),
             Ok(Value::I64(-2))
         );
+    }
+
+    #[test]
+    fn f32_values_keep_their_decimal_form() {
+        let c = TagCodec::new(DataType::F32);
+        let words = c.encode_registers(&Value::F64(22.849432)).unwrap();
+        assert_eq!(c.decode_registers(&words), Ok(Value::F64(22.849432)));
+        let words = c.encode_registers(&Value::F64(0.1)).unwrap();
+        assert_eq!(c.decode_registers(&words), Ok(Value::F64(0.1)));
     }
 
     #[test]
@@ -712,7 +730,8 @@ mod tests {
             fn f32_round_trips((w, b) in orders(), v in any::<f32>().prop_filter("finite", |v| v.is_finite())) {
                 let c = codec(DataType::F32, w, b);
                 let words = c.encode_registers(&Value::F64(v.into())).unwrap();
-                prop_assert_eq!(c.decode_registers(&words), Ok(Value::F64(v.into())));
+                let Ok(Value::F64(back)) = c.decode_registers(&words) else { panic!("not a float") };
+                prop_assert_eq!(back as f32, v, "the device's f32 is what comes back");
             }
 
             #[test]

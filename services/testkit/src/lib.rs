@@ -173,3 +173,81 @@ fn encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// HTTP GET returning status and body.
+pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    let response = reqwest::get(url).await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// A service binary started for a test, killed if the test ends without stopping it.
+pub struct ServiceProcess {
+    child: Child,
+    pub http: SocketAddr,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `args` and waits until its `/readyz` on `http` answers 200.
+    pub async fn start(
+        binary: &std::path::Path,
+        args: &[&str],
+        http: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut process = Self { child, http };
+        let url = format!("http://{http}/readyz");
+        let ready = wait_for(
+            Duration::from_secs(30),
+            &format!("{} to be ready", binary.display()),
+            || async {
+                match http_get(&url).await {
+                    Ok((200, _)) => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+        if let Err(e) = ready {
+            let _ = process.child.kill().await;
+            return Err(e);
+        }
+        Ok(process)
+    }
+
+    /// Sends SIGTERM and waits (up to 20 s) for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        let pid = self.child.id().context("process already gone")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .context("no exit within 20s of SIGTERM")??;
+        Ok(exit.code())
+    }
+
+    /// Everything the process printed on stdout (after it exited).
+    pub async fn stdout(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut out = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_string(&mut out).await;
+        }
+        out
+    }
+}

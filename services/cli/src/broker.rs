@@ -1,0 +1,58 @@
+//! The embedded MQTT broker of `fieldline up` (rumqttd, MQTT 3.1.1), so the demo needs no
+//! server installed. It runs on its own threads for the life of the process.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use anyhow::{Context, bail};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Starts the broker on `listen` and returns once it accepts connections.
+pub async fn start(listen: SocketAddr) -> anyhow::Result<()> {
+    // Fail early and clearly when the port is taken (rumqttd would only log it).
+    drop(std::net::TcpListener::bind(listen).with_context(|| {
+        format!(
+            "the embedded MQTT broker cannot listen on {listen}; choose another with --mqtt-listen"
+        )
+    })?);
+    let server = ServerSettings {
+        name: "fieldline-v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 16 * 1024 * 1024,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 1024,
+            max_outgoing_packet_count: 1024,
+            max_segment_size: 64 * 1024 * 1024,
+            max_segment_count: 8,
+            ..RouterConfig::default()
+        },
+        v4: Some(HashMap::from([("fieldline-v4".to_string(), server)])),
+        ..Config::default()
+    };
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(error) = broker.start() {
+                tracing::error!(%error, "embedded MQTT broker stopped");
+            }
+        })?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the embedded MQTT broker did not start listening on {listen}")
+}

@@ -1,0 +1,168 @@
+//! `fieldline`: see `fieldline --help`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use fieldline::{client, up};
+use fieldline_core::config::LineConfig;
+use fieldline_proto::v1;
+use fieldline_runtime::{shutdown, telemetry};
+
+/// Fieldline: data acquisition and supervisory control for production lines.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline in this process: the demo line by default, or `--config FILE`
+    /// against the broker and databases that file names.
+    Up {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where the demo keeps its SQLite database and state.
+        #[arg(long, default_value = "fieldline-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:11883")]
+        mqtt_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        sim_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:50053")]
+        plant_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        http_listen: SocketAddr,
+    },
+    /// Line documents.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Serve the simulated tank over Modbus TCP.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:5020")]
+        listen: SocketAddr,
+        /// Process model step.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        step: Duration,
+    },
+    /// Print the latest value of tags from the MES API.
+    Read(Query),
+    /// Print the latest values, then every change, from the MES API.
+    Watch(Query),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a line document; prints every problem with its path.
+    Check { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct Query {
+    /// PlantService address.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50053",
+        env = "FIELDLINE_SERVER"
+    )]
+    server: String,
+    #[arg(long, default_value = "")]
+    line: String,
+    #[arg(long, default_value = "")]
+    device: String,
+    /// Tag names; all when none are given.
+    tags: Vec<String>,
+}
+
+impl Query {
+    fn split(self) -> (String, v1::TagFilter) {
+        (
+            self.server,
+            v1::TagFilter {
+                line: self.line,
+                device: self.device,
+                tags: self.tags,
+            },
+        )
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => Ok(check(&file)),
+        Command::Up {
+            config,
+            data_dir,
+            mqtt_listen,
+            sim_listen,
+            plant_listen,
+            http_listen,
+        } => {
+            telemetry::init();
+            let stop = shutdown::on_signal();
+            let options = up::UpOptions {
+                config,
+                data_dir,
+                mqtt_listen,
+                sim_listen,
+                plant_listen,
+                http_listen,
+            };
+            let running = up::start(&options, stop).await?;
+            println!("{}", running.endpoints.banner());
+            running.wait().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sim { listen, step } => {
+            telemetry::init();
+            let stop = shutdown::on_signal();
+            let state = fieldline_sim::SimState::new();
+            fieldline_sim::tank::init(&state);
+            let (addr, server) =
+                fieldline_sim::serve_modbus_tcp(listen, state.clone(), stop.clone()).await?;
+            println!("simulated tank serving Modbus TCP on {addr}");
+            fieldline_sim::tank::run(state, step, stop).await;
+            let _ = server.await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Read(q) => {
+            let (server, filter) = q.split();
+            client::read(server, filter).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch(q) => {
+            let (server, filter) = q.split();
+            client::watch(server, filter).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    match LineConfig::load(file) {
+        Ok(config) => {
+            let tags: usize = config.devices.iter().map(|d| d.tags.len()).sum();
+            println!(
+                "{}: ok (line {}, {} devices, {tags} tags)",
+                file.display(),
+                config.line,
+                config.devices.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{}: {e}", file.display());
+            }
+            eprintln!("{} problem(s) found", errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
