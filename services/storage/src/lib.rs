@@ -95,6 +95,13 @@ pub async fn start(
         sinks.push(Sink::Sql(sink));
     }
     ready.set(true);
+    // Every sink's series exist from the start, so dashboards show zeros, not gaps.
+    for sink in &sinks {
+        let labels = vec![("sink", sink.name().to_string())];
+        metrics.samples_written.get_or_create(&labels);
+        metrics.samples_rejected.get_or_create(&labels);
+        metrics.retries.get_or_create(&labels);
+    }
     let sinks = Arc::new(sinks);
     let api = service::StorageApi {
         sinks: sinks.clone(),
