@@ -61,7 +61,7 @@ impl Sequence {
     }
 
     /// The next number, persisting a new block first when the current one is used up.
-    pub fn next(&mut self) -> Result<u64, SequenceError> {
+    pub fn take(&mut self) -> Result<u64, SequenceError> {
         if self.next >= self.reserved_until {
             self.reserve()?;
         }
@@ -100,12 +100,12 @@ mod tests {
     fn numbers_keep_growing_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Sequence::open(dir.path(), "l", "d", 5).unwrap();
-        let first: Vec<u64> = (0..3).map(|_| s.next().unwrap()).collect();
+        let first: Vec<u64> = (0..3).map(|_| s.take().unwrap()).collect();
         assert_eq!(first, vec![5, 6, 7]);
         drop(s);
         // Same clock reading (or a clock that went backwards): still above what was used.
         let mut s = Sequence::open(dir.path(), "l", "d", 1).unwrap();
-        assert!(s.next().unwrap() > 7);
+        assert!(s.take().unwrap() > 7);
     }
 
     #[test]
@@ -114,7 +114,7 @@ mod tests {
         let mut s = Sequence::open(dir.path(), "l", "d", 1).unwrap();
         let mut last = 0;
         for _ in 0..(BLOCK + 5) {
-            let n = s.next().unwrap();
+            let n = s.take().unwrap();
             assert!(n > last);
             last = n;
         }
@@ -131,6 +131,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("l.d.seq"), "garbage").unwrap();
         let mut s = Sequence::open(dir.path(), "l", "d", 1_000_000).unwrap();
-        assert_eq!(s.next().unwrap(), 1_000_000);
+        assert_eq!(s.take().unwrap(), 1_000_000);
     }
 }

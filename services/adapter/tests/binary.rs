@@ -12,7 +12,8 @@ async fn polls_publishes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let state = fieldline_sim::SimState::new();
     fieldline_sim::tank::init(&state);
-    let (sim, _server) = fieldline_sim::serve_modbus_tcp("127.0.0.1:0".parse()?, state, stop.clone()).await?;
+    let (sim, _server) =
+        fieldline_sim::serve_modbus_tcp("127.0.0.1:0".parse()?, state, stop.clone()).await?;
     let dir = tempfile::tempdir()?;
     let http = kit::free_addr()?;
     let grpc = kit::free_addr()?;
@@ -26,9 +27,16 @@ async fn polls_publishes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
             state = dir.path().join("state").display(),
         ),
     )?;
-    let mut adapter = kit::ServiceProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_fieldline-adapter")), &["--config", &file.display().to_string()], http).await?;
+    let mut adapter = kit::ServiceProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_fieldline-adapter")),
+        &["--config", &file.display().to_string()],
+        http,
+    )
+    .await?;
     let published = kit::wait_for(Duration::from_secs(10), "published batches", || async {
-        let (_, metrics) = kit::http_get(&format!("http://{http}/metrics")).await.ok()?;
+        let (_, metrics) = kit::http_get(&format!("http://{http}/metrics"))
+            .await
+            .ok()?;
         metrics
             .lines()
             .find_map(|l| l.strip_prefix("fieldline_adapter_batches_published_total "))
@@ -39,7 +47,10 @@ async fn polls_publishes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
     assert!(published >= 3);
     assert_eq!(adapter.terminate().await?, Some(0));
     let seq = std::fs::read_to_string(dir.path().join("state").join(format!("{line}.tank.seq")))?;
-    assert!(seq.trim().parse::<u64>()? > 0, "the sequence reservation is on disk");
+    assert!(
+        seq.trim().parse::<u64>()? > 0,
+        "the sequence reservation is on disk"
+    );
     stop.cancel();
     Ok(())
 }

@@ -114,26 +114,56 @@ fn default_keep_alive() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Where a secret comes from: an environment variable or a file (e.g. a mounted Secret).
+/// Where a secret comes from: `{ env: VAR }` or `{ file: /path }` (e.g. a mounted Secret).
+/// Exactly one of the two is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum SecretRef {
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
     /// Name of an environment variable that holds the secret.
-    Env(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
     /// Path of a file whose contents (trailing newline removed) are the secret.
-    File(PathBuf),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 impl SecretRef {
+    pub fn env(var: impl Into<String>) -> Self {
+        Self {
+            env: Some(var.into()),
+            file: None,
+        }
+    }
+
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            env: None,
+            file: Some(path.into()),
+        }
+    }
+
+    /// Why the reference is unusable, if it is.
+    pub fn problem(&self) -> Option<&'static str> {
+        match (&self.env, &self.file) {
+            (Some(_), Some(_)) => Some("set either env or file, not both"),
+            (None, None) => Some("set env (a variable name) or file (a path)"),
+            _ => None,
+        }
+    }
+
     /// Reads the secret. The error names where it looked, never the secret.
     pub fn resolve(&self) -> Result<String, String> {
-        match self {
-            SecretRef::Env(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set or not UTF-8")),
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| format!("cannot read secret file {}: {e}", path.display())),
+        if let Some(problem) = self.problem() {
+            return Err(problem.into());
         }
+        if let Some(var) = &self.env {
+            return std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set or not UTF-8"));
+        }
+        let path = self.file.as_deref().unwrap_or(Path::new(""));
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))
     }
 }
 
@@ -592,6 +622,25 @@ impl LineConfig {
                 ),
             );
         }
+        let secrets = [
+            ("mqtt.password", self.mqtt.password.as_ref()),
+            (
+                "storage.influx.password",
+                self.storage
+                    .influx
+                    .as_ref()
+                    .and_then(|i| i.password.as_ref()),
+            ),
+            (
+                "storage.sql.password",
+                self.storage.sql.as_ref().and_then(|s| s.password.as_ref()),
+            ),
+        ];
+        for (path, secret) in secrets {
+            if let Some(problem) = secret.and_then(SecretRef::problem) {
+                err(path.into(), problem.into());
+            }
+        }
         if self.devices.is_empty() {
             err("devices".into(), "a line needs at least one device".into());
         }
@@ -797,10 +846,35 @@ devices:
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("pw");
         std::fs::write(&file, "s3cret\n").unwrap();
-        assert_eq!(SecretRef::File(file).resolve().unwrap(), "s3cret");
-        let missing = SecretRef::Env("FIELDLINE_TEST_SURELY_UNSET".into())
+        assert_eq!(SecretRef::file(file).resolve().unwrap(), "s3cret");
+        let missing = SecretRef::env("FIELDLINE_TEST_SURELY_UNSET")
             .resolve()
             .unwrap_err();
         assert!(missing.contains("FIELDLINE_TEST_SURELY_UNSET"));
+    }
+
+    #[test]
+    fn secrets_are_written_as_env_or_file_maps() {
+        let yaml = format!(
+            "{GOOD}mqtt:\n  username: plant\n  password: {{ env: MQTT_PASSWORD }}\nstorage:\n  sql:\n    url: mysql://fieldline@db:3306/fieldline\n    password:\n      file: /run/secrets/sql\n"
+        );
+        let c = LineConfig::from_yaml(&yaml).unwrap();
+        assert_eq!(c.mqtt.password, Some(SecretRef::env("MQTT_PASSWORD")));
+        assert_eq!(
+            c.storage.sql.unwrap().password,
+            Some(SecretRef::file("/run/secrets/sql"))
+        );
+        let both = yaml.replace("{ env: MQTT_PASSWORD }", "{ env: A, file: /b }");
+        assert!(
+            errors_of(&both)
+                .iter()
+                .any(|e| e == "mqtt.password: set either env or file, not both")
+        );
+        let neither = yaml.replace("{ env: MQTT_PASSWORD }", "{}");
+        assert!(
+            errors_of(&neither)
+                .iter()
+                .any(|e| e.starts_with("mqtt.password: set env"))
+        );
     }
 }

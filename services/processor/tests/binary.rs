@@ -5,7 +5,8 @@ use fieldline_runtime::{CancellationToken, Health};
 use fieldline_testkit as kit;
 
 #[tokio::test]
-async fn becomes_ready_with_broker_and_storage_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
+async fn becomes_ready_with_broker_and_storage_and_exits_cleanly_on_sigterm() -> anyhow::Result<()>
+{
     kit::require_backends()?;
     let dir = tempfile::tempdir()?;
     let line = kit::unique("proc");
@@ -16,16 +17,40 @@ async fn becomes_ready_with_broker_and_storage_and_exits_cleanly_on_sigterm() ->
         mqtt = kit::MQTT,
         db = dir.path().join("s.db").display(),
     );
-    let mut config = fieldline_core::config::LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config =
+        fieldline_core::config::LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = CancellationToken::new();
-    let storage = fieldline_storage::start(&config, &Health::default(), &mut Default::default(), stop.clone()).await?;
+    let storage = fieldline_storage::start(
+        &config,
+        &Health::default(),
+        &mut Default::default(),
+        stop.clone(),
+    )
+    .await?;
     config.processor.storage_url = format!("http://{}", storage.grpc_addr);
     let file = dir.path().join("line.yaml");
-    std::fs::write(&file, yaml.replace("processor:\n", &format!("processor:\n  storage_url: {}\n", config.processor.storage_url)))?;
-    let mut processor = kit::ServiceProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_fieldline-processor")), &["--config", &file.display().to_string()], http).await?;
+    std::fs::write(
+        &file,
+        yaml.replace(
+            "processor:\n",
+            &format!(
+                "processor:\n  storage_url: {}\n",
+                config.processor.storage_url
+            ),
+        ),
+    )?;
+    let mut processor = kit::ServiceProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_fieldline-processor")),
+        &["--config", &file.display().to_string()],
+        http,
+    )
+    .await?;
     let (status, metrics) = kit::http_get(&format!("http://{http}/metrics")).await?;
     assert_eq!(status, 200);
-    assert!(metrics.contains("fieldline_processor_batches_received_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("fieldline_processor_batches_received_total 0"),
+        "{metrics}"
+    );
     assert_eq!(processor.terminate().await?, Some(0));
     stop.cancel();
     storage.wait().await;

@@ -6,10 +6,12 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+type Components = Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>;
+
 /// Shared readiness state of one process.
 #[derive(Clone, Default)]
 pub struct Health {
-    components: Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+    components: Components,
 }
 
 /// One component's readiness flag.

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use fieldline_core::config::LineConfig;
 use fieldline_proto::v1::storage_service_server::StorageServiceServer;
-use fieldline_runtime::{CancellationToken, Health, backoff::Backoff};
+use fieldline_runtime::{CancellationToken, Health, backoff::Backoff, health::Readiness};
 use prometheus_client::registry::Registry;
 
 use crate::{
@@ -66,42 +66,77 @@ impl RunningStorage {
     }
 }
 
-/// Connects the configured backends (retrying while they are unreachable) and serves
-/// StorageService until `stop`.
+/// A storage service that has registered its metrics and readiness but not yet connected,
+/// so the operations endpoint can answer (not ready) while the databases are still down.
+pub struct Storage {
+    config: LineConfig,
+    metrics: StorageMetrics,
+    ready: Readiness,
+}
+
+impl Storage {
+    pub fn new(config: &LineConfig, health: &Health, registry: &mut Registry) -> Result<Self> {
+        if config.storage.influx.is_none() && config.storage.sql.is_none() {
+            return Err(Error::NoSinks);
+        }
+        Ok(Self {
+            config: config.clone(),
+            metrics: StorageMetrics::register(registry),
+            ready: health.component("backends"),
+        })
+    }
+
+    /// Connects the configured backends (retrying while they are unreachable) and serves
+    /// StorageService until `stop`.
+    pub async fn start(self, stop: CancellationToken) -> Result<RunningStorage> {
+        let Storage {
+            config,
+            metrics,
+            ready,
+        } = self;
+        let settings = &config.storage;
+        let mut sinks = Vec::new();
+        if let Some(influx) = &settings.influx {
+            let sink = InfluxSink::new(influx)?;
+            retry_until_ready("influxdb", &stop, || sink.prepare()).await?;
+            sinks.push(Sink::Influx(sink));
+        }
+        if let Some(sql) = &settings.sql {
+            let sink = retry_until_ready("sql", &stop, || SqlSink::connect(sql)).await?;
+            retry_until_ready("sql", &stop, || {
+                sink.register_line(&config.line, &config.devices)
+            })
+            .await?;
+            sinks.push(Sink::Sql(sink));
+        }
+        ready.set(true);
+        // Every sink's series exist from the start, so dashboards show zeros, not gaps.
+        for sink in &sinks {
+            let labels = vec![("sink", sink.name().to_string())];
+            drop(metrics.samples_written.get_or_create(&labels));
+            drop(metrics.samples_rejected.get_or_create(&labels));
+            drop(metrics.retries.get_or_create(&labels));
+        }
+        serve(settings, sinks, metrics, stop).await
+    }
+}
+
+/// Connects the configured backends and serves StorageService until `stop`.
 pub async fn start(
     config: &LineConfig,
     health: &Health,
     registry: &mut Registry,
     stop: CancellationToken,
 ) -> Result<RunningStorage> {
-    let settings = &config.storage;
-    if settings.influx.is_none() && settings.sql.is_none() {
-        return Err(Error::NoSinks);
-    }
-    let metrics = StorageMetrics::register(registry);
-    let ready = health.component("backends");
-    let mut sinks = Vec::new();
-    if let Some(influx) = &settings.influx {
-        let sink = InfluxSink::new(influx)?;
-        retry_until_ready("influxdb", &stop, || sink.prepare()).await?;
-        sinks.push(Sink::Influx(sink));
-    }
-    if let Some(sql) = &settings.sql {
-        let sink = retry_until_ready("sql", &stop, || SqlSink::connect(sql)).await?;
-        retry_until_ready("sql", &stop, || {
-            sink.register_line(&config.line, &config.devices)
-        })
-        .await?;
-        sinks.push(Sink::Sql(sink));
-    }
-    ready.set(true);
-    // Every sink's series exist from the start, so dashboards show zeros, not gaps.
-    for sink in &sinks {
-        let labels = vec![("sink", sink.name().to_string())];
-        metrics.samples_written.get_or_create(&labels);
-        metrics.samples_rejected.get_or_create(&labels);
-        metrics.retries.get_or_create(&labels);
-    }
+    Storage::new(config, health, registry)?.start(stop).await
+}
+
+async fn serve(
+    settings: &fieldline_core::config::StorageSettings,
+    sinks: Vec<Sink>,
+    metrics: StorageMetrics,
+    stop: CancellationToken,
+) -> Result<RunningStorage> {
     let sinks = Arc::new(sinks);
     let api = service::StorageApi {
         sinks: sinks.clone(),

@@ -16,11 +16,22 @@ async fn serves_health_and_metrics_and_exits_cleanly_on_sigterm() -> anyhow::Res
             dir.path().join("s.db").display()
         ),
     )?;
-    let mut storage = kit::ServiceProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_fieldline-storage")), &["--config", &config.display().to_string()], http).await?;
-    assert_eq!(kit::http_get(&format!("http://{http}/healthz")).await?.0, 200);
+    let mut storage = kit::ServiceProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_fieldline-storage")),
+        &["--config", &config.display().to_string()],
+        http,
+    )
+    .await?;
+    assert_eq!(
+        kit::http_get(&format!("http://{http}/healthz")).await?.0,
+        200
+    );
     let (status, metrics) = kit::http_get(&format!("http://{http}/metrics")).await?;
     assert_eq!(status, 200);
-    assert!(metrics.contains("fieldline_storage_samples_written_total{sink=\"sqlite\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("fieldline_storage_samples_written_total{sink=\"sqlite\"} 0"),
+        "{metrics}"
+    );
     assert_eq!(storage.terminate().await?, Some(0));
     Ok(())
 }
@@ -29,8 +40,14 @@ async fn serves_health_and_metrics_and_exits_cleanly_on_sigterm() -> anyhow::Res
 async fn refuses_to_start_without_a_backend() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("line.yaml");
-    std::fs::write(&config, "line: l1\ndevices:\n  - { name: d1, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ { name: a, address: \"holding:0\", type: u16 } ] }\n")?;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldline-storage")).args(["--config"]).arg(&config).output()?;
+    std::fs::write(
+        &config,
+        "line: l1\ndevices:\n  - { name: d1, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ { name: a, address: \"holding:0\", type: u16 } ] }\n",
+    )?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldline-storage"))
+        .args(["--config"])
+        .arg(&config)
+        .output()?;
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("storage needs at least one backend"));
     Ok(())

@@ -389,7 +389,7 @@ mod tests {
         std::fs::write(&secret, "p@ss:w/rd\n").unwrap();
         let config = SqlConfig {
             url: "mysql://root@127.0.0.1:3306/test".into(),
-            password: Some(fieldline_core::config::SecretRef::File(secret)),
+            password: Some(fieldline_core::config::SecretRef::file(secret)),
         };
         let (dialect, url) = connection_url(&config).unwrap();
         assert_eq!(dialect, Dialect::MySql);

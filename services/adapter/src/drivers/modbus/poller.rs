@@ -322,7 +322,7 @@ impl Poller {
             .sequence
             .lock()
             .map_err(|_| "sequence lock poisoned".to_string())
-            .and_then(|mut s| s.next().map_err(|e| e.to_string()))
+            .and_then(|mut s| s.take().map_err(|e| e.to_string()))
         {
             Ok(n) => n,
             Err(error) => {
