@@ -141,6 +141,33 @@ async fn influx_fields(
         .collect())
 }
 
+/// Publishes one batch to the broker at QoS 1 and waits for the broker's ack.
+async fn publish(topic: &str, batch: &v1::SampleBatch) -> anyhow::Result<()> {
+    use prost::Message;
+    let (host, port) = kit::MQTT.split_once(':').context("MQTT address")?;
+    let options = rumqttc::MqttOptions::new(kit::unique("e2e-pub"), host, port.parse()?);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    client
+        .publish(
+            topic,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            batch.encode_to_vec(),
+        )
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = eventloop.poll().await? {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await
+    .context("no PUBACK from the broker")??;
+    client.disconnect().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_values_arrive_exactly_in_influxdb_and_mariadb() -> anyhow::Result<()> {
     fieldline_runtime::telemetry::init();
@@ -267,6 +294,53 @@ async fn modbus_values_arrive_exactly_in_influxdb_and_mariadb() -> anyhow::Resul
     assert_eq!(
         values["temp_cdab"],
         Some(v1::value::Kind::DoubleValue(-3.75))
+    );
+
+    // A redelivered batch (a sequence number already stored) is dropped by the processor:
+    // its value never reaches the databases.
+    let stale = v1::SampleBatch {
+        line: line.clone(),
+        device: "press".into(),
+        adapter_id: "e2e".into(),
+        sequence: 1,
+        samples: vec![
+            fieldline_core::Sample::good(
+                "offset",
+                fieldline_core::Value::I64(999),
+                fieldline_runtime::now_ns(),
+            )
+            .into(),
+        ],
+    };
+    publish(&fieldline_proto::samples_topic(&line, "press"), &stale).await?;
+    kit::wait_for(
+        Duration::from_secs(10),
+        "the processor to count a duplicate",
+        || async {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).ok()?;
+            text.lines()
+                .any(|l| {
+                    l.starts_with("fieldline_processor_batches_duplicate_total ")
+                        && !l.ends_with(" 0")
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+    let offset: String = sqlx::query_scalar("SELECT value_text FROM latest_values WHERE line = ? AND device = 'press' AND tag = 'offset'").bind(&line).fetch_one(&pool).await?;
+    assert_eq!(
+        offset, "-1234",
+        "a redelivered old batch must not overwrite stored values"
+    );
+    let leaked = kit::influx_query(
+        &influx_db,
+        &format!("SELECT \"offset\" FROM \"press\" WHERE \"line\" = '{line}' AND \"offset\" = 999"),
+    )
+    .await?;
+    assert!(
+        leaked["results"][0]["series"].is_null(),
+        "the duplicate reached InfluxDB: {leaked}"
     );
 
     stop.cancel();

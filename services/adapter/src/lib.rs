@@ -129,6 +129,7 @@ pub async fn start(
         line: config.line.clone(),
         devices: handles,
         sink: publisher.sink.clone(),
+        stop: stop.clone(),
     };
     let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
         .await

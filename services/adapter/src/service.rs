@@ -15,6 +15,8 @@ pub struct AdapterApi {
     pub line: String,
     pub devices: HashMap<String, DeviceHandle>,
     pub sink: BatchSink,
+    /// Ends live streams when the adapter stops, so shutdown does not wait on clients.
+    pub stop: fieldline_runtime::CancellationToken,
 }
 
 type SampleStream = Pin<Box<dyn Stream<Item = Result<v1::SampleBatch, Status>> + Send>>;
@@ -47,6 +49,7 @@ impl AdapterService for AdapterApi {
                     None
                 }
             });
+        let stream = futures::StreamExt::take_until(stream, self.stop.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -98,6 +98,7 @@ pub async fn start(
     })?;
     let plant = PlantServiceServer::new(plant::PlantApi {
         latest: latest.clone(),
+        stop: stop.clone(),
     });
     let grpc_stop = stop.clone();
     tasks.spawn(async move {

@@ -12,6 +12,8 @@ use crate::latest::{Latest, matches};
 
 pub struct PlantApi {
     pub latest: Latest,
+    /// Ends subscriptions when the processor stops, so shutdown does not wait on clients.
+    pub stop: fieldline_runtime::CancellationToken,
 }
 
 type TagStream = Pin<Box<dyn Stream<Item = Result<v1::TagSample, Status>> + Send>>;
@@ -54,7 +56,9 @@ impl PlantService for PlantApi {
                 }
             })
             .flat_map(futures::stream::iter);
-        let stream = futures::stream::iter(snapshot.into_iter().map(Ok)).chain(live);
+        let stream = futures::stream::iter(snapshot.into_iter().map(Ok))
+            .chain(live)
+            .take_until(self.stop.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 }
