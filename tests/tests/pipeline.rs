@@ -296,6 +296,42 @@ async fn modbus_values_arrive_exactly_in_influxdb_and_mariadb() -> anyhow::Resul
         Some(v1::value::Kind::DoubleValue(-3.75))
     );
 
+    // Subscribe starts with the snapshot of the matching tags, then streams new samples.
+    let mut sub = plant
+        .subscribe(v1::TagFilter {
+            line: line.clone(),
+            device: "press".into(),
+            tags: vec!["level".into()],
+        })
+        .await?
+        .into_inner();
+    let snapshot = tokio::time::timeout(Duration::from_secs(5), sub.message())
+        .await??
+        .context("subscription ended")?;
+    let first_ts = snapshot
+        .sample
+        .as_ref()
+        .map(|s| s.timestamp_ns)
+        .unwrap_or_default();
+    assert_eq!(
+        snapshot
+            .sample
+            .as_ref()
+            .and_then(|s| s.value.clone())
+            .and_then(|v| v.kind),
+        Some(v1::value::Kind::UintValue(777))
+    );
+    let live = tokio::time::timeout(Duration::from_secs(5), sub.message())
+        .await??
+        .context("subscription ended")?;
+    let live = live.sample.context("a live update carries a sample")?;
+    assert_eq!(live.tag, "level", "only the subscribed tag is streamed");
+    assert!(
+        live.timestamp_ns > first_ts,
+        "after the snapshot come newer samples"
+    );
+    drop(sub);
+
     // A redelivered batch (a sequence number already stored) is dropped by the processor:
     // its value never reaches the databases.
     let stale = v1::SampleBatch {
