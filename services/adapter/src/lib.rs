@@ -38,11 +38,6 @@ pub enum Error {
     Device { device: String, message: String },
     #[error(transparent)]
     Sequence(#[from] sequence::SequenceError),
-    #[error("cannot serve gRPC on {addr}: {source}")]
-    Grpc {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
 }
 
 impl Error {
@@ -51,7 +46,6 @@ impl Error {
             Error::Runtime(e) => e.metric_label(),
             Error::Device { .. } => "device",
             Error::Sequence(_) => "sequence",
-            Error::Grpc { .. } => "bind",
         }
     }
 }
@@ -131,28 +125,16 @@ pub async fn start(
         sink: publisher.sink.clone(),
         stop: stop.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
-        .await
-        .map_err(|source| Error::Grpc {
-            addr: settings.grpc_listen,
-            source,
-        })?;
-    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc {
-        addr: settings.grpc_listen,
-        source,
-    })?;
-    let grpc_stop = stop.clone();
+    let router = tonic::transport::Server::builder().add_service(AdapterServiceServer::new(api));
+    let (grpc_addr, server) = fieldline_runtime::grpc::serve(
+        settings.grpc_listen,
+        router,
+        "AdapterService",
+        stop.clone(),
+    )
+    .await?;
     tasks.spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(AdapterServiceServer::new(api))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                grpc_stop.cancelled_owned(),
-            )
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "AdapterService stopped");
-        }
+        let _ = server.await;
     });
     tracing::info!(line = %config.line, devices = config.devices.len(), grpc = %grpc_addr, "adapter started");
     // When every poller has stopped, let the publisher flush and disconnect.

@@ -3,8 +3,10 @@
 use std::{path::PathBuf, sync::Arc};
 
 use clap::Parser;
-use fieldline_runtime::{Health, http, shutdown, telemetry};
-use prometheus_client::registry::Registry;
+use fieldline_runtime::{
+    http,
+    service::{self, Boot},
+};
 
 /// Polls the devices of one production line and publishes their samples to MQTT.
 #[derive(Parser)]
@@ -17,20 +19,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
-    let args = Args::parse();
-    let config = fieldline_runtime::config::load(&args.config)?;
-    let stop = shutdown::on_signal();
-    let health = Health::default();
-    let mut registry = Registry::default();
-    let adapter = fieldline_adapter::start(&config, &health, &mut registry, stop.clone()).await?;
-    http::serve(
-        config.adapter.http_listen,
+    let Boot {
+        config,
+        stop,
         health,
-        Arc::new(registry),
-        stop.clone(),
-    )
-    .await?;
+        mut registry,
+    } = service::boot(&Args::parse().config)?;
+    let adapter = fieldline_adapter::start(&config, &health, &mut registry, stop.clone()).await?;
+    http::serve(config.adapter.http_listen, health, Arc::new(registry), stop).await?;
     adapter.wait().await;
     Ok(())
 }

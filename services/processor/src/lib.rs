@@ -23,21 +23,12 @@ use crate::{forwarder::Forwarder, latest::Latest, metrics::ProcessorMetrics};
 pub enum Error {
     #[error(transparent)]
     Runtime(#[from] fieldline_runtime::Error),
-    #[error("cannot serve gRPC on {addr}: {source}")]
-    Grpc {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("building gRPC reflection: {0}")]
-    Reflection(String),
 }
 
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Runtime(e) => e.metric_label(),
-            Error::Grpc { .. } => "bind",
-            Error::Reflection(_) => "reflection",
         }
     }
 }
@@ -86,32 +77,16 @@ pub async fn start(
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(forwarder.run(eventloop, stop.clone(), Duration::from_secs(10)));
-    let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
-        .await
-        .map_err(|source| Error::Grpc {
-            addr: settings.grpc_listen,
-            source,
-        })?;
-    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc {
-        addr: settings.grpc_listen,
-        source,
-    })?;
     let plant = PlantServiceServer::new(plant::PlantApi {
         latest: latest.clone(),
         stop: stop.clone(),
     });
-    let grpc_stop = stop.clone();
+    let router = tonic::transport::Server::builder().add_service(plant);
+    let (grpc_addr, server) =
+        fieldline_runtime::grpc::serve(settings.grpc_listen, router, "PlantService", stop.clone())
+            .await?;
     tasks.spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(plant)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                grpc_stop.cancelled_owned(),
-            )
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "PlantService stopped");
-        }
+        let _ = server.await;
     });
     tracing::info!(line = %config.line, grpc = %grpc_addr, storage = %settings.storage_url, "processor started");
     Ok(RunningProcessor {

@@ -4,8 +4,10 @@
 use std::{path::PathBuf, sync::Arc};
 
 use clap::Parser;
-use fieldline_runtime::{Health, http, shutdown, telemetry};
-use prometheus_client::registry::Registry;
+use fieldline_runtime::{
+    http,
+    service::{self, Boot},
+};
 
 /// Consumes a line's samples from MQTT, forwards them to storage and serves PlantService.
 #[derive(Parser)]
@@ -18,19 +20,19 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
-    let args = Args::parse();
-    let config = fieldline_runtime::config::load(&args.config)?;
-    let stop = shutdown::on_signal();
-    let health = Health::default();
-    let mut registry = Registry::default();
+    let Boot {
+        config,
+        stop,
+        health,
+        mut registry,
+    } = service::boot(&Args::parse().config)?;
     let processor =
         fieldline_processor::start(&config, &health, &mut registry, stop.clone()).await?;
     http::serve(
         config.processor.http_listen,
         health,
         Arc::new(registry),
-        stop.clone(),
+        stop,
     )
     .await?;
     processor.wait().await;

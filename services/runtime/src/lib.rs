@@ -4,9 +4,11 @@
 
 pub mod backoff;
 pub mod config;
+pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod mqtt;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -27,6 +29,8 @@ pub enum Error {
     Secret(String),
     #[error("MQTT address {0:?} is not host:port")]
     MqttAddress(String),
+    #[error("building gRPC reflection: {0}")]
+    Reflection(String),
 }
 
 impl Error {
@@ -37,6 +41,7 @@ impl Error {
             Error::Bind { .. } => "bind",
             Error::Secret(_) => "secret",
             Error::MqttAddress(_) => "config",
+            Error::Reflection(_) => "reflection",
         }
     }
 }

@@ -25,11 +25,8 @@ pub enum Error {
     NoSinks,
     #[error("{0}")]
     Sink(#[from] SinkError),
-    #[error("cannot serve gRPC on {addr}: {source}")]
-    Grpc {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Runtime(#[from] fieldline_runtime::Error),
     #[error("stopped before the backends were reachable")]
     Stopped,
 }
@@ -39,7 +36,7 @@ impl Error {
         match self {
             Error::NoSinks => "config",
             Error::Sink(e) => e.metric_label(),
-            Error::Grpc { .. } => "bind",
+            Error::Runtime(e) => e.metric_label(),
             Error::Stopped => "stopped",
         }
     }
@@ -143,28 +140,10 @@ async fn serve(
         metrics,
         stop: stop.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
-        .await
-        .map_err(|source| Error::Grpc {
-            addr: settings.grpc_listen,
-            source,
-        })?;
-    let grpc_addr = listener.local_addr().map_err(|source| Error::Grpc {
-        addr: settings.grpc_listen,
-        source,
-    })?;
-    let server = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(StorageServiceServer::new(api))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop.cancelled_owned(),
-            )
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "StorageService stopped");
-        }
-    });
+    let router = tonic::transport::Server::builder().add_service(StorageServiceServer::new(api));
+    let (grpc_addr, server) =
+        fieldline_runtime::grpc::serve(settings.grpc_listen, router, "StorageService", stop)
+            .await?;
     let names: Vec<&str> = sinks.iter().map(Sink::name).collect();
     tracing::info!(grpc = %grpc_addr, sinks = ?names, "storage started");
     Ok(RunningStorage {

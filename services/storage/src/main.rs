@@ -3,8 +3,10 @@
 use std::{path::PathBuf, sync::Arc};
 
 use clap::Parser;
-use fieldline_runtime::{Health, http, shutdown, telemetry};
-use prometheus_client::registry::Registry;
+use fieldline_runtime::{
+    http,
+    service::{self, Boot},
+};
 
 /// Stores sample batches in InfluxDB and MySQL/MariaDB or SQLite, acknowledging each once durable.
 #[derive(Parser)]
@@ -17,13 +19,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
-    let args = Args::parse();
-    let config = fieldline_runtime::config::load(&args.config)?;
-    let stop = shutdown::on_signal();
-    let health = Health::default();
-    let mut registry = Registry::default();
-    let storage = fieldline_storage::start(&config, &health, &mut registry, stop.clone()).await?;
+    let Boot {
+        config,
+        stop,
+        health,
+        mut registry,
+    } = service::boot(&Args::parse().config)?;
+    let storage = fieldline_storage::Storage::new(&config, &health, &mut registry)?;
+    // Health answers (not ready) while the databases are still being reached.
     http::serve(
         config.storage.http_listen,
         health,
@@ -31,6 +34,6 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
     )
     .await?;
-    storage.wait().await;
+    storage.start(stop).await?.wait().await;
     Ok(())
 }
