@@ -19,6 +19,9 @@ pub struct AdapterMetrics {
     pub batches_dropped: Counter,
     pub publish_queue: Gauge,
     pub writes: Family<Labels, Counter>,
+    pub requests_per_cycle: Family<Labels, Gauge>,
+    pub overruns: Family<Labels, Counter>,
+    pub request_splits: Family<Labels, Counter>,
 }
 
 fn poll_histogram() -> Histogram {
@@ -39,6 +42,9 @@ impl AdapterMetrics {
             batches_dropped: Counter::default(),
             publish_queue: Gauge::default(),
             writes: Family::default(),
+            requests_per_cycle: Family::default(),
+            overruns: Family::default(),
+            request_splits: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("fieldline_adapter");
         r.register("polls", "Poll cycles run, by device", m.polls.clone());
@@ -77,6 +83,21 @@ impl AdapterMetrics {
             "writes",
             "Write commands, by device and outcome",
             m.writes.clone(),
+        );
+        r.register(
+            "requests_per_cycle",
+            "Read requests in the last poll cycle, by device",
+            m.requests_per_cycle.clone(),
+        );
+        r.register(
+            "overruns",
+            "Poll cycles skipped because the previous one overran, by device and interval",
+            m.overruns.clone(),
+        );
+        r.register(
+            "request_splits",
+            "Reads split after the device refused their size, by device",
+            m.request_splits.clone(),
         );
         m
     }

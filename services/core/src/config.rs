@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     codec::{Address, ByteOrder, DataType, TagCodec, WordOrder},
+    deadband::DeadbandRule,
     names::name_problem,
 };
 
@@ -373,8 +374,36 @@ pub struct DeviceConfig {
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub max_backoff: Duration,
+    /// Unused registers (or bits) one read may span to join two tags: fewer round trips, but
+    /// some devices refuse reads of unmapped addresses. 0 joins only adjacent tags.
+    #[serde(default)]
+    pub request_gap: u16,
+    /// Most registers one read may ask for (the protocol allows 125; some devices less).
+    #[serde(default = "default_max_registers")]
+    pub max_registers: u16,
+    /// Most coils or discrete inputs one read may ask for (the protocol allows 2000).
+    #[serde(default = "default_max_bits")]
+    pub max_bits: u16,
+    /// Write with "multiple" functions only (15 for coils, 16 for registers), for devices that
+    /// do not implement functions 5 and 6.
+    #[serde(default)]
+    pub write_multiple: bool,
+    /// Poll intervals without a fresh reading after which a tag is reported Bad (stale);
+    /// 0 never reports staleness.
+    #[serde(default = "default_stale_after")]
+    pub stale_after: u32,
     /// The tags to read.
     pub tags: Vec<TagConfig>,
+}
+
+fn default_max_registers() -> u16 {
+    125
+}
+fn default_max_bits() -> u16 {
+    2000
+}
+fn default_stale_after() -> u32 {
+    3
 }
 
 impl DeviceConfig {
@@ -448,6 +477,19 @@ pub struct TagConfig {
     /// Publish only when the value moved by more than this (report by exception).
     #[serde(default)]
     pub deadband: Option<f64>,
+    /// Publish only when the value moved by more than this percentage of the last published
+    /// value.
+    #[serde(default)]
+    pub deadband_percent: Option<f64>,
+    /// With a deadband, publish an unchanged value at least this often, e.g. `60s`.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub heartbeat: Option<Duration>,
+    /// Poll this tag at its own interval instead of the device's; tags sharing an interval
+    /// form a poll group.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub poll_interval: Option<Duration>,
     /// Whether commands may write this tag.
     #[serde(default)]
     pub writable: bool,
@@ -468,7 +510,9 @@ pub struct ResolvedModbusTag {
     pub name: String,
     pub address: Address,
     pub codec: TagCodec,
-    pub deadband: Option<f64>,
+    pub deadband: DeadbandRule,
+    /// The tag's own poll interval, when it has one.
+    pub poll_interval: Option<Duration>,
     pub writable: bool,
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -516,10 +560,24 @@ impl TagConfig {
                 }
             }
         }
-        if let Some(d) = self.deadband
-            && !(d.is_finite() && d >= 0.0)
+        for (field, band) in [
+            ("deadband", self.deadband),
+            ("deadband_percent", self.deadband_percent),
+        ] {
+            if let Some(d) = band
+                && !(d.is_finite() && d >= 0.0)
+            {
+                problems.push((field, format!("{d} must be a number of at least 0")));
+            }
+        }
+        if self.heartbeat.is_some_and(|h| h.is_zero()) {
+            problems.push(("heartbeat", "must be more than 0".into()));
+        }
+        if self
+            .poll_interval
+            .is_some_and(|p| p < Duration::from_millis(10))
         {
-            problems.push(("deadband", format!("{d} must be a number of at least 0")));
+            problems.push(("poll_interval", "must be at least 10ms".into()));
         }
         if self.writable && !address.table.is_writable() {
             problems.push((
@@ -546,7 +604,14 @@ impl TagConfig {
                 scale: self.scale,
                 offset: self.offset,
             },
-            deadband: self.deadband,
+            deadband: DeadbandRule {
+                absolute: self.deadband,
+                percent: self.deadband_percent,
+                heartbeat_ns: self
+                    .heartbeat
+                    .map(|h| i64::try_from(h.as_nanos()).unwrap_or(i64::MAX)),
+            },
+            poll_interval: self.poll_interval,
             writable: self.writable,
             min: self.min,
             max: self.max,
@@ -698,6 +763,18 @@ fn validate_modbus(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, Stri
         err(
             format!("{at}.tags"),
             "a device needs at least one tag".into(),
+        );
+    }
+    if !(1..=125).contains(&d.max_registers) {
+        err(
+            format!("{at}.max_registers"),
+            format!("{} is outside 1..=125", d.max_registers),
+        );
+    }
+    if !(1..=2000).contains(&d.max_bits) {
+        err(
+            format!("{at}.max_bits"),
+            format!("{} is outside 1..=2000", d.max_bits),
         );
     }
     let mut tag_names = HashSet::new();

@@ -18,6 +18,9 @@ pub struct Registers {
     pub input: Vec<u16>,
     /// Read/write words (function codes 3, 6, 16).
     pub holding: Vec<u16>,
+    /// Largest register read the device accepts (real devices often accept fewer than the
+    /// protocol's 125); larger reads get IllegalDataValue.
+    pub max_read_registers: u16,
 }
 
 impl Registers {
@@ -32,6 +35,7 @@ impl Default for Registers {
             discrete: vec![false; Self::DEFAULT_LEN],
             input: vec![0; Self::DEFAULT_LEN],
             holding: vec![0; Self::DEFAULT_LEN],
+            max_read_registers: 125,
         }
     }
 }

@@ -347,6 +347,7 @@ mod tests {
             discrete: Vec::new(),
             input: Vec::new(),
             holding: vec![0; 1],
+            max_read_registers: 125,
         };
         let state = SimState::from(short.clone());
         init(&state);

@@ -32,12 +32,12 @@ pub(crate) fn handle(
                 .map(Response::ReadDiscreteInputs)
         }
         Request::ReadHoldingRegisters(address, quantity) => {
-            read(&registers.holding, *address, *quantity, MAX_READ_REGISTERS)
-                .map(Response::ReadHoldingRegisters)
+            let limit = registers.max_read_registers.min(MAX_READ_REGISTERS);
+            read(&registers.holding, *address, *quantity, limit).map(Response::ReadHoldingRegisters)
         }
         Request::ReadInputRegisters(address, quantity) => {
-            read(&registers.input, *address, *quantity, MAX_READ_REGISTERS)
-                .map(Response::ReadInputRegisters)
+            let limit = registers.max_read_registers.min(MAX_READ_REGISTERS);
+            read(&registers.input, *address, *quantity, limit).map(Response::ReadInputRegisters)
         }
         Request::WriteSingleCoil(address, value) => {
             write(&mut registers.coils, *address, &[*value], 1)?;
@@ -257,6 +257,7 @@ mod tests {
     fn a_smaller_table_ends_where_its_length_does() {
         let mut registers = Registers {
             holding: vec![0; 4],
+            max_read_registers: 125,
             ..Registers::default()
         };
         assert!(answer(&mut registers, Request::ReadHoldingRegisters(0, 4)).is_ok());

@@ -105,6 +105,52 @@ pub fn plan(spans: &[TagSpan], limits: PlanLimits) -> Vec<ReadRequest> {
     requests
 }
 
+/// Splits a request the device refused as too large into smaller ones serving the same tags:
+/// the tags are planned again with at most half the span. `None` when the request serves a
+/// single tag (nothing to split; the refusal is about that tag itself).
+pub fn split(
+    request: &ReadRequest,
+    spans: &[TagSpan],
+    limits: PlanLimits,
+) -> Option<Vec<ReadRequest>> {
+    if request.tags.len() < 2 {
+        return None;
+    }
+    let half = (request.count / 2).max(1);
+    let narrower = if request.table.is_bits() {
+        PlanLimits {
+            max_bits: half,
+            ..limits
+        }
+    } else {
+        PlanLimits {
+            max_registers: half,
+            ..limits
+        }
+    };
+    let own: Vec<TagSpan> = request
+        .tags
+        .iter()
+        .filter_map(|(tag, _)| spans.iter().find(|s| s.tag == *tag).copied())
+        .collect();
+    let mut parts = plan(&own, narrower);
+    // A tag wider than half the span would be dropped by the narrower plan; keep it whole.
+    let planned: usize = parts.iter().map(|r| r.tags.len()).sum();
+    if planned < own.len() {
+        let missing: Vec<TagSpan> = own
+            .iter()
+            .filter(|s| {
+                !parts
+                    .iter()
+                    .any(|r| r.tags.iter().any(|(t, _)| *t == s.tag))
+            })
+            .copied()
+            .collect();
+        parts.extend(plan(&missing, limits));
+    }
+    (parts.len() > 1).then_some(parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +246,40 @@ mod tests {
             plan.iter().map(|r| r.count).collect::<Vec<_>>(),
             vec![125, 75]
         );
+    }
+
+    #[test]
+    fn a_refused_request_splits_into_halves_serving_the_same_tags() {
+        let spans: Vec<TagSpan> = (0..10)
+            .map(|i| span(i, Table::Holding, (i * 2) as u16, 2))
+            .collect();
+        let whole = plan(&spans, PlanLimits::default());
+        assert_eq!(whole.len(), 1);
+        let parts = split(&whole[0], &spans, PlanLimits::default()).unwrap();
+        assert_eq!(
+            parts.iter().map(|r| (r.start, r.count)).collect::<Vec<_>>(),
+            vec![(0, 10), (10, 10)]
+        );
+        let again = split(&parts[0], &spans, PlanLimits::default()).unwrap();
+        assert_eq!(
+            again.iter().map(|r| r.count).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        let single = plan(&spans[..1], PlanLimits::default());
+        assert_eq!(split(&single[0], &spans, PlanLimits::default()), None);
+    }
+
+    #[test]
+    fn a_wide_tag_survives_a_split() {
+        let spans = [span(0, Table::Holding, 0, 4), span(1, Table::Holding, 4, 1)];
+        let whole = plan(&spans, PlanLimits::default());
+        let parts = split(&whole[0], &spans, PlanLimits::default()).unwrap();
+        let mut tags: Vec<usize> = parts
+            .iter()
+            .flat_map(|r| r.tags.iter().map(|(t, _)| *t))
+            .collect();
+        tags.sort_unstable();
+        assert_eq!(tags, vec![0, 1]);
     }
 
     fn any_table() -> impl Strategy<Value = Table> {

@@ -20,7 +20,7 @@ use fieldline_core::{
 };
 use fieldline_proto::v1;
 use fieldline_runtime::{CancellationToken, backoff::Backoff, now_ns};
-use tokio::{sync::mpsc, time::MissedTickBehavior};
+use tokio::sync::mpsc;
 use tokio_modbus::{
     ExceptionCode, Slave,
     client::{Client, Context, Reader, Writer},
@@ -32,11 +32,24 @@ use crate::drivers::{DeviceContext, WriteRequest};
 /// Commands whose results are remembered for idempotency.
 const REMEMBERED_COMMANDS: usize = 1024;
 
+/// Why a poll did not try the device: the reconnect backoff has not expired.
+const WAITING: &str = "waiting to reconnect";
+
+/// A configured Modbus TCP device, ready to run.
 /// A configured Modbus TCP device, ready to run.
 pub struct ModbusDevice {
     config: DeviceConfig,
     tags: Vec<ResolvedModbusTag>,
+    spans: Vec<TagSpan>,
+    limits: PlanLimits,
+    groups: Vec<PollGroup>,
+}
+
+/// Tags polled at one interval, with the reads that fetch them.
+struct PollGroup {
+    interval: Duration,
     plan: Vec<ReadRequest>,
+    next_due: tokio::time::Instant,
 }
 
 enum Reply {
@@ -52,8 +65,8 @@ enum Outcome {
 }
 
 impl ModbusDevice {
-    /// Resolves the tags and plans the reads. The config was validated, so errors here mean a
-    /// caller skipped validation; they are reported, not unwrapped.
+    /// Resolves the tags, forms poll groups and plans their reads. The config was validated,
+    /// so errors here mean a caller skipped validation; they are reported, not unwrapped.
     pub fn new(config: DeviceConfig) -> Result<Self, String> {
         let mut tags = Vec::with_capacity(config.tags.len());
         for tag in &config.tags {
@@ -77,8 +90,42 @@ impl ModbusDevice {
                 },
             })
             .collect();
-        let plan = plan(&spans, PlanLimits::default());
-        Ok(Self { config, tags, plan })
+        let limits = PlanLimits {
+            max_registers: config.max_registers,
+            max_bits: config.max_bits,
+            max_gap: config.request_gap,
+        };
+        let mut intervals: Vec<Duration> = tags
+            .iter()
+            .map(|t| t.poll_interval.unwrap_or(config.poll_interval))
+            .collect();
+        intervals.sort_unstable();
+        intervals.dedup();
+        let now = tokio::time::Instant::now();
+        let groups = intervals
+            .into_iter()
+            .map(|interval| {
+                let members: Vec<TagSpan> = spans
+                    .iter()
+                    .filter(|s| {
+                        tags[s.tag].poll_interval.unwrap_or(config.poll_interval) == interval
+                    })
+                    .copied()
+                    .collect();
+                PollGroup {
+                    interval,
+                    plan: plan(&members, limits),
+                    next_due: now,
+                }
+            })
+            .collect();
+        Ok(Self {
+            config,
+            tags,
+            spans,
+            limits,
+            groups,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -93,24 +140,37 @@ impl ModbusDevice {
         stop: CancellationToken,
     ) {
         let device = self.config.name.clone();
+        let tag_count = self.tags.len();
+        let backoff = Backoff::new(Duration::from_millis(250), self.config.max_backoff);
         let mut poller = Poller {
             device: self,
             connection: None,
-            backoff: Backoff::new(Duration::from_millis(250), Duration::ZERO),
+            backoff,
             retry_at: tokio::time::Instant::now(),
-            deadbands: Vec::new(),
+            deadbands: vec![Deadband::default(); tag_count],
+            last_read: vec![None; tag_count],
+            stale: vec![false; tag_count],
             remembered: HashMap::new(),
             remembered_order: VecDeque::new(),
         };
-        poller.backoff = Backoff::new(Duration::from_millis(250), poller.device.config.max_backoff);
-        poller.deadbands = vec![Deadband::default(); poller.device.tags.len()];
-        let mut tick = tokio::time::interval(poller.device.config.poll_interval);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        tracing::info!(device = %device, endpoint = %poller.device.config.endpoint, requests = poller.device.plan.len(), "polling");
+        let groups: Vec<String> = poller
+            .device
+            .groups
+            .iter()
+            .map(|g| format!("{}ms", g.interval.as_millis()))
+            .collect();
+        tracing::info!(device = %device, endpoint = %poller.device.config.endpoint, groups = ?groups, "polling");
         loop {
+            let due = poller
+                .device
+                .groups
+                .iter()
+                .map(|g| g.next_due)
+                .min()
+                .unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => poller.poll(&cx).await,
+                _ = tokio::time::sleep_until(due) => poller.poll_due(&cx).await,
                 Some(request) = writes.recv() => {
                     let result = poller.write(&cx, &request.tag, &request.command).await;
                     let _ = request.reply.send(result);
@@ -124,12 +184,19 @@ impl ModbusDevice {
     }
 }
 
+/// A tag's reading from one poll: value (absent when Bad), quality, timestamp.
+type Reading = (Option<Value>, Quality, i64);
+
 struct Poller {
     device: ModbusDevice,
     connection: Option<Context>,
     backoff: Backoff,
     retry_at: tokio::time::Instant,
     deadbands: Vec<Deadband>,
+    /// When each tag was last read (Good or Bad), for staleness.
+    last_read: Vec<Option<tokio::time::Instant>>,
+    /// Tags already reported stale since their last reading.
+    stale: Vec<bool>,
     remembered: HashMap<String, v1::CommandResult>,
     remembered_order: VecDeque<String>,
 }
@@ -155,7 +222,7 @@ impl Poller {
             return Ok(());
         }
         if tokio::time::Instant::now() < self.retry_at {
-            return Err("waiting to reconnect".into());
+            return Err(WAITING.into());
         }
         let config = &self.device.config;
         let attempt = async {
@@ -225,64 +292,114 @@ impl Poller {
         }
     }
 
-    /// One poll cycle: every planned request, then one batch of what changed.
-    async fn poll(&mut self, cx: &DeviceContext) {
-        let started = std::time::Instant::now();
-        let tag_count = self.device.tags.len();
-        let mut results: Vec<Option<(Option<Value>, Quality, i64)>> = vec![None; tag_count];
-        if let Err(reason) = self.ensure_connected(cx).await {
-            if reason == "waiting to reconnect" {
-                return;
-            }
-            let now = now_ns();
-            for slot in &mut results {
-                *slot = Some((
-                    None,
-                    Quality::bad(QualityReason::CommFailure, reason.clone()),
-                    now,
-                ));
-            }
-        } else {
-            for r in 0..self.device.plan.len() {
-                let (table, start, count) = {
-                    let req = &self.device.plan[r];
-                    (req.table, req.start, req.count)
-                };
+    /// Polls every group that is due, then schedules each one's next cycle on its own grid:
+    /// cycles never drift, and cycles missed while a poll overran are skipped and counted.
+    async fn poll_due(&mut self, cx: &DeviceContext) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<usize> = (0..self.device.groups.len())
+            .filter(|g| self.device.groups[*g].next_due <= now)
+            .collect();
+        let mut readings: Vec<Option<Reading>> = vec![None; self.device.tags.len()];
+        for g in due {
+            self.poll_group(cx, g, &mut readings).await;
+            let after = tokio::time::Instant::now();
+            let group = &mut self.device.groups[g];
+            group.next_due += group.interval;
+            if group.next_due <= after {
+                let behind = after.duration_since(group.next_due);
+                let skipped =
+                    1 + u32::try_from(behind.as_nanos() / group.interval.as_nanos().max(1))
+                        .unwrap_or(u32::MAX);
+                group.next_due += group.interval * skipped;
+                let labels = vec![
+                    ("device", self.device.config.name.clone()),
+                    ("interval", format!("{}ms", group.interval.as_millis())),
+                ];
                 cx.metrics
-                    .requests
-                    .get_or_create(&vec![
-                        ("device", self.device.config.name.clone()),
-                        ("table", table.to_string()),
-                    ])
-                    .inc();
-                let outcome = self.request(table, start, count).await;
+                    .overruns
+                    .get_or_create(&labels)
+                    .inc_by(u64::from(skipped));
+            }
+        }
+        self.mark_stale(&mut readings);
+        self.publish(cx, readings);
+    }
+
+    /// One cycle of one poll group: its planned reads, in order. A multi-tag read the device
+    /// refuses (illegal address or value) is split in the plan and the halves are read at once.
+    async fn poll_group(&mut self, cx: &DeviceContext, g: usize, readings: &mut [Option<Reading>]) {
+        let started = std::time::Instant::now();
+        if let Err(reason) = self.ensure_connected(cx).await {
+            if reason != WAITING {
                 let now = now_ns();
-                let req = &self.device.plan[r];
-                match outcome {
-                    Outcome::Data(reply) => {
-                        for &(tag, pos) in &req.tags {
-                            results[tag] = Some(decode(&self.device.tags[tag], &reply, pos, now));
+                let quality = Quality::bad(QualityReason::CommFailure, reason);
+                for req in &self.device.groups[g].plan {
+                    for &(tag, _) in &req.tags {
+                        readings[tag] = Some((None, quality.clone(), now));
+                    }
+                }
+            }
+            return;
+        }
+        let mut queue: VecDeque<ReadRequest> = self.device.groups[g].plan.iter().cloned().collect();
+        let mut requests = 0u64;
+        let mut answered = false;
+        while let Some(req) = queue.pop_front() {
+            requests += 1;
+            cx.metrics
+                .requests
+                .get_or_create(&vec![
+                    ("device", self.device.config.name.clone()),
+                    ("table", req.table.to_string()),
+                ])
+                .inc();
+            let outcome = self.request(req.table, req.start, req.count).await;
+            let now = now_ns();
+            match outcome {
+                Outcome::Data(reply) => {
+                    answered = true;
+                    for &(tag, pos) in &req.tags {
+                        readings[tag] = Some(decode(&self.device.tags[tag], &reply, pos, now));
+                    }
+                }
+                Outcome::Exception(code) => {
+                    let refused_size = matches!(
+                        code,
+                        ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
+                    );
+                    if refused_size
+                        && let Some(parts) = self.learn_split(cx, g, &req, &code.to_string())
+                    {
+                        for part in parts.into_iter().rev() {
+                            queue.push_front(part);
+                        }
+                        continue;
+                    }
+                    answered = true;
+                    self.error(cx, "exception");
+                    let quality = Quality::bad(
+                        QualityReason::DeviceException(u8::from(code)),
+                        code.to_string(),
+                    );
+                    for &(tag, _) in &req.tags {
+                        readings[tag] = Some((None, quality.clone(), now));
+                    }
+                }
+                Outcome::Transport(reason) => {
+                    self.error(cx, "transport");
+                    // A device that answered smaller reads this cycle but not this one may be
+                    // refusing its size by silence: read it in halves from the next cycle on.
+                    if answered {
+                        let _ = self.learn_split(cx, g, &req, &reason);
+                    }
+                    let quality = Quality::bad(QualityReason::CommFailure, reason.clone());
+                    for r in std::iter::once(&req).chain(queue.iter()) {
+                        for &(tag, _) in &r.tags {
+                            readings[tag] = Some((None, quality.clone(), now));
                         }
                     }
-                    Outcome::Exception(code) => {
-                        self.error(cx, "exception");
-                        let quality = Quality::bad(
-                            QualityReason::DeviceException(u8::from(code)),
-                            code.to_string(),
-                        );
-                        for &(tag, _) in &req.tags {
-                            results[tag] = Some((None, quality.clone(), now));
-                        }
-                    }
-                    Outcome::Transport(reason) => {
-                        self.error(cx, "transport");
-                        let quality = Quality::bad(QualityReason::CommFailure, reason.clone());
-                        for slot in results.iter_mut().filter(|s| s.is_none()) {
-                            *slot = Some((None, quality.clone(), now));
-                        }
-                        self.schedule_reconnect(&reason);
-                        break;
-                    }
+                    self.schedule_reconnect(&reason);
+                    break;
                 }
             }
         }
@@ -292,9 +409,65 @@ impl Poller {
             .poll_seconds
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
-        let mut samples = Vec::with_capacity(tag_count);
-        for (i, result) in results.into_iter().enumerate() {
-            let Some((value, quality, ts)) = result else {
+        cx.metrics
+            .requests_per_cycle
+            .get_or_create(&labels)
+            .set(i64::try_from(requests).unwrap_or(i64::MAX));
+    }
+
+    /// Replaces `req` in group `g`'s plan by smaller reads and returns them; `None` when it
+    /// cannot be split. Calling it again for a request already split returns the same parts.
+    fn learn_split(
+        &mut self,
+        cx: &DeviceContext,
+        g: usize,
+        req: &ReadRequest,
+        why: &str,
+    ) -> Option<Vec<ReadRequest>> {
+        let parts = super::planner::split(req, &self.device.spans, self.device.limits)?;
+        let plan = &mut self.device.groups[g].plan;
+        if let Some(pos) = plan.iter().position(|r| r == req) {
+            plan.splice(pos..=pos, parts.iter().cloned());
+            cx.metrics
+                .request_splits
+                .get_or_create(&self.labels())
+                .inc();
+            tracing::info!(device = %self.device.config.name, table = %req.table, start = req.start, count = req.count, reason = why, "device refused a large read; reading it in smaller parts from now on");
+        }
+        Some(parts)
+    }
+
+    /// Tags without a reading for `stale_after` of their intervals become Bad (stale), once.
+    fn mark_stale(&mut self, readings: &mut [Option<Reading>]) {
+        let now = tokio::time::Instant::now();
+        let stale_after = self.device.config.stale_after;
+        for (i, reading) in readings.iter_mut().enumerate() {
+            if reading.is_some() {
+                self.last_read[i] = Some(now);
+                self.stale[i] = false;
+                continue;
+            }
+            if stale_after == 0 || self.stale[i] {
+                continue;
+            }
+            let interval = self.device.tags[i]
+                .poll_interval
+                .unwrap_or(self.device.config.poll_interval);
+            let since = *self.last_read[i].get_or_insert(now);
+            if now.duration_since(since) > interval * stale_after {
+                self.stale[i] = true;
+                let detail = format!("no reading for {} intervals", stale_after);
+                *reading = Some((None, Quality::bad(QualityReason::Stale, detail), now_ns()));
+            }
+        }
+    }
+
+    /// Counts the readings and publishes those that pass each tag's deadband, as one batch.
+    fn publish(&mut self, cx: &DeviceContext, readings: Vec<Option<Reading>>) {
+        let now = now_ns();
+        let mut samples = Vec::new();
+        for (i, reading) in readings.into_iter().enumerate() {
+            let Some((value, quality, ts)) = reading else {
                 continue;
             };
             let q = if quality.is_good() { "good" } else { "bad" };
@@ -306,7 +479,7 @@ impl Poller {
                 ])
                 .inc();
             let tag = &self.device.tags[i];
-            if self.deadbands[i].should_report(tag.deadband, &value, &quality) {
+            if self.deadbands[i].should_report(&tag.deadband, &value, &quality, now) {
                 samples.push(Sample {
                     tag: tag.name.clone(),
                     value,
@@ -563,11 +736,13 @@ impl Poller {
             return Outcome::Transport("not connected".into());
         };
         let timeout = self.device.config.timeout;
+        let multiple = self.device.config.write_multiple;
         let sent = tokio::time::timeout(timeout, async {
-            match (table, words) {
-                (Table::Coil, _) => ctx.write_single_coil(offset, coil).await,
-                (_, [word]) => ctx.write_single_register(offset, *word).await,
-                (_, words) => ctx.write_multiple_registers(offset, words).await,
+            match (table, words, multiple) {
+                (Table::Coil, _, false) => ctx.write_single_coil(offset, coil).await,
+                (Table::Coil, _, true) => ctx.write_multiple_coils(offset, &[coil]).await,
+                (_, [word], false) => ctx.write_single_register(offset, *word).await,
+                (_, words, _) => ctx.write_multiple_registers(offset, words).await,
             }
         })
         .await;
@@ -691,7 +866,8 @@ mod tests {
                 bit: None,
             },
             codec: TagCodec::new(data_type),
-            deadband: None,
+            deadband: Default::default(),
+            poll_interval: None,
             writable: false,
             min: None,
             max: None,
