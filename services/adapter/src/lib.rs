@@ -3,6 +3,7 @@
 //! samples, publishes them as numbered batches to `fieldline/v1/{line}/{device}/samples`
 //! (QoS 1) and serves AdapterService (live samples and writes) over gRPC.
 
+pub mod commands;
 pub mod drivers;
 pub mod metrics;
 pub mod publisher;
@@ -23,6 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 
 use crate::{
+    commands::CommandRouter,
     drivers::{DeviceContext, DeviceHandle, modbus::ModbusDevice},
     metrics::AdapterMetrics,
     publisher::Publisher,
@@ -77,6 +79,25 @@ pub async fn start(
     let settings = &config.adapter;
     let client_id = format!("fieldline-adapter-{}-{}", config.line, settings.id);
     let options = fieldline_runtime::mqtt::options(&config.mqtt, &client_id)?;
+    // Each device's write queue exists before anything runs, so commands from gRPC and MQTT
+    // can be routed from the first moment.
+    let mut handles = HashMap::new();
+    let mut write_queues = Vec::new();
+    for device in &config.devices {
+        let (writes, queue) = tokio::sync::mpsc::channel(64);
+        handles.insert(
+            device.name.clone(),
+            DeviceHandle {
+                name: device.name.clone(),
+                writes,
+            },
+        );
+        write_queues.push(queue);
+    }
+    let commands = Arc::new(CommandRouter {
+        line: config.line.clone(),
+        devices: handles.clone(),
+    });
     // Pollers stop first; the publisher then flushes what they queued.
     let pollers_stop = stop.child_token();
     let publisher_stop = CancellationToken::new();
@@ -87,11 +108,11 @@ pub async fn start(
         health.component("mqtt"),
         publisher_stop.clone(),
         Duration::from_secs(5),
+        commands,
     );
     let mut tasks = JoinSet::new();
-    let mut handles = HashMap::new();
     let now_us = u64::try_from(fieldline_runtime::now_ns() / 1000).unwrap_or(0);
-    for device in &config.devices {
+    for (device, writes) in config.devices.iter().zip(write_queues) {
         let sequence = Sequence::open(&settings.state_dir, &config.line, &device.name, now_us)?;
         let cx = DeviceContext {
             line: config.line.clone(),
@@ -100,14 +121,6 @@ pub async fn start(
             metrics: metrics.clone(),
             sequence: Arc::new(Mutex::new(sequence)),
         };
-        let (writes_tx, writes_rx) = tokio::sync::mpsc::channel(64);
-        handles.insert(
-            device.name.clone(),
-            DeviceHandle {
-                name: device.name.clone(),
-                writes: writes_tx,
-            },
-        );
         match device.protocol {
             Protocol::ModbusTcp => {
                 let driver =
@@ -115,7 +128,7 @@ pub async fn start(
                         device: device.name.clone(),
                         message,
                     })?;
-                tasks.spawn(driver.run(cx, writes_rx, pollers_stop.clone()));
+                tasks.spawn(driver.run(cx, writes, pollers_stop.clone()));
             }
         }
     }

@@ -21,7 +21,7 @@ use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::metrics::AdapterMetrics;
+use crate::{commands::CommandRouter, metrics::AdapterMetrics};
 
 /// Batches that may wait for the broker before new ones are dropped.
 pub const DEFAULT_QUEUE: usize = 10_000;
@@ -78,13 +78,21 @@ impl Publisher {
         ready: Readiness,
         stop: CancellationToken,
         flush_timeout: Duration,
+        commands: Arc<CommandRouter>,
     ) -> Self {
         let (queue, rx) = mpsc::channel(capacity.max(1));
         let (live, _) = broadcast::channel(1024);
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let unacked = Arc::new(AtomicI64::new(0));
         let connection = CancellationToken::new();
-        tokio::spawn(drive(eventloop, ready, unacked.clone(), connection.clone()));
+        tokio::spawn(drive(
+            eventloop,
+            client.clone(),
+            commands,
+            ready,
+            unacked.clone(),
+            connection.clone(),
+        ));
         let task = tokio::spawn(drain(
             rx,
             client,
@@ -177,6 +185,8 @@ async fn publish(
 /// Polls the MQTT event loop: connects, reconnects with backoff, counts acknowledgements.
 async fn drive(
     mut eventloop: EventLoop,
+    client: AsyncClient,
+    commands: Arc<CommandRouter>,
     ready: Readiness,
     unacked: Arc<AtomicI64>,
     stop: CancellationToken,
@@ -191,7 +201,18 @@ async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("connected to MQTT broker");
                 backoff.reset();
+                if let Err(error) = client.subscribe(commands.filter(), QoS::AtLeastOnce).await {
+                    tracing::error!(%error, "cannot subscribe to commands");
+                }
+            }
+            // Ready once batches can be published and commands received.
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
                 ready.set(true);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish)))
+                if commands.is_command(&publish.topic) =>
+            {
+                tokio::spawn(commands.clone().handle(client.clone(), publish));
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 unacked.fetch_sub(1, Ordering::Relaxed);

@@ -32,8 +32,14 @@ async fn start(device: &str) -> anyhow::Result<Running> {
     let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = CancellationToken::new();
     let mut registry = Registry::default();
-    let adapter =
-        fieldline_adapter::start(&config, &Health::default(), &mut registry, stop.clone()).await?;
+    let health = Health::default();
+    let adapter = fieldline_adapter::start(&config, &health, &mut registry, stop.clone()).await?;
+    kit::wait_for(
+        Duration::from_secs(10),
+        "the adapter to be ready",
+        || async { health.report().0.then_some(()) },
+    )
+    .await?;
     let client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
     Ok(Running {
         adapter,
@@ -287,6 +293,104 @@ async fn writes_pass_every_check_of_the_safe_path() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(again, ok, "a redelivered command returns its first result");
     assert_eq!(state.with(|r| r.holding[10]), 0, "and is not written again");
+    run.stop().await;
+    sim_stop.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn commands_on_the_mqtt_topic_are_written_once_and_answered() -> anyhow::Result<()> {
+    use prost::Message;
+    let (addr, state, sim_stop) = sim(|_| {}).await?;
+    let run = start(&format!(
+        "  - name: plc\n    type: t\n    protocol: modbus-tcp\n    endpoint: \"{addr}\"\n    poll_interval: 200ms\n    tags:\n      - {{ name: speed, address: \"holding:7\", type: i16, writable: true, min: -100, max: 100 }}\n"
+    ))
+    .await?;
+    let line = run.line.clone();
+    let (host, port) = kit::MQTT
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("MQTT address"))?;
+    let (client, mut events) = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new(kit::unique("cmd-test"), host, port.parse()?),
+        16,
+    );
+    let topic = format!("fieldline/v1/{line}/plc/cmd");
+    client
+        .subscribe(format!("{topic}/result"), rumqttc::QoS::AtLeastOnce)
+        .await?;
+    let mut results = Vec::new();
+    let mut sent = 0;
+    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.poll().await? {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                    client
+                        .publish(
+                            &topic,
+                            rumqttc::QoS::AtLeastOnce,
+                            false,
+                            command(&line, "m1", "speed", Value::I64(-42)).encode_to_vec(),
+                        )
+                        .await?;
+                    sent += 1;
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                    results.push(v1::CommandResult::decode(p.payload.as_ref())?);
+                    match results.len() {
+                        1 => {
+                            // The same command delivered again, after the device value changed.
+                            state.with(|r| r.holding[7] = 5);
+                            client
+                                .publish(
+                                    &topic,
+                                    rumqttc::QoS::AtLeastOnce,
+                                    false,
+                                    command(&line, "m1", "speed", Value::I64(-42)).encode_to_vec(),
+                                )
+                                .await?;
+                            sent += 1;
+                        }
+                        2 => {
+                            client
+                                .publish(
+                                    &topic,
+                                    rumqttc::QoS::AtLeastOnce,
+                                    false,
+                                    b"\xff\x00garbage".to_vec(),
+                                )
+                                .await?;
+                            sent += 1;
+                        }
+                        _ => return anyhow::Ok(()),
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    outcome.map_err(|_| anyhow::anyhow!("results so far: {results:?}"))??;
+    assert_eq!(sent, 3);
+    assert_eq!(
+        results[0].status,
+        v1::CommandStatus::Written as i32,
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[0].read_back, Some(Value::I64(-42).into()));
+    assert_eq!(
+        results[1], results[0],
+        "a redelivered command gets its first result"
+    );
+    assert_eq!(
+        state.with(|r| r.holding[7]),
+        5,
+        "and is not written a second time"
+    );
+    assert_eq!(
+        (results[2].status, results[2].rejected_by.as_str()),
+        (v1::CommandStatus::Rejected as i32, "malformed")
+    );
     run.stop().await;
     sim_stop.cancel();
     Ok(())
