@@ -251,3 +251,90 @@ impl ServiceProcess {
         out
     }
 }
+
+/// What the faulty Modbus server does with one request.
+pub enum Answer {
+    /// Send these bytes (a full or deliberately broken frame).
+    Bytes(Vec<u8>),
+    /// Send these bytes, then close the connection.
+    BytesThenClose(Vec<u8>),
+    /// Say nothing (the client times out).
+    Silence,
+}
+
+/// A Modbus TCP server that answers from a script, byte for byte, to produce the malformed
+/// replies real devices and gateways send (wrong lengths, wrong function codes, stray bytes,
+/// half frames). `script` gets the request's index (across connections) and its bytes.
+pub async fn faulty_modbus<F>(script: F) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(u64, &[u8]) -> Answer + Send + Sync + 'static,
+{
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let script = Arc::new(script);
+    let counter = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let script = script.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut header = [0u8; 7];
+                    if socket.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let len =
+                        usize::from(u16::from_be_bytes([header[4], header[5]])).saturating_sub(1);
+                    let mut pdu = vec![0u8; len];
+                    if socket.read_exact(&mut pdu).await.is_err() {
+                        return;
+                    }
+                    let mut request = header.to_vec();
+                    request.extend_from_slice(&pdu);
+                    match script(counter.fetch_add(1, Ordering::SeqCst), &request) {
+                        Answer::Bytes(b) => {
+                            if socket.write_all(&b).await.is_err() {
+                                return;
+                            }
+                        }
+                        Answer::BytesThenClose(b) => {
+                            let _ = socket.write_all(&b).await;
+                            return;
+                        }
+                        Answer::Silence => {}
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A reply frame to `request` carrying `pdu` (function code and data), with the request's
+/// transaction id and unit.
+pub fn modbus_reply(request: &[u8], pdu: &[u8]) -> Vec<u8> {
+    let mut frame = request[..4].to_vec();
+    frame.extend_from_slice(
+        &u16::try_from(pdu.len() + 1)
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    frame.push(request[6]);
+    frame.extend_from_slice(pdu);
+    frame
+}
+
+/// The PDU of a correct answer to a read-registers request, every register `value`.
+pub fn registers_pdu(request: &[u8], value: u16) -> Vec<u8> {
+    let count = usize::from(u16::from_be_bytes([request[10], request[11]]));
+    let mut pdu = vec![request[7], u8::try_from(count * 2).unwrap_or(u8::MAX)];
+    for _ in 0..count {
+        pdu.extend_from_slice(&value.to_be_bytes());
+    }
+    pdu
+}

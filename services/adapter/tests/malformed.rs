@@ -1,0 +1,150 @@
+//! Replies a real device or gateway may send: every exception code, wrong function codes,
+//! wrong lengths, wrong transaction ids, stray bytes, half frames, silence. Each one gives a
+//! Bad sample with the right reason (never a value, never a panic) and the adapter recovers as
+//! soon as the device answers properly again.
+
+use std::time::Duration;
+
+use fieldline_core::config::LineConfig;
+use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
+use fieldline_runtime::{CancellationToken, Health};
+use fieldline_testkit::{self as kit, Answer, modbus_reply, registers_pdu};
+use prometheus_client::registry::Registry;
+
+/// Runs the adapter against a server that misbehaves on its first `faults` requests, then
+/// answers 7; returns the first Bad sample's quality and checks a Good 7 follows.
+async fn scenario<F>(faults: u64, broken: F) -> anyhow::Result<v1::Quality>
+where
+    F: Fn(&[u8]) -> Answer + Send + Sync + 'static,
+{
+    let addr = kit::faulty_modbus(move |i, request| {
+        if i < faults {
+            broken(request)
+        } else {
+            Answer::Bytes(modbus_reply(request, &registers_pdu(request, 7)))
+        }
+    })
+    .await?;
+    let state = tempfile::tempdir()?;
+    let yaml = format!(
+        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n  - {{ name: plc, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 50ms, timeout: 200ms, max_backoff: 200ms, tags: [ {{ name: a, address: \"holding:3\", type: u16 }} ] }}\n",
+        line = kit::unique("malformed"),
+        mqtt = kit::MQTT,
+        dir = state.path().display()
+    );
+    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stop = CancellationToken::new();
+    let adapter = fieldline_adapter::start(
+        &config,
+        &Health::default(),
+        &mut Registry::default(),
+        stop.clone(),
+    )
+    .await?;
+    let mut client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
+    let mut stream = client
+        .stream_samples(v1::StreamSamplesRequest::default())
+        .await?
+        .into_inner();
+    let mut bad = None;
+    let recovered = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(batch) = stream.message().await? {
+            for s in batch.samples {
+                let q = s.quality.unwrap_or_default();
+                if q.status == v1::QualityStatus::Bad as i32 {
+                    assert!(s.value.is_none(), "a Bad sample carries no value");
+                    bad.get_or_insert(q);
+                } else if bad.is_some() {
+                    assert_eq!(s.value, Some(fieldline_core::Value::U64(7).into()));
+                    return anyhow::Ok(());
+                }
+            }
+        }
+        anyhow::bail!("stream ended")
+    })
+    .await;
+    stop.cancel();
+    adapter.wait().await;
+    recovered.map_err(|_| {
+        anyhow::anyhow!("no Bad sample followed by a Good one (first Bad: {bad:?})")
+    })??;
+    bad.ok_or_else(|| anyhow::anyhow!("no Bad sample"))
+}
+
+fn reason(q: &v1::Quality) -> v1::QualityReason {
+    v1::QualityReason::try_from(q.reason).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_exception_code_is_a_bad_sample_carrying_that_code() -> anyhow::Result<()> {
+    kit::require_backends()?;
+    for code in [1u8, 2, 3, 4, 5, 6, 8, 10, 11, 0x42] {
+        let q = scenario(1, move |req| {
+            Answer::Bytes(modbus_reply(req, &[req[7] | 0x80, code]))
+        })
+        .await?;
+        assert_eq!(
+            (reason(&q), q.exception_code),
+            (v1::QualityReason::DeviceException, u32::from(code)),
+            "code {code}: {q:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_replies_are_comm_failures_and_the_adapter_recovers() -> anyhow::Result<()> {
+    kit::require_backends()?;
+    type Script = Box<dyn Fn(&[u8]) -> Answer + Send + Sync>;
+    let cases: Vec<(&str, Script)> = vec![
+        (
+            "wrong function code",
+            Box::new(|req| Answer::Bytes(modbus_reply(req, &[0x04, 2, 0, 7]))),
+        ),
+        (
+            "wrong transaction id",
+            Box::new(|req| {
+                let mut frame = modbus_reply(req, &registers_pdu(req, 7));
+                frame[0] ^= 0xFF;
+                Answer::Bytes(frame)
+            }),
+        ),
+        (
+            "byte count larger than the data",
+            Box::new(|req| Answer::Bytes(modbus_reply(req, &[0x03, 8, 0, 7]))),
+        ),
+        (
+            "stray bytes before the reply",
+            Box::new(|req| {
+                let mut frame = vec![0xDE, 0xAD, 0xBE, 0xEF, 0x00];
+                frame.extend(modbus_reply(req, &registers_pdu(req, 7)));
+                Answer::Bytes(frame)
+            }),
+        ),
+        (
+            "half a frame, then the connection drops",
+            Box::new(|req| {
+                Answer::BytesThenClose(modbus_reply(req, &registers_pdu(req, 7))[..5].to_vec())
+            }),
+        ),
+        (
+            "the connection drops mid-stream",
+            Box::new(|_| Answer::BytesThenClose(Vec::new())),
+        ),
+        ("no reply at all", Box::new(|_| Answer::Silence)),
+    ];
+    for (name, script) in cases {
+        let q = scenario(1, script)
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        assert!(
+            matches!(
+                reason(&q),
+                v1::QualityReason::CommFailure | v1::QualityReason::DecodeError
+            ),
+            "{name}: {q:?}"
+        );
+        assert!(!q.detail.is_empty(), "{name}: the reason is explained");
+    }
+    Ok(())
+}
