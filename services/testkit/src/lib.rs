@@ -338,3 +338,26 @@ pub fn registers_pdu(request: &[u8], value: u16) -> Vec<u8> {
     }
     pdu
 }
+
+/// Reads with `mbpoll` (an independent Modbus client) and returns `(reference, value text)`
+/// per line; `args` select the table and type, e.g. `["-t", "4:float", "-r", "21", "-c", "1"]`.
+pub fn mbpoll(port: u16, args: &[&str]) -> anyhow::Result<Vec<(u32, String)>> {
+    let out = std::process::Command::new("mbpoll")
+        .args(["-m", "tcp", "-a", "1", "-1", "-p", &port.to_string()])
+        .args(args)
+        .arg("127.0.0.1")
+        .output()
+        .context("mbpoll is not installed; `bash tests/backends.sh` installs it")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mbpoll failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (reference, value) = l.strip_prefix('[')?.split_once("]:")?;
+            Some((reference.parse().ok()?, value.trim().to_string()))
+        })
+        .collect())
+}
