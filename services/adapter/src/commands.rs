@@ -88,6 +88,7 @@ impl CommandRouter {
             .writes
             .send(WriteRequest {
                 command,
+                device: path.device.clone(),
                 tag: path.tag,
                 reply,
             })

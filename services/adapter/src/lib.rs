@@ -25,7 +25,10 @@ use tokio::task::JoinSet;
 
 use crate::{
     commands::CommandRouter,
-    drivers::{DeviceContext, DeviceHandle, modbus::ModbusDevice},
+    drivers::{
+        DeviceContext, DeviceHandle,
+        modbus::{ModbusBus, ModbusDevice},
+    },
     metrics::AdapterMetrics,
     publisher::Publisher,
     sequence::Sequence,
@@ -81,17 +84,32 @@ pub async fn start(
     let options = fieldline_runtime::mqtt::options(&config.mqtt, &client_id)?;
     // Each device's write queue exists before anything runs, so commands from gRPC and MQTT
     // can be routed from the first moment.
+    // Devices that share an endpoint share one link (a gateway's TCP connection, an RTU
+    // bus) and one driver task; each link's write queue exists before anything runs, so
+    // commands from gRPC and MQTT can be routed from the first moment.
+    let mut links: Vec<(String, Vec<&fieldline_core::config::DeviceConfig>)> = Vec::new();
+    for device in &config.devices {
+        match links
+            .iter_mut()
+            .find(|(endpoint, _)| *endpoint == device.endpoint)
+        {
+            Some((_, members)) => members.push(device),
+            None => links.push((device.endpoint.clone(), vec![device])),
+        }
+    }
     let mut handles = HashMap::new();
     let mut write_queues = Vec::new();
-    for device in &config.devices {
+    for (_, members) in &links {
         let (writes, queue) = tokio::sync::mpsc::channel(64);
-        handles.insert(
-            device.name.clone(),
-            DeviceHandle {
-                name: device.name.clone(),
-                writes,
-            },
-        );
+        for device in members {
+            handles.insert(
+                device.name.clone(),
+                DeviceHandle {
+                    name: device.name.clone(),
+                    writes: writes.clone(),
+                },
+            );
+        }
         write_queues.push(queue);
     }
     let commands = Arc::new(CommandRouter {
@@ -112,25 +130,30 @@ pub async fn start(
     );
     let mut tasks = JoinSet::new();
     let now_us = u64::try_from(fieldline_runtime::now_ns() / 1000).unwrap_or(0);
-    for (device, writes) in config.devices.iter().zip(write_queues) {
-        let sequence = Sequence::open(&settings.state_dir, &config.line, &device.name, now_us)?;
-        let cx = DeviceContext {
-            line: config.line.clone(),
-            adapter_id: settings.id.clone(),
-            sink: publisher.sink.clone(),
-            metrics: metrics.clone(),
-            sequence: Arc::new(Mutex::new(sequence)),
-        };
-        match device.protocol {
-            Protocol::ModbusTcp => {
-                let driver =
-                    ModbusDevice::new(device.clone()).map_err(|message| Error::Device {
+    for ((_, members), writes) in links.into_iter().zip(write_queues) {
+        let mut devices = Vec::with_capacity(members.len());
+        for device in members {
+            let sequence = Sequence::open(&settings.state_dir, &config.line, &device.name, now_us)?;
+            let cx = DeviceContext {
+                line: config.line.clone(),
+                adapter_id: settings.id.clone(),
+                sink: publisher.sink.clone(),
+                metrics: metrics.clone(),
+                sequence: Arc::new(Mutex::new(sequence)),
+            };
+            let driver = match device.protocol {
+                Protocol::ModbusTcp | Protocol::ModbusRtu => ModbusDevice::new(device.clone())
+                    .map_err(|message| Error::Device {
                         device: device.name.clone(),
                         message,
-                    })?;
-                tasks.spawn(driver.run(cx, writes, pollers_stop.clone()));
-            }
+                    })?,
+            };
+            devices.push((driver, cx));
         }
+        let Some(kind) = devices.first().map(|(d, _)| d.link_kind()) else {
+            continue;
+        };
+        tasks.spawn(ModbusBus::new(kind, devices).run(writes, pollers_stop.clone()));
     }
     let api = service::AdapterApi {
         line: config.line.clone(),

@@ -76,6 +76,7 @@ impl AdapterService for AdapterApi {
             .writes
             .send(WriteRequest {
                 command,
+                device: path.device.clone(),
                 tag: path.tag,
                 reply,
             })

@@ -336,14 +336,66 @@ fn default_request_timeout() -> Duration {
 pub enum Protocol {
     /// A Modbus TCP server (a PLC, or a gateway in front of RTU slaves).
     ModbusTcp,
+    /// A Modbus RTU slave on a serial line; devices on the same port share the bus.
+    ModbusRtu,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::ModbusTcp => "modbus-tcp",
+            Protocol::ModbusRtu => "modbus-rtu",
         }
     }
+}
+
+/// Parity of a serial line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+/// Settings of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Bits per second, e.g. 9600, 19200, 115200.
+    #[serde(default = "default_baud_rate")]
+    pub baud_rate: u32,
+    /// none, even or odd.
+    #[serde(default)]
+    pub parity: Parity,
+    /// 7 or 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+}
+
+impl Default for SerialConfig {
+    fn default() -> Self {
+        Self {
+            baud_rate: default_baud_rate(),
+            parity: Parity::None,
+            data_bits: default_data_bits(),
+            stop_bits: default_stop_bits(),
+        }
+    }
+}
+
+fn default_baud_rate() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
 }
 
 /// A device of the line.
@@ -357,8 +409,13 @@ pub struct DeviceConfig {
     pub device_type: String,
     /// The protocol the device speaks.
     pub protocol: Protocol,
-    /// Where the device is: `host:port` for modbus-tcp.
+    /// Where the device is: `host:port` for modbus-tcp, a serial port such as `/dev/ttyUSB0`
+    /// for modbus-rtu. Devices with the same endpoint share one connection or bus.
     pub endpoint: String,
+    /// Serial line settings (modbus-rtu); 9600 8N1 when absent. Every device on a port must
+    /// use the same settings.
+    #[serde(default)]
+    pub serial: Option<SerialConfig>,
     /// Modbus unit identifier (slave id); gateways route by it.
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
@@ -723,8 +780,53 @@ impl LineConfig {
             if device.device_type.is_empty() {
                 err(format!("{at}.type"), "must not be empty".into());
             }
-            match device.protocol {
-                Protocol::ModbusTcp => validate_modbus(device, &at, &mut err),
+            validate_modbus(device, &at, &mut err);
+        }
+        // Devices on one endpoint share a link: one protocol, one serial setting, distinct
+        // unit ids.
+        for (i, d) in self.devices.iter().enumerate() {
+            if let Some((j, first)) = self
+                .devices
+                .iter()
+                .enumerate()
+                .take(i)
+                .find(|(_, o)| o.endpoint == d.endpoint)
+            {
+                let at = format!("devices[{i}]");
+                if first.protocol != d.protocol {
+                    err(
+                        format!("{at}.protocol"),
+                        format!(
+                            "{} shares endpoint {:?} with devices[{j}], which is {}",
+                            d.protocol.as_str(),
+                            d.endpoint,
+                            first.protocol.as_str()
+                        ),
+                    );
+                } else if first.serial.unwrap_or_default() != d.serial.unwrap_or_default() {
+                    err(
+                        format!("{at}.serial"),
+                        format!(
+                            "differs from devices[{j}] on the same port {:?}",
+                            d.endpoint
+                        ),
+                    );
+                }
+                if let Some((k, _)) = self
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .take(i)
+                    .find(|(_, o)| o.endpoint == d.endpoint && o.unit_id == d.unit_id)
+                {
+                    err(
+                        format!("{at}.unit_id"),
+                        format!(
+                            "unit {} on {:?} is already devices[{k}]",
+                            d.unit_id, d.endpoint
+                        ),
+                    );
+                }
             }
         }
         if errors.is_empty() {
@@ -740,15 +842,49 @@ impl LineConfig {
 }
 
 fn validate_modbus(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, String)) {
-    if !d
-        .endpoint
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-    {
-        err(
-            format!("{at}.endpoint"),
-            format!("{:?} is not host:port", d.endpoint),
-        );
+    match d.protocol {
+        Protocol::ModbusTcp => {
+            if !d
+                .endpoint
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            {
+                err(
+                    format!("{at}.endpoint"),
+                    format!("{:?} is not host:port", d.endpoint),
+                );
+            }
+            if d.serial.is_some() {
+                err(format!("{at}.serial"), "applies to modbus-rtu only".into());
+            }
+        }
+        Protocol::ModbusRtu => {
+            if d.endpoint.is_empty() || d.endpoint.contains(char::is_whitespace) {
+                err(
+                    format!("{at}.endpoint"),
+                    format!("{:?} is not a serial port path", d.endpoint),
+                );
+            }
+            if !(1..=247).contains(&d.unit_id) {
+                err(
+                    format!("{at}.unit_id"),
+                    format!("{} is not an RTU slave address (1 to 247)", d.unit_id),
+                );
+            }
+            let serial = d.serial.unwrap_or_default();
+            if !(300..=4_000_000).contains(&serial.baud_rate) {
+                err(
+                    format!("{at}.serial.baud_rate"),
+                    format!("{} is not a usable baud rate", serial.baud_rate),
+                );
+            }
+            if !matches!(serial.data_bits, 7 | 8) {
+                err(format!("{at}.serial.data_bits"), "must be 7 or 8".into());
+            }
+            if !matches!(serial.stop_bits, 1 | 2) {
+                err(format!("{at}.serial.stop_bits"), "must be 1 or 2".into());
+            }
+        }
     }
     if d.poll_interval < Duration::from_millis(10) {
         err(
@@ -903,6 +1039,39 @@ devices:
                 .iter()
                 .any(|e| e == "devices[0].tags[1].writable: discretes are read-only in Modbus")
         );
+    }
+
+    #[test]
+    fn rtu_devices_share_a_port_with_one_setting_and_distinct_units() {
+        let rtu = |name: &str, unit: u8, baud: u32| {
+            format!(
+                "  - {{ name: {name}, type: t, protocol: modbus-rtu, endpoint: /dev/ttyUSB0, unit_id: {unit}, serial: {{ baud_rate: {baud}, parity: even }}, tags: [ {{ name: a, address: \"holding:0\", type: u16 }} ] }}\n"
+            )
+        };
+        let ok = format!(
+            "line: l\ndevices:\n{}{}",
+            rtu("a", 1, 19200),
+            rtu("b", 2, 19200)
+        );
+        let c = LineConfig::from_yaml(&ok).unwrap();
+        assert_eq!(c.devices[1].serial.unwrap().parity, Parity::Even);
+        let clash = format!(
+            "line: l\ndevices:\n{}{}{}",
+            rtu("a", 1, 19200),
+            rtu("b", 1, 9600),
+            rtu("c", 0, 19200)
+        );
+        let errors = errors_of(&clash);
+        for e in [
+            "devices[1].serial: differs from devices[0] on the same port \"/dev/ttyUSB0\"",
+            "devices[1].unit_id: unit 1 on \"/dev/ttyUSB0\" is already devices[0]",
+            "devices[2].unit_id: 0 is not an RTU slave address (1 to 247)",
+        ] {
+            assert!(
+                errors.iter().any(|got| got == e),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::{metrics::AdapterMetrics, publisher::BatchSink, sequence::Sequence};
 /// A write on its way to the driver that owns the device, with where to send the outcome.
 pub struct WriteRequest {
     pub command: v1::Command,
+    /// Device name; several devices may share one driver task (a bus).
+    pub device: String,
     /// Tag name within the device.
     pub tag: String,
     pub reply: oneshot::Sender<v1::CommandResult>,

@@ -1,42 +1,39 @@
-//! The Modbus poll loop of one device.
+//! The Modbus poll loop of one link: a TCP device, a TCP gateway with several unit ids, or an
+//! RTU bus with several slaves. One task owns the link and schedules every slave on it.
 //!
 //! Device faults and transport faults are kept apart: an exception response makes the tags of
-//! that request Bad with the exception code and the loop goes on; a timeout or a broken
-//! connection makes every tag not yet read Bad (`comm_failure`), drops the connection and
-//! reconnects with capped, jittered backoff. Ticks that are missed while a poll overruns are
-//! skipped, never bunched up.
+//! that request Bad with the exception code and polling goes on; a transport fault makes the
+//! tags not yet read Bad (`comm_failure`). Whether it also takes the link down is the link's
+//! call (see [`super::link`]): on TCP it does, on an RTU bus only the slave that failed is
+//! backed off, so the others keep their rates. Each poll group runs on its own fixed grid;
+//! cycles missed while a poll overran are skipped and counted, never bunched up.
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::SocketAddr,
     time::Duration,
 };
 
 use fieldline_core::{
     Quality, QualityReason, Sample, SampleBatch, Value,
-    codec::{DataType, Table},
+    codec::{DataType, DecodeError, Table},
     config::{DeviceConfig, ResolvedModbusTag},
     deadband::Deadband,
 };
 use fieldline_proto::v1;
 use fieldline_runtime::{CancellationToken, backoff::Backoff, now_ns};
-use tokio::sync::mpsc;
-use tokio_modbus::{
-    ExceptionCode, Slave,
-    client::{Client, Context, Reader, Writer},
-};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_modbus::ExceptionCode;
 
-use super::planner::{PlanLimits, ReadRequest, TagSpan, plan};
+use super::{
+    link::{Link, LinkKind, Outcome, Reply, WAITING, WriteOp},
+    planner::{PlanLimits, ReadRequest, TagSpan, plan, split},
+};
 use crate::drivers::{DeviceContext, WriteRequest};
 
-/// Commands whose results are remembered for idempotency.
+/// Commands whose results are remembered for idempotency, per device.
 const REMEMBERED_COMMANDS: usize = 1024;
 
-/// Why a poll did not try the device: the reconnect backoff has not expired.
-const WAITING: &str = "waiting to reconnect";
-
-/// A configured Modbus TCP device, ready to run.
-/// A configured Modbus TCP device, ready to run.
+/// A configured Modbus device (one unit id), ready to be polled on its link.
 pub struct ModbusDevice {
     config: DeviceConfig,
     tags: Vec<ResolvedModbusTag>,
@@ -49,20 +46,11 @@ pub struct ModbusDevice {
 struct PollGroup {
     interval: Duration,
     plan: Vec<ReadRequest>,
-    next_due: tokio::time::Instant,
+    next_due: Instant,
 }
 
-enum Reply {
-    Words(Vec<u16>),
-    Bits(Vec<bool>),
-}
-
-/// Outcome of one request: data, a device exception, or a transport fault.
-enum Outcome {
-    Data(Reply),
-    Exception(ExceptionCode),
-    Transport(String),
-}
+/// A tag's reading from one poll: value (absent when Bad), quality, timestamp.
+type Reading = (Option<Value>, Quality, i64);
 
 impl ModbusDevice {
     /// Resolves the tags, forms poll groups and plans their reads. The config was validated,
@@ -95,21 +83,17 @@ impl ModbusDevice {
             max_bits: config.max_bits,
             max_gap: config.request_gap,
         };
-        let mut intervals: Vec<Duration> = tags
-            .iter()
-            .map(|t| t.poll_interval.unwrap_or(config.poll_interval))
-            .collect();
+        let interval_of = |t: &ResolvedModbusTag| t.poll_interval.unwrap_or(config.poll_interval);
+        let mut intervals: Vec<Duration> = tags.iter().map(interval_of).collect();
         intervals.sort_unstable();
         intervals.dedup();
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let groups = intervals
             .into_iter()
             .map(|interval| {
                 let members: Vec<TagSpan> = spans
                     .iter()
-                    .filter(|s| {
-                        tags[s.tag].poll_interval.unwrap_or(config.poll_interval) == interval
-                    })
+                    .filter(|s| interval_of(&tags[s.tag]) == interval)
                     .copied()
                     .collect();
                 PollGroup {
@@ -132,234 +116,228 @@ impl ModbusDevice {
         &self.config.name
     }
 
-    /// Polls until `stop`, serving writes from `writes` between polls.
-    pub async fn run(
-        self,
-        cx: DeviceContext,
-        mut writes: mpsc::Receiver<WriteRequest>,
-        stop: CancellationToken,
-    ) {
-        let device = self.config.name.clone();
-        let tag_count = self.tags.len();
-        let backoff = Backoff::new(Duration::from_millis(250), self.config.max_backoff);
-        let mut poller = Poller {
-            device: self,
-            connection: None,
-            backoff,
-            retry_at: tokio::time::Instant::now(),
-            deadbands: vec![Deadband::default(); tag_count],
-            last_read: vec![None; tag_count],
-            stale: vec![false; tag_count],
-            remembered: HashMap::new(),
-            remembered_order: VecDeque::new(),
-        };
-        let groups: Vec<String> = poller
-            .device
-            .groups
-            .iter()
-            .map(|g| format!("{}ms", g.interval.as_millis()))
-            .collect();
-        tracing::info!(device = %device, endpoint = %poller.device.config.endpoint, groups = ?groups, "polling");
-        loop {
-            let due = poller
-                .device
-                .groups
-                .iter()
-                .map(|g| g.next_due)
-                .min()
-                .unwrap_or_else(tokio::time::Instant::now);
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(due) => poller.poll_due(&cx).await,
-                Some(request) = writes.recv() => {
-                    let result = poller.write(&cx, &request.tag, &request.command).await;
-                    let _ = request.reply.send(result);
-                }
-            }
+    /// The link this device is reached through.
+    pub fn link_kind(&self) -> LinkKind {
+        match self.config.protocol {
+            fieldline_core::config::Protocol::ModbusTcp => LinkKind::Tcp {
+                endpoint: self.config.endpoint.clone(),
+            },
+            fieldline_core::config::Protocol::ModbusRtu => LinkKind::Rtu {
+                port: self.config.endpoint.clone(),
+                serial: self.config.serial.unwrap_or_default(),
+            },
         }
-        if let Some(mut ctx) = poller.connection.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), ctx.disconnect()).await;
-        }
-        tracing::info!(device = %device, "stopped polling");
     }
 }
 
-/// A tag's reading from one poll: value (absent when Bad), quality, timestamp.
-type Reading = (Option<Value>, Quality, i64);
-
-struct Poller {
+/// One device on a link, with everything that is its own.
+struct Slave {
     device: ModbusDevice,
-    connection: Option<Context>,
-    backoff: Backoff,
-    retry_at: tokio::time::Instant,
+    cx: DeviceContext,
     deadbands: Vec<Deadband>,
     /// When each tag was last read (Good or Bad), for staleness.
-    last_read: Vec<Option<tokio::time::Instant>>,
+    last_read: Vec<Option<Instant>>,
     /// Tags already reported stale since their last reading.
     stale: Vec<bool>,
     remembered: HashMap<String, v1::CommandResult>,
     remembered_order: VecDeque<String>,
+    /// Backoff of this slave alone, after it failed to answer on a shared bus.
+    backoff: Backoff,
+    retry_at: Instant,
 }
 
-impl Poller {
-    fn labels(&self) -> Vec<(&'static str, String)> {
-        vec![("device", self.device.config.name.clone())]
+impl Slave {
+    fn name(&self) -> &str {
+        &self.device.config.name
     }
 
-    fn error(&self, cx: &DeviceContext, kind: &str) {
-        cx.metrics
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        vec![("device", self.name().to_string())]
+    }
+
+    fn error(&self, kind: &str) {
+        self.cx
+            .metrics
             .errors
             .get_or_create(&vec![
-                ("device", self.device.config.name.clone()),
+                ("device", self.name().to_string()),
                 ("kind", kind.to_string()),
             ])
             .inc();
     }
 
-    /// Connects if there is no connection and the backoff allows an attempt now.
-    async fn ensure_connected(&mut self, cx: &DeviceContext) -> Result<(), String> {
-        if self.connection.is_some() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() < self.retry_at {
-            return Err(WAITING.into());
-        }
-        let config = &self.device.config;
-        let attempt = async {
-            let addr = tokio::net::lookup_host(&config.endpoint)
-                .await
-                .map_err(|e| format!("cannot resolve {}: {e}", config.endpoint))?
-                .next()
-                .ok_or_else(|| format!("{} resolves to no address", config.endpoint))?;
-            connect(addr, config.unit_id, config.timeout).await
-        };
-        match attempt.await {
-            Ok(ctx) => {
-                tracing::info!(device = %config.name, endpoint = %config.endpoint, "connected");
-                self.connection = Some(ctx);
-                self.backoff.reset();
-                Ok(())
-            }
-            Err(e) => {
-                self.error(cx, "connect");
-                self.schedule_reconnect(&e);
-                Err(e)
-            }
-        }
+    fn unit(&self) -> u8 {
+        self.device.config.unit_id
     }
 
-    fn schedule_reconnect(&mut self, reason: &str) {
-        self.connection = None;
-        let delay = self.backoff.next_delay();
-        self.retry_at = tokio::time::Instant::now() + delay;
-        tracing::warn!(device = %self.device.config.name, error = %reason, retry_in = ?delay, "device connection lost");
+    fn timeout(&self) -> Duration {
+        self.device.config.timeout
     }
+}
 
-    async fn request(&mut self, table: Table, start: u16, count: u16) -> Outcome {
-        let Some(ctx) = self.connection.as_mut() else {
-            return Outcome::Transport("not connected".into());
-        };
-        let timeout = self.device.config.timeout;
-        let result = tokio::time::timeout(timeout, async {
-            match table {
-                Table::Coil => ctx
-                    .read_coils(start, count)
-                    .await
-                    .map(|r| r.map(Reply::Bits)),
-                Table::Discrete => ctx
-                    .read_discrete_inputs(start, count)
-                    .await
-                    .map(|r| r.map(Reply::Bits)),
-                Table::Input => ctx
-                    .read_input_registers(start, count)
-                    .await
-                    .map(|r| r.map(Reply::Words)),
-                Table::Holding => ctx
-                    .read_holding_registers(start, count)
-                    .await
-                    .map(|r| r.map(Reply::Words)),
-            }
-        })
-        .await;
-        match result {
-            Err(_) => Outcome::Transport(format!(
-                "no response within {}",
-                humantime_duration(timeout)
-            )),
-            Ok(Err(e)) => Outcome::Transport(e.to_string()),
-            Ok(Ok(Err(code))) => Outcome::Exception(code),
-            Ok(Ok(Ok(reply))) => Outcome::Data(reply),
-        }
-    }
+/// The devices on one link, polled by one task.
+pub struct ModbusBus {
+    link: Link,
+    slaves: Vec<Slave>,
+}
 
-    /// Polls every group that is due, then schedules each one's next cycle on its own grid:
-    /// cycles never drift, and cycles missed while a poll overran are skipped and counted.
-    async fn poll_due(&mut self, cx: &DeviceContext) {
-        let now = tokio::time::Instant::now();
-        let due: Vec<usize> = (0..self.device.groups.len())
-            .filter(|g| self.device.groups[*g].next_due <= now)
-            .collect();
-        let mut readings: Vec<Option<Reading>> = vec![None; self.device.tags.len()];
-        for g in due {
-            self.poll_group(cx, g, &mut readings).await;
-            let after = tokio::time::Instant::now();
-            let group = &mut self.device.groups[g];
-            group.next_due += group.interval;
-            if group.next_due <= after {
-                let behind = after.duration_since(group.next_due);
-                let skipped =
-                    1 + u32::try_from(behind.as_nanos() / group.interval.as_nanos().max(1))
-                        .unwrap_or(u32::MAX);
-                group.next_due += group.interval * skipped;
-                let labels = vec![
-                    ("device", self.device.config.name.clone()),
-                    ("interval", format!("{}ms", group.interval.as_millis())),
-                ];
-                cx.metrics
-                    .overruns
-                    .get_or_create(&labels)
-                    .inc_by(u64::from(skipped));
-            }
-        }
-        self.mark_stale(&mut readings);
-        self.publish(cx, readings);
-    }
-
-    /// One cycle of one poll group: its planned reads, in order. A multi-tag read the device
-    /// refuses (illegal address or value) is split in the plan and the halves are read at once.
-    async fn poll_group(&mut self, cx: &DeviceContext, g: usize, readings: &mut [Option<Reading>]) {
-        let started = std::time::Instant::now();
-        if let Err(reason) = self.ensure_connected(cx).await {
-            if reason != WAITING {
-                let now = now_ns();
-                let quality = Quality::bad(QualityReason::CommFailure, reason);
-                for req in &self.device.groups[g].plan {
-                    for &(tag, _) in &req.tags {
-                        readings[tag] = Some((None, quality.clone(), now));
-                    }
+impl ModbusBus {
+    /// A bus for devices that share `kind`; `max_backoff` caps reconnect delays.
+    pub fn new(kind: LinkKind, devices: Vec<(ModbusDevice, DeviceContext)>) -> Self {
+        let max_backoff = devices
+            .iter()
+            .map(|(d, _)| d.config.max_backoff)
+            .max()
+            .unwrap_or(Duration::from_secs(30));
+        let slaves = devices
+            .into_iter()
+            .map(|(device, cx)| {
+                let n = device.tags.len();
+                let backoff = Backoff::new(Duration::from_millis(250), device.config.max_backoff);
+                Slave {
+                    device,
+                    cx,
+                    deadbands: vec![Deadband::default(); n],
+                    last_read: vec![None; n],
+                    stale: vec![false; n],
+                    remembered: HashMap::new(),
+                    remembered_order: VecDeque::new(),
+                    backoff,
+                    retry_at: Instant::now(),
                 }
+            })
+            .collect();
+        Self {
+            link: Link::new(kind, max_backoff),
+            slaves,
+        }
+    }
+
+    /// Polls until `stop`, serving writes for any of the bus's devices between polls.
+    pub async fn run(mut self, mut writes: mpsc::Receiver<WriteRequest>, stop: CancellationToken) {
+        let link = self.link.kind.describe();
+        let devices: Vec<String> = self
+            .slaves
+            .iter()
+            .map(|s| format!("{}@{}", s.name(), s.unit()))
+            .collect();
+        tracing::info!(link = %link, devices = ?devices, "polling");
+        loop {
+            let due = self
+                .slaves
+                .iter()
+                .flat_map(|s| s.device.groups.iter().map(|g| g.next_due))
+                .min()
+                .unwrap_or_else(Instant::now);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => self.poll_due().await,
+                Some(request) = writes.recv() => {
+                    let result = match self.slaves.iter().position(|s| s.name() == request.device) {
+                        Some(i) => self.write(i, &request.tag, &request.command).await,
+                        None => result(&request.command, v1::CommandStatus::Rejected, "unknown_device", None, format!("no device {:?} on this link", request.device)),
+                    };
+                    let _ = request.reply.send(result);
+                }
+            }
+        }
+        self.link.close().await;
+        tracing::info!(link = %link, "stopped polling");
+    }
+
+    /// Polls every group of every slave that is due, then schedules each group's next cycle
+    /// on its own grid, skipping (and counting) cycles missed while a poll overran.
+    async fn poll_due(&mut self) {
+        for s in 0..self.slaves.len() {
+            let now = Instant::now();
+            let due: Vec<usize> = (0..self.slaves[s].device.groups.len())
+                .filter(|g| self.slaves[s].device.groups[*g].next_due <= now)
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            let mut readings: Vec<Option<Reading>> = vec![None; self.slaves[s].device.tags.len()];
+            for g in due {
+                self.poll_group(s, g, &mut readings).await;
+                let after = Instant::now();
+                let slave = &mut self.slaves[s];
+                let group = &mut slave.device.groups[g];
+                group.next_due += group.interval;
+                if group.next_due <= after {
+                    let behind = after.duration_since(group.next_due);
+                    let skipped =
+                        1 + u32::try_from(behind.as_nanos() / group.interval.as_nanos().max(1))
+                            .unwrap_or(u32::MAX);
+                    group.next_due += group.interval * skipped;
+                    let labels = vec![
+                        ("device", slave.device.config.name.clone()),
+                        ("interval", format!("{}ms", group.interval.as_millis())),
+                    ];
+                    slave
+                        .cx
+                        .metrics
+                        .overruns
+                        .get_or_create(&labels)
+                        .inc_by(u64::from(skipped));
+                }
+            }
+            let slave = &mut self.slaves[s];
+            mark_stale(slave, &mut readings);
+            publish(slave, readings);
+        }
+    }
+
+    /// One cycle of one poll group of slave `s`: its planned reads, in order. A multi-tag read
+    /// the device refuses (illegal address or value) is split in the plan and the halves are
+    /// read at once.
+    async fn poll_group(&mut self, s: usize, g: usize, readings: &mut [Option<Reading>]) {
+        let started = std::time::Instant::now();
+        let timeout = self.slaves[s].timeout();
+        if let Err(reason) = self.link.ensure_open(timeout).await {
+            if reason != WAITING {
+                self.slaves[s].error("connect");
+                fill(
+                    &self.slaves[s].device.groups[g].plan,
+                    readings,
+                    &Quality::bad(QualityReason::CommFailure, reason),
+                );
             }
             return;
         }
-        let mut queue: VecDeque<ReadRequest> = self.device.groups[g].plan.iter().cloned().collect();
-        let mut requests = 0u64;
+        if Instant::now() < self.slaves[s].retry_at {
+            // Backed off after failing to answer; its tags go stale rather than hold the bus.
+            return;
+        }
+        let mut queue: VecDeque<ReadRequest> = self.slaves[s].device.groups[g]
+            .plan
+            .iter()
+            .cloned()
+            .collect();
+        let mut requests = 0i64;
         let mut answered = false;
         while let Some(req) = queue.pop_front() {
             requests += 1;
-            cx.metrics
+            let slave = &self.slaves[s];
+            slave
+                .cx
+                .metrics
                 .requests
                 .get_or_create(&vec![
-                    ("device", self.device.config.name.clone()),
+                    ("device", slave.name().to_string()),
                     ("table", req.table.to_string()),
                 ])
                 .inc();
-            let outcome = self.request(req.table, req.start, req.count).await;
+            let outcome = self
+                .link
+                .read(slave.unit(), req.table, req.start, req.count, timeout)
+                .await;
             let now = now_ns();
+            let slave = &mut self.slaves[s];
             match outcome {
                 Outcome::Data(reply) => {
                     answered = true;
                     for &(tag, pos) in &req.tags {
-                        readings[tag] = Some(decode(&self.device.tags[tag], &reply, pos, now));
+                        readings[tag] = Some(decode(&slave.device.tags[tag], &reply, pos, now));
                     }
                 }
                 Outcome::Exception(code) => {
@@ -368,7 +346,7 @@ impl Poller {
                         ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
                     );
                     if refused_size
-                        && let Some(parts) = self.learn_split(cx, g, &req, &code.to_string())
+                        && let Some(parts) = learn_split(slave, g, &req, &code.to_string())
                     {
                         for part in parts.into_iter().rev() {
                             queue.push_front(part);
@@ -376,7 +354,7 @@ impl Poller {
                         continue;
                     }
                     answered = true;
-                    self.error(cx, "exception");
+                    slave.error("exception");
                     let quality = Quality::bad(
                         QualityReason::DeviceException(u8::from(code)),
                         code.to_string(),
@@ -385,12 +363,15 @@ impl Poller {
                         readings[tag] = Some((None, quality.clone(), now));
                     }
                 }
-                Outcome::Transport(reason) => {
-                    self.error(cx, "transport");
+                Outcome::Transport {
+                    reason,
+                    link_broken,
+                } => {
+                    slave.error("transport");
                     // A device that answered smaller reads this cycle but not this one may be
                     // refusing its size by silence: read it in halves from the next cycle on.
                     if answered {
-                        let _ = self.learn_split(cx, g, &req, &reason);
+                        let _ = learn_split(slave, g, &req, &reason);
                     }
                     let quality = Quality::bad(QualityReason::CommFailure, reason.clone());
                     for r in std::iter::once(&req).chain(queue.iter()) {
@@ -398,119 +379,35 @@ impl Poller {
                             readings[tag] = Some((None, quality.clone(), now));
                         }
                     }
-                    self.schedule_reconnect(&reason);
+                    if link_broken {
+                        self.link.fail(&reason);
+                    } else {
+                        let delay = slave.backoff.next_delay();
+                        slave.retry_at = Instant::now() + delay;
+                        tracing::warn!(device = %slave.name(), unit = slave.unit(), error = %reason, retry_in = ?delay, "slave not answering; the rest of the bus carries on");
+                    }
                     break;
                 }
             }
         }
-        let labels = self.labels();
-        cx.metrics.polls.get_or_create(&labels).inc();
-        cx.metrics
+        let slave = &mut self.slaves[s];
+        if answered {
+            slave.backoff.reset();
+        }
+        let labels = slave.labels();
+        slave.cx.metrics.polls.get_or_create(&labels).inc();
+        slave
+            .cx
+            .metrics
             .poll_seconds
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
-        cx.metrics
+        slave
+            .cx
+            .metrics
             .requests_per_cycle
             .get_or_create(&labels)
-            .set(i64::try_from(requests).unwrap_or(i64::MAX));
-    }
-
-    /// Replaces `req` in group `g`'s plan by smaller reads and returns them; `None` when it
-    /// cannot be split. Calling it again for a request already split returns the same parts.
-    fn learn_split(
-        &mut self,
-        cx: &DeviceContext,
-        g: usize,
-        req: &ReadRequest,
-        why: &str,
-    ) -> Option<Vec<ReadRequest>> {
-        let parts = super::planner::split(req, &self.device.spans, self.device.limits)?;
-        let plan = &mut self.device.groups[g].plan;
-        if let Some(pos) = plan.iter().position(|r| r == req) {
-            plan.splice(pos..=pos, parts.iter().cloned());
-            cx.metrics
-                .request_splits
-                .get_or_create(&self.labels())
-                .inc();
-            tracing::info!(device = %self.device.config.name, table = %req.table, start = req.start, count = req.count, reason = why, "device refused a large read; reading it in smaller parts from now on");
-        }
-        Some(parts)
-    }
-
-    /// Tags without a reading for `stale_after` of their intervals become Bad (stale), once.
-    fn mark_stale(&mut self, readings: &mut [Option<Reading>]) {
-        let now = tokio::time::Instant::now();
-        let stale_after = self.device.config.stale_after;
-        for (i, reading) in readings.iter_mut().enumerate() {
-            if reading.is_some() {
-                self.last_read[i] = Some(now);
-                self.stale[i] = false;
-                continue;
-            }
-            if stale_after == 0 || self.stale[i] {
-                continue;
-            }
-            let interval = self.device.tags[i]
-                .poll_interval
-                .unwrap_or(self.device.config.poll_interval);
-            let since = *self.last_read[i].get_or_insert(now);
-            if now.duration_since(since) > interval * stale_after {
-                self.stale[i] = true;
-                let detail = format!("no reading for {} intervals", stale_after);
-                *reading = Some((None, Quality::bad(QualityReason::Stale, detail), now_ns()));
-            }
-        }
-    }
-
-    /// Counts the readings and publishes those that pass each tag's deadband, as one batch.
-    fn publish(&mut self, cx: &DeviceContext, readings: Vec<Option<Reading>>) {
-        let now = now_ns();
-        let mut samples = Vec::new();
-        for (i, reading) in readings.into_iter().enumerate() {
-            let Some((value, quality, ts)) = reading else {
-                continue;
-            };
-            let q = if quality.is_good() { "good" } else { "bad" };
-            cx.metrics
-                .samples_read
-                .get_or_create(&vec![
-                    ("device", self.device.config.name.clone()),
-                    ("quality", q.to_string()),
-                ])
-                .inc();
-            let tag = &self.device.tags[i];
-            if self.deadbands[i].should_report(&tag.deadband, &value, &quality, now) {
-                samples.push(Sample {
-                    tag: tag.name.clone(),
-                    value,
-                    quality,
-                    timestamp_ns: ts,
-                });
-            }
-        }
-        if samples.is_empty() {
-            return;
-        }
-        let sequence = match cx
-            .sequence
-            .lock()
-            .map_err(|_| "sequence lock poisoned".to_string())
-            .and_then(|mut s| s.take().map_err(|e| e.to_string()))
-        {
-            Ok(n) => n,
-            Err(error) => {
-                self.error(cx, "sequence");
-                tracing::error!(device = %self.device.config.name, %error, "cannot number the batch; not published");
-                return;
-            }
-        };
-        cx.sink.send(SampleBatch {
-            line: cx.line.clone(),
-            device: self.device.config.name.clone(),
-            adapter_id: cx.adapter_id.clone(),
-            sequence,
-            samples,
-        });
+            .set(requests);
     }
 
     /// The adapter's last line of defence for writes: the tag must be writable, the value
@@ -518,109 +415,73 @@ impl Poller {
     /// result without writing again; after the write the value is read back and compared.
     async fn write(
         &mut self,
-        cx: &DeviceContext,
+        s: usize,
         tag_name: &str,
         command: &v1::Command,
     ) -> v1::CommandResult {
-        if let Some(done) = self.remembered.get(&command.id) {
+        if let Some(done) = self.slaves[s].remembered.get(&command.id) {
             return done.clone();
         }
-        let result = self.write_once(cx, tag_name, command).await;
+        let result = self.write_once(s, tag_name, command).await;
         let outcome = match v1::CommandStatus::try_from(result.status) {
             Ok(v1::CommandStatus::Written) => "written",
             Ok(v1::CommandStatus::Rejected) => "rejected",
             Ok(v1::CommandStatus::ReadbackMismatch) => "readback_mismatch",
             _ => "failed",
         };
-        cx.metrics
+        let slave = &mut self.slaves[s];
+        slave
+            .cx
+            .metrics
             .writes
             .get_or_create(&vec![
-                ("device", self.device.config.name.clone()),
+                ("device", slave.name().to_string()),
                 ("outcome", outcome.to_string()),
             ])
             .inc();
-        tracing::info!(device = %self.device.config.name, tag = tag_name, command = %command.id, requested_by = %command.requested_by, outcome, detail = %result.detail, "write");
+        tracing::info!(device = %slave.name(), tag = tag_name, command = %command.id, requested_by = %command.requested_by, outcome, detail = %result.detail, "write");
         // Rejections and transport failures did not reach the device; a retry with the same id
         // may succeed later, so only results that touched the device are remembered.
         if matches!(outcome, "written" | "readback_mismatch") && !command.id.is_empty() {
-            if self.remembered_order.len() >= REMEMBERED_COMMANDS
-                && let Some(old) = self.remembered_order.pop_front()
+            if slave.remembered_order.len() >= REMEMBERED_COMMANDS
+                && let Some(old) = slave.remembered_order.pop_front()
             {
-                self.remembered.remove(&old);
+                slave.remembered.remove(&old);
             }
-            self.remembered_order.push_back(command.id.clone());
-            self.remembered.insert(command.id.clone(), result.clone());
+            slave.remembered_order.push_back(command.id.clone());
+            slave.remembered.insert(command.id.clone(), result.clone());
         }
         result
     }
 
     async fn write_once(
         &mut self,
-        cx: &DeviceContext,
+        s: usize,
         tag_name: &str,
         command: &v1::Command,
     ) -> v1::CommandResult {
-        let reject = |by: &str, detail: String| {
-            result(command, v1::CommandStatus::Rejected, by, None, detail)
-        };
-        if command.id.is_empty() {
-            return reject(
-                "command_id",
-                "a command needs an id (its idempotency key)".into(),
-            );
-        }
-        let Some(index) = self.device.tags.iter().position(|t| t.name == tag_name) else {
-            return reject(
-                "unknown_tag",
-                format!("device {} has no tag {tag_name:?}", self.device.config.name),
-            );
-        };
-        let tag = self.device.tags[index].clone();
-        if !tag.writable {
-            return reject("not_writable", format!("tag {tag_name} is not writable"));
-        }
-        let value = match command.value.clone().map(Value::try_from) {
-            Some(Ok(v)) => v,
-            _ => return reject("value", "the command carries no value".into()),
-        };
-        if let Some(x) = value.as_f64().filter(|_| !matches!(value, Value::Bool(_))) {
-            if !x.is_finite() {
-                return reject("value", format!("{x} is not a finite number"));
-            }
-            if let Some(min) = tag.min
-                && x < min
-            {
-                return reject("min", format!("{x} is below the minimum {min}"));
-            }
-            if let Some(max) = tag.max
-                && x > max
-            {
-                return reject("max", format!("{x} is above the maximum {max}"));
-            }
-        }
-        let words = if tag.address.table.is_bits() {
-            match value {
-                Value::Bool(_) => Vec::new(),
-                _ => return reject("type", format!("{tag_name} is a coil and takes a bool")),
-            }
-        } else if tag.codec.bit.is_some() {
-            if !matches!(value, Value::Bool(_)) {
-                return reject("type", format!("{tag_name} is a bit and takes a bool"));
-            }
-            Vec::new()
-        } else {
-            match tag.codec.encode_registers(&value) {
-                Ok(words) => words,
-                Err(e) => return reject("type", e.to_string()),
-            }
+        let (tag, value, words) = match check_command(&self.slaves[s].device, tag_name, command) {
+            Ok(checked) => checked,
+            Err(rejected) => return rejected,
         };
         if command.deadline_ns > 0 && now_ns() > command.deadline_ns {
-            return reject(
+            return result(
+                command,
+                v1::CommandStatus::Rejected,
                 "deadline",
+                None,
                 "the command's deadline passed before it could be written".into(),
             );
         }
-        if let Err(e) = self.ensure_connected(cx).await {
+        let (unit, timeout, multiple) = {
+            let slave = &self.slaves[s];
+            (
+                slave.unit(),
+                slave.timeout(),
+                slave.device.config.write_multiple,
+            )
+        };
+        if let Err(e) = self.link.ensure_open(timeout).await {
             return result(
                 command,
                 v1::CommandStatus::Failed,
@@ -629,11 +490,63 @@ impl Poller {
                 format!("device not reachable: {e}"),
             );
         }
-        let written = self.perform_write(&tag, &value, &words).await;
+        let offset = tag.address.offset;
+        let written = match (tag.codec.bit, &value, tag.address.table) {
+            (Some(bit), Value::Bool(on), _) => {
+                // A bit inside a holding register: read, modify, write back.
+                match self
+                    .link
+                    .read(unit, Table::Holding, offset, 1, timeout)
+                    .await
+                {
+                    Outcome::Data(Reply::Words(w)) if w.len() == 1 => {
+                        let word = if *on {
+                            w[0] | (1 << bit)
+                        } else {
+                            w[0] & !(1 << bit)
+                        };
+                        self.link
+                            .write(
+                                unit,
+                                offset,
+                                WriteOp::Registers {
+                                    words: &[word],
+                                    multiple,
+                                },
+                                timeout,
+                            )
+                            .await
+                    }
+                    Outcome::Data(_) => Outcome::Transport {
+                        reason: "short reply to the read before a bit write".into(),
+                        link_broken: false,
+                    },
+                    other => other,
+                }
+            }
+            (None, Value::Bool(on), Table::Coil) => {
+                self.link
+                    .write(unit, offset, WriteOp::Coil { on: *on, multiple }, timeout)
+                    .await
+            }
+            _ => {
+                self.link
+                    .write(
+                        unit,
+                        offset,
+                        WriteOp::Registers {
+                            words: &words,
+                            multiple,
+                        },
+                        timeout,
+                    )
+                    .await
+            }
+        };
         match written {
             Outcome::Data(_) => {}
             Outcome::Exception(code) => {
-                self.error(cx, "exception");
+                self.slaves[s].error("exception");
                 return result(
                     command,
                     v1::CommandStatus::Failed,
@@ -642,9 +555,14 @@ impl Poller {
                     format!("device refused the write: {code}"),
                 );
             }
-            Outcome::Transport(reason) => {
-                self.error(cx, "transport");
-                self.schedule_reconnect(&reason);
+            Outcome::Transport {
+                reason,
+                link_broken,
+            } => {
+                self.slaves[s].error("transport");
+                if link_broken {
+                    self.link.fail(&reason);
+                }
                 return result(
                     command,
                     v1::CommandStatus::Failed,
@@ -660,11 +578,12 @@ impl Poller {
             tag.codec.register_count()
         };
         let read_back = match self
-            .request(tag.address.table, tag.address.offset, width)
+            .link
+            .read(unit, tag.address.table, offset, width, timeout)
             .await
         {
             Outcome::Data(reply) => decode(&tag, &reply, 0, now_ns()).0,
-            Outcome::Exception(_) | Outcome::Transport(_) => None,
+            Outcome::Exception(_) | Outcome::Transport { .. } => None,
         };
         match read_back {
             Some(back) if same_value(&back, &value, tag.codec.data_type) => result(
@@ -693,94 +612,190 @@ impl Poller {
             ),
         }
     }
+}
 
-    async fn perform_write(
-        &mut self,
-        tag: &ResolvedModbusTag,
-        value: &Value,
-        words: &[u16],
-    ) -> Outcome {
-        let offset = tag.address.offset;
-        if let (Some(bit), Value::Bool(on)) = (tag.codec.bit, value) {
-            // A bit inside a holding register: read, modify, write back.
-            let current = match self.request(Table::Holding, offset, 1).await {
-                Outcome::Data(Reply::Words(w)) if w.len() == 1 => w[0],
-                Outcome::Data(_) => {
-                    return Outcome::Transport("short reply to the read before a bit write".into());
-                }
-                other => return other,
-            };
-            let word = if *on {
-                current | (1 << bit)
-            } else {
-                current & !(1 << bit)
-            };
-            return self
-                .send_write(Table::Holding, offset, &[word], false)
-                .await;
+/// The checks a command passes before anything is sent: known, writable tag; a value of the
+/// right kind within min/max; encodable. Returns the tag, the value and the encoded words.
+fn check_command(
+    device: &ModbusDevice,
+    tag_name: &str,
+    command: &v1::Command,
+) -> Result<(ResolvedModbusTag, Value, Vec<u16>), v1::CommandResult> {
+    let reject =
+        |by: &str, detail: String| result(command, v1::CommandStatus::Rejected, by, None, detail);
+    if command.id.is_empty() {
+        return Err(reject(
+            "command_id",
+            "a command needs an id (its idempotency key)".into(),
+        ));
+    }
+    let Some(tag) = device.tags.iter().find(|t| t.name == tag_name) else {
+        return Err(reject(
+            "unknown_tag",
+            format!("device {} has no tag {tag_name:?}", device.config.name),
+        ));
+    };
+    if !tag.writable {
+        return Err(reject(
+            "not_writable",
+            format!("tag {tag_name} is not writable"),
+        ));
+    }
+    let value = match command.value.clone().map(Value::try_from) {
+        Some(Ok(v)) => v,
+        _ => return Err(reject("value", "the command carries no value".into())),
+    };
+    if let Some(x) = value.as_f64().filter(|_| !matches!(value, Value::Bool(_))) {
+        if !x.is_finite() {
+            return Err(reject("value", format!("{x} is not a finite number")));
         }
-        match (tag.address.table, value) {
-            (Table::Coil, Value::Bool(on)) => self.send_write(Table::Coil, offset, &[], *on).await,
-            _ => self.send_write(Table::Holding, offset, words, false).await,
+        if let Some(min) = tag.min
+            && x < min
+        {
+            return Err(reject("min", format!("{x} is below the minimum {min}")));
+        }
+        if let Some(max) = tag.max
+            && x > max
+        {
+            return Err(reject("max", format!("{x} is above the maximum {max}")));
         }
     }
+    let words = if tag.address.table.is_bits() || tag.codec.bit.is_some() {
+        if !matches!(value, Value::Bool(_)) {
+            return Err(reject(
+                "type",
+                format!("{tag_name} is a single bit and takes a bool"),
+            ));
+        }
+        Vec::new()
+    } else {
+        tag.codec
+            .encode_registers(&value)
+            .map_err(|e| reject("type", e.to_string()))?
+    };
+    Ok((tag.clone(), value, words))
+}
 
-    async fn send_write(
-        &mut self,
-        table: Table,
-        offset: u16,
-        words: &[u16],
-        coil: bool,
-    ) -> Outcome {
-        let Some(ctx) = self.connection.as_mut() else {
-            return Outcome::Transport("not connected".into());
-        };
-        let timeout = self.device.config.timeout;
-        let multiple = self.device.config.write_multiple;
-        let sent = tokio::time::timeout(timeout, async {
-            match (table, words, multiple) {
-                (Table::Coil, _, false) => ctx.write_single_coil(offset, coil).await,
-                (Table::Coil, _, true) => ctx.write_multiple_coils(offset, &[coil]).await,
-                (_, [word], false) => ctx.write_single_register(offset, *word).await,
-                (_, words, _) => ctx.write_multiple_registers(offset, words).await,
-            }
-        })
-        .await;
-        match sent {
-            Err(_) => Outcome::Transport(format!(
-                "no response within {}",
-                humantime_duration(timeout)
-            )),
-            Ok(Err(e)) => Outcome::Transport(e.to_string()),
-            Ok(Ok(Err(code))) => Outcome::Exception(code),
-            Ok(Ok(Ok(()))) => Outcome::Data(Reply::Words(Vec::new())),
+/// Replaces `req` in group `g`'s plan by smaller reads and returns them; `None` when it
+/// cannot be split.
+fn learn_split(
+    slave: &mut Slave,
+    g: usize,
+    req: &ReadRequest,
+    why: &str,
+) -> Option<Vec<ReadRequest>> {
+    let parts = split(req, &slave.device.spans, slave.device.limits)?;
+    let plan = &mut slave.device.groups[g].plan;
+    if let Some(pos) = plan.iter().position(|r| r == req) {
+        plan.splice(pos..=pos, parts.iter().cloned());
+        slave
+            .cx
+            .metrics
+            .request_splits
+            .get_or_create(&slave.labels())
+            .inc();
+        tracing::info!(device = %slave.name(), table = %req.table, start = req.start, count = req.count, reason = why, "device refused a large read; reading it in smaller parts from now on");
+    }
+    Some(parts)
+}
+
+/// Marks every tag served by `plan` with `quality`.
+fn fill(plan: &[ReadRequest], readings: &mut [Option<Reading>], quality: &Quality) {
+    let now = now_ns();
+    for req in plan {
+        for &(tag, _) in &req.tags {
+            readings[tag] = Some((None, quality.clone(), now));
         }
     }
 }
 
-async fn connect(addr: SocketAddr, unit: u8, timeout: Duration) -> Result<Context, String> {
-    match tokio::time::timeout(
-        timeout,
-        tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)),
-    )
-    .await
-    {
-        Ok(Ok(ctx)) => Ok(ctx),
-        Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
-        Err(_) => Err(format!(
-            "cannot connect to {addr} within {}",
-            humantime_duration(timeout)
-        )),
+/// Tags without a reading for `stale_after` of their intervals become Bad (stale), once.
+fn mark_stale(slave: &mut Slave, readings: &mut [Option<Reading>]) {
+    let now = Instant::now();
+    let stale_after = slave.device.config.stale_after;
+    for (i, reading) in readings.iter_mut().enumerate() {
+        if reading.is_some() {
+            slave.last_read[i] = Some(now);
+            slave.stale[i] = false;
+            continue;
+        }
+        if stale_after == 0 || slave.stale[i] {
+            continue;
+        }
+        let interval = slave.device.tags[i]
+            .poll_interval
+            .unwrap_or(slave.device.config.poll_interval);
+        let since = *slave.last_read[i].get_or_insert(now);
+        if now.duration_since(since) > interval * stale_after {
+            slave.stale[i] = true;
+            *reading = Some((
+                None,
+                Quality::bad(
+                    QualityReason::Stale,
+                    format!("no reading for {stale_after} intervals"),
+                ),
+                now_ns(),
+            ));
+        }
     }
+}
+
+/// Counts the readings and publishes those that pass each tag's deadband, as one batch.
+fn publish(slave: &mut Slave, readings: Vec<Option<Reading>>) {
+    let now = now_ns();
+    let mut samples = Vec::new();
+    for (i, reading) in readings.into_iter().enumerate() {
+        let Some((value, quality, ts)) = reading else {
+            continue;
+        };
+        let q = if quality.is_good() { "good" } else { "bad" };
+        slave
+            .cx
+            .metrics
+            .samples_read
+            .get_or_create(&vec![
+                ("device", slave.device.config.name.clone()),
+                ("quality", q.to_string()),
+            ])
+            .inc();
+        let tag = &slave.device.tags[i];
+        if slave.deadbands[i].should_report(&tag.deadband, &value, &quality, now) {
+            samples.push(Sample {
+                tag: tag.name.clone(),
+                value,
+                quality,
+                timestamp_ns: ts,
+            });
+        }
+    }
+    if samples.is_empty() {
+        return;
+    }
+    let sequence = slave
+        .cx
+        .sequence
+        .lock()
+        .map_err(|_| "sequence lock poisoned".to_string())
+        .and_then(|mut s| s.take().map_err(|e| e.to_string()));
+    let sequence = match sequence {
+        Ok(n) => n,
+        Err(error) => {
+            slave.error("sequence");
+            tracing::error!(device = %slave.name(), %error, "cannot number the batch; not published");
+            return;
+        }
+    };
+    slave.cx.sink.send(SampleBatch {
+        line: slave.cx.line.clone(),
+        device: slave.device.config.name.clone(),
+        adapter_id: slave.cx.adapter_id.clone(),
+        sequence,
+        samples,
+    });
 }
 
 /// Decodes one tag from a reply; anything short or undecodable is a Bad sample.
-fn decode(
-    tag: &ResolvedModbusTag,
-    reply: &Reply,
-    pos: u16,
-    ts: i64,
-) -> (Option<Value>, Quality, i64) {
+fn decode(tag: &ResolvedModbusTag, reply: &Reply, pos: u16, ts: i64) -> Reading {
     let pos = usize::from(pos);
     let decoded = match reply {
         Reply::Bits(bits) => match bits.get(pos) {
@@ -795,9 +810,7 @@ fn decode(
             match words.get(pos..pos + width) {
                 Some(slice) => tag.codec.decode_registers(slice).map_err(|e| {
                     let reason = match e {
-                        fieldline_core::codec::DecodeError::OutOfRange(_) => {
-                            QualityReason::OutOfRange
-                        }
+                        DecodeError::OutOfRange(_) => QualityReason::OutOfRange,
                         _ => QualityReason::DecodeError,
                     };
                     (reason, e.to_string())
@@ -813,6 +826,10 @@ fn decode(
                 )),
             }
         }
+        Reply::Done => Err((
+            QualityReason::DecodeError,
+            "a write confirmation carries no value".into(),
+        )),
     };
     match decoded {
         Ok(value) => (Some(value), Quality::Good, ts),
@@ -848,14 +865,13 @@ fn result(
     }
 }
 
-fn humantime_duration(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fieldline_core::codec::{Address, TagCodec};
+    use fieldline_core::{
+        codec::{Address, TagCodec},
+        config::LineConfig,
+    };
 
     fn tag(data_type: DataType) -> ResolvedModbusTag {
         ResolvedModbusTag {
@@ -922,5 +938,52 @@ mod tests {
             &Value::Bool(true),
             DataType::Bool
         ));
+    }
+
+    #[test]
+    fn command_checks_refuse_before_anything_is_sent() {
+        let yaml = "line: l\ndevices:\n  - { name: d, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ { name: sp, address: \"holding:0\", type: i16, writable: true, min: -10, max: 10 }, { name: ro, address: \"input:0\", type: u16 }, { name: c, address: \"coil:0\", type: bool, writable: true } ] }\n";
+        let config = LineConfig::from_yaml(yaml).unwrap();
+        let device = ModbusDevice::new(config.devices[0].clone()).unwrap();
+        let cmd = |id: &str, v: Option<Value>| v1::Command {
+            id: id.into(),
+            value: v.map(Into::into),
+            ..Default::default()
+        };
+        let refused = |tag: &str, c: v1::Command| {
+            check_command(&device, tag, &c).err().map(|r| r.rejected_by)
+        };
+        assert_eq!(
+            refused("sp", cmd("", Some(Value::I64(1)))),
+            Some("command_id".into())
+        );
+        assert_eq!(
+            refused("nope", cmd("a", Some(Value::I64(1)))),
+            Some("unknown_tag".into())
+        );
+        assert_eq!(
+            refused("ro", cmd("a", Some(Value::I64(1)))),
+            Some("not_writable".into())
+        );
+        assert_eq!(refused("sp", cmd("a", None)), Some("value".into()));
+        assert_eq!(
+            refused("sp", cmd("a", Some(Value::I64(11)))),
+            Some("max".into())
+        );
+        assert_eq!(
+            refused("sp", cmd("a", Some(Value::F64(-10.5)))),
+            Some("min".into())
+        );
+        assert_eq!(
+            refused("sp", cmd("a", Some(Value::F64(1.5)))),
+            Some("type".into())
+        );
+        assert_eq!(
+            refused("c", cmd("a", Some(Value::I64(1)))),
+            Some("type".into())
+        );
+        let (_, value, words) =
+            check_command(&device, "sp", &cmd("a", Some(Value::I64(-2)))).unwrap();
+        assert_eq!((value, words), (Value::I64(-2), vec![0xFFFE]));
     }
 }
