@@ -79,6 +79,10 @@ pub struct ModbusPeer {
 impl ModbusPeer {
     /// Starts the peer with registers from `spec` (see the script for the format).
     pub async fn start(spec: &serde_json::Value) -> anyhow::Result<Self> {
+        Self::spawn(spec, &["--port".to_string(), "0".to_string()]).await
+    }
+
+    async fn spawn(spec: &serde_json::Value, args: &[String]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("modbus-spec"));
         std::fs::create_dir_all(&dir)?;
         let spec_path = dir.join("spec.json");
@@ -86,7 +90,8 @@ impl ModbusPeer {
         let script = repo_root().join("tests/peers/modbus_server.py");
         let mut child = Command::new(python()?)
             .arg(&script)
-            .args(["--port", "0", "--spec"])
+            .args(args)
+            .arg("--spec")
             .arg(&spec_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -100,17 +105,37 @@ impl ModbusPeer {
         tokio::time::timeout(Duration::from_secs(20), stdout.read_line(&mut line))
             .await
             .context("pymodbus server did not print READY within 20s")??;
-        let port: u16 = line
+        let ready = line
             .trim()
             .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
             .with_context(|| format!("unexpected first line from the pymodbus server: {line:?}"))?;
+        // A TCP peer reports its port; an RTU peer its device (no address then).
+        let port: u16 = ready.parse().unwrap_or(0);
         Ok(Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
             stdin,
             stdout,
         })
+    }
+
+    /// Starts the peer as a Modbus RTU slave with unit id `unit` on the serial device `port`
+    /// (one end of a [`PtyPair`]) at `baud`, 8N1.
+    pub async fn start_rtu(
+        spec: &serde_json::Value,
+        port: &std::path::Path,
+        unit: u8,
+        baud: u32,
+    ) -> anyhow::Result<Self> {
+        let args = [
+            "--serial".to_string(),
+            port.display().to_string(),
+            "--unit".into(),
+            unit.to_string(),
+            "--baud".into(),
+            baud.to_string(),
+        ];
+        Self::spawn(spec, &args).await
     }
 
     /// Sends one command (`set holding 4 int16 -99`, `get coil 0`) and returns the reply.
@@ -360,4 +385,76 @@ pub fn mbpoll(port: u16, args: &[&str]) -> anyhow::Result<Vec<(u32, String)>> {
             Some((reference.parse().ok()?, value.trim().to_string()))
         })
         .collect())
+}
+
+/// Two connected pseudo-terminals made by `socat`: what one end writes the other reads, like
+/// a serial cable. Killed when dropped; `restart` makes the same pair again (a serial adapter
+/// unplugged and plugged back in).
+pub struct PtyPair {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    child: Option<Child>,
+}
+
+impl PtyPair {
+    pub async fn new(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let mut pair = Self {
+            a: dir.join("pty-a"),
+            b: dir.join("pty-b"),
+            child: None,
+        };
+        pair.start().await?;
+        Ok(pair)
+    }
+
+    async fn start(&mut self) -> anyhow::Result<()> {
+        let end = |p: &PathBuf| format!("pty,raw,echo=0,link={}", p.display());
+        let child = Command::new("socat")
+            .args([end(&self.a), end(&self.b)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("socat is not installed; `bash tests/backends.sh` installs it")?;
+        self.child = Some(child);
+        let (a, b) = (self.a.clone(), self.b.clone());
+        wait_for(Duration::from_secs(10), "socat's pty pair", || {
+            let (a, b) = (a.clone(), b.clone());
+            async move { (a.exists() && b.exists()).then_some(()) }
+        })
+        .await
+    }
+
+    /// Removes both ends, as when a USB serial adapter is pulled out.
+    pub async fn unplug(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+        let _ = std::fs::remove_file(&self.a);
+        let _ = std::fs::remove_file(&self.b);
+    }
+
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.unplug().await;
+        self.start().await
+    }
+}
+
+/// CRC-16/MODBUS of `data` (polynomial 0xA001 reflected, initial 0xFFFF), as appended
+/// low byte first to every RTU frame.
+pub fn modbus_crc(data: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for byte in data {
+        crc ^= u16::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
 }

@@ -193,7 +193,9 @@ impl ModbusBus {
             .into_iter()
             .map(|(device, cx)| {
                 let n = device.tags.len();
-                let backoff = Backoff::new(Duration::from_millis(250), device.config.max_backoff);
+                // A silent slave costs a whole timeout of bus time per attempt: retry it slowly.
+                let base = (device.config.timeout * 4).max(Duration::from_secs(1));
+                let backoff = Backoff::new(base, device.config.max_backoff);
                 Slave {
                     device,
                     cx,
