@@ -17,8 +17,27 @@ struct Args {
     config: PathBuf,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Polling is I/O-bound: one thread (the default) serves many devices and wakes once for all
+/// timers that fall due together; `FIELDLINE_WORKER_THREADS` allows more.
+fn main() -> anyhow::Result<()> {
+    let workers: usize = std::env::var("FIELDLINE_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let runtime = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let Boot {
         config,
         stop,

@@ -38,9 +38,12 @@ pub struct BatchSink {
 impl BatchSink {
     /// Queues a batch for MQTT and hands it to live gRPC subscribers. Never waits.
     pub fn send(&self, batch: SampleBatch) {
-        let wire = v1::SampleBatch::from(batch.clone());
-        // No live subscriber is the common case, not an error.
-        let _ = self.live.send(Arc::new(wire));
+        // Converting for live streams costs a copy of the batch: only when someone listens.
+        if self.live.receiver_count() > 0 {
+            let _ = self
+                .live
+                .send(Arc::new(v1::SampleBatch::from(batch.clone())));
+        }
         match self.queue.try_send(batch) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(batch)) => {

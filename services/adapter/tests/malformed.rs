@@ -148,3 +148,54 @@ async fn malformed_replies_are_comm_failures_and_the_adapter_recovers() -> anyho
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_device_slower_than_its_interval_skips_cycles_instead_of_piling_them_up()
+-> anyhow::Result<()> {
+    kit::require_backends()?;
+    let addr = kit::faulty_modbus(|_, request| {
+        Answer::Delayed(
+            Duration::from_millis(120),
+            modbus_reply(request, &registers_pdu(request, 7)),
+        )
+    })
+    .await?;
+    let state = tempfile::tempdir()?;
+    let yaml = format!(
+        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n  - {{ name: slow, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 50ms, timeout: 1s, tags: [ {{ name: a, address: \"holding:0\", type: u16 }} ] }}\n",
+        line = kit::unique("slow"),
+        mqtt = kit::MQTT,
+        dir = state.path().display()
+    );
+    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stop = CancellationToken::new();
+    let mut registry = Registry::default();
+    let adapter =
+        fieldline_adapter::start(&config, &Health::default(), &mut registry, stop.clone()).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    adapter.wait().await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    let value = |prefix: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(prefix)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let polls = value("fieldline_adapter_polls_total{device=\"slow\"} ");
+    let overruns = value("fieldline_adapter_overruns_total{device=\"slow\",interval=\"50ms\"} ");
+    // 1.5 s of 120 ms replies allow about 12 polls; a scheduler that caught up on missed
+    // ticks would run back-to-back and still poll 12 times, but never count a skip.
+    assert!(
+        overruns >= 5.0,
+        "overrun cycles are skipped and counted: {overruns}\n{text}"
+    );
+    assert!(
+        polls <= 14.0,
+        "no more polls than the device can answer: {polls}"
+    );
+    Ok(())
+}

@@ -421,10 +421,13 @@ fn encode_number(data_type: DataType, raw: Raw) -> Result<Vec<u8>, EncodeError> 
     }
     match (data_type, raw) {
         (DataType::F32, Raw::Float(x)) => {
-            if x.abs() > f64::from(f32::MAX) {
+            // Whether it rounds to a finite f32, not `x <= f32::MAX`: the decoded form of
+            // f32::MAX, 3.4028235e38, lies just above it and must be writable back.
+            let f = x as f32;
+            if f.is_infinite() {
                 return Err(EncodeError::OutOfRange(format!("{x} does not fit in f32")));
             }
-            Ok((x as f32).to_be_bytes().to_vec())
+            Ok(f.to_be_bytes().to_vec())
         }
         (DataType::F32, Raw::Int(i)) => Ok((i as f32).to_be_bytes().to_vec()),
         (DataType::F64, Raw::Float(x)) => Ok(x.to_be_bytes().to_vec()),
@@ -586,6 +589,25 @@ mod tests {
         assert_eq!(c.decode_registers(&words), Ok(Value::F64(22.849432)));
         let words = c.encode_registers(&Value::F64(0.1)).unwrap();
         assert_eq!(c.decode_registers(&words), Ok(Value::F64(0.1)));
+    }
+
+    // Found by the `register_codec` fuzz target (fuzz/): -f32::MAX (CDAB words FFFF FF7F)
+    // decodes to its shortest form -3.4028235e38, which as an f64 lies just beyond f32::MAX,
+    // and encode refused it, so a tag could not be written with the value it had just read.
+    #[test]
+    fn f32_limits_round_trip() {
+        let c = codec(DataType::F32, WordOrder::Little, ByteOrder::Big);
+        let words = [0xFFFF, 0xFF7F];
+        let value = c.decode_registers(&words).unwrap();
+        assert_eq!(value, Value::F64(-3.4028235e38));
+        assert_eq!(c.encode_registers(&value).unwrap(), words);
+        let c = TagCodec::new(DataType::F32);
+        assert_eq!(
+            c.encode_registers(&Value::F64(3.4028235e38)).unwrap(),
+            [0x7F7F, 0xFFFF]
+        );
+        assert!(c.encode_registers(&Value::F64(3.5e38)).is_err());
+        assert!(c.encode_registers(&Value::F64(-3.5e38)).is_err());
     }
 
     #[test]

@@ -39,9 +39,12 @@ impl Deadband {
         quality: &Quality,
         now_ns: i64,
     ) -> bool {
+        // Without a band every reading is reported and nothing needs remembering.
+        if !rule.has_band() {
+            return true;
+        }
         let report = match &self.last {
             None => true,
-            Some(_) if !rule.has_band() => true,
             Some((_, last_q, _)) if last_q != quality => true,
             Some((_, _, at))
                 if rule

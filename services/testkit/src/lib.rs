@@ -285,6 +285,8 @@ pub enum Answer {
     BytesThenClose(Vec<u8>),
     /// Say nothing (the client times out).
     Silence,
+    /// Send these bytes after a pause (a slow device).
+    Delayed(Duration, Vec<u8>),
 }
 
 /// A Modbus TCP server that answers from a script, byte for byte, to produce the malformed
@@ -332,6 +334,12 @@ where
                             return;
                         }
                         Answer::Silence => {}
+                        Answer::Delayed(pause, b) => {
+                            tokio::time::sleep(pause).await;
+                            if socket.write_all(&b).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
             });

@@ -21,6 +21,7 @@ use fieldline_core::{
 };
 use fieldline_proto::v1;
 use fieldline_runtime::{CancellationToken, backoff::Backoff, now_ns};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_modbus::ExceptionCode;
 
@@ -144,6 +145,59 @@ struct Slave {
     /// Backoff of this slave alone, after it failed to answer on a shared bus.
     backoff: Backoff,
     retry_at: Instant,
+    meters: Meters,
+}
+
+/// This device's hot-path metrics, looked up once instead of per sample.
+struct Meters {
+    polls: Counter,
+    poll_seconds: Histogram,
+    requests_per_cycle: Gauge,
+    /// Requests by table: coil, discrete, input, holding.
+    requests: [Counter; 4],
+    good: Counter,
+    bad: Counter,
+}
+
+impl Meters {
+    fn new(metrics: &crate::metrics::AdapterMetrics, device: &str) -> Self {
+        let labels = vec![("device", device.to_string())];
+        let requests = [Table::Coil, Table::Discrete, Table::Input, Table::Holding].map(|t| {
+            metrics
+                .requests
+                .get_or_create(&vec![
+                    ("device", device.to_string()),
+                    ("table", t.to_string()),
+                ])
+                .clone()
+        });
+        let samples = |q: &str| {
+            metrics
+                .samples_read
+                .get_or_create(&vec![
+                    ("device", device.to_string()),
+                    ("quality", q.to_string()),
+                ])
+                .clone()
+        };
+        Self {
+            polls: metrics.polls.get_or_create(&labels).clone(),
+            poll_seconds: metrics.poll_seconds.get_or_create(&labels).clone(),
+            requests_per_cycle: metrics.requests_per_cycle.get_or_create(&labels).clone(),
+            requests,
+            good: samples("good"),
+            bad: samples("bad"),
+        }
+    }
+
+    fn request(&self, table: Table) -> &Counter {
+        &self.requests[match table {
+            Table::Coil => 0,
+            Table::Discrete => 1,
+            Table::Input => 2,
+            Table::Holding => 3,
+        }]
+    }
 }
 
 impl Slave {
@@ -196,7 +250,9 @@ impl ModbusBus {
                 // A silent slave costs a whole timeout of bus time per attempt: retry it slowly.
                 let base = (device.config.timeout * 4).max(Duration::from_secs(1));
                 let backoff = Backoff::new(base, device.config.max_backoff);
+                let meters = Meters::new(&cx.metrics, &device.config.name);
                 Slave {
+                    meters,
                     device,
                     cx,
                     deadbands: vec![Deadband::default(); n],
@@ -310,49 +366,37 @@ impl ModbusBus {
             // Backed off after failing to answer; its tags go stale rather than hold the bus.
             return;
         }
-        let mut queue: VecDeque<ReadRequest> = self.slaves[s].device.groups[g]
-            .plan
-            .iter()
-            .cloned()
-            .collect();
+        // The plan is walked by index, not copied: a read the device refuses is replaced in
+        // place by its parts, which are then read from the same position.
+        let unit = self.slaves[s].unit();
+        let mut i = 0;
         let mut requests = 0i64;
         let mut answered = false;
-        while let Some(req) = queue.pop_front() {
+        while let Some((table, start, count)) = self.slaves[s].device.groups[g]
+            .plan
+            .get(i)
+            .map(|r| (r.table, r.start, r.count))
+        {
             requests += 1;
-            let slave = &self.slaves[s];
-            slave
-                .cx
-                .metrics
-                .requests
-                .get_or_create(&vec![
-                    ("device", slave.name().to_string()),
-                    ("table", req.table.to_string()),
-                ])
-                .inc();
-            let outcome = self
-                .link
-                .read(slave.unit(), req.table, req.start, req.count, timeout)
-                .await;
+            self.slaves[s].meters.request(table).inc();
+            let outcome = self.link.read(unit, table, start, count, timeout).await;
             let now = now_ns();
             let slave = &mut self.slaves[s];
             match outcome {
                 Outcome::Data(reply) => {
                     answered = true;
-                    for &(tag, pos) in &req.tags {
-                        readings[tag] = Some(decode(&slave.device.tags[tag], &reply, pos, now));
+                    let tags = &slave.device.tags;
+                    for &(tag, pos) in &slave.device.groups[g].plan[i].tags {
+                        readings[tag] = Some(decode(&tags[tag], &reply, pos, now));
                     }
+                    i += 1;
                 }
                 Outcome::Exception(code) => {
                     let refused_size = matches!(
                         code,
                         ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
                     );
-                    if refused_size
-                        && let Some(parts) = learn_split(slave, g, &req, &code.to_string())
-                    {
-                        for part in parts.into_iter().rev() {
-                            queue.push_front(part);
-                        }
+                    if refused_size && learn_split(slave, g, i, &code.to_string()) {
                         continue;
                     }
                     answered = true;
@@ -361,9 +405,10 @@ impl ModbusBus {
                         QualityReason::DeviceException(u8::from(code)),
                         code.to_string(),
                     );
-                    for &(tag, _) in &req.tags {
+                    for &(tag, _) in &slave.device.groups[g].plan[i].tags {
                         readings[tag] = Some((None, quality.clone(), now));
                     }
+                    i += 1;
                 }
                 Outcome::Transport {
                     reason,
@@ -371,16 +416,12 @@ impl ModbusBus {
                 } => {
                     slave.error("transport");
                     // A device that answered smaller reads this cycle but not this one may be
-                    // refusing its size by silence: read it in halves from the next cycle on.
+                    // refusing its size by silence: read it in parts from the next cycle on.
                     if answered {
-                        let _ = learn_split(slave, g, &req, &reason);
+                        learn_split(slave, g, i, &reason);
                     }
                     let quality = Quality::bad(QualityReason::CommFailure, reason.clone());
-                    for r in std::iter::once(&req).chain(queue.iter()) {
-                        for &(tag, _) in &r.tags {
-                            readings[tag] = Some((None, quality.clone(), now));
-                        }
-                    }
+                    fill(&slave.device.groups[g].plan[i..], readings, &quality);
                     if link_broken {
                         self.link.fail(&reason);
                     } else {
@@ -396,20 +437,12 @@ impl ModbusBus {
         if answered {
             slave.backoff.reset();
         }
-        let labels = slave.labels();
-        slave.cx.metrics.polls.get_or_create(&labels).inc();
+        slave.meters.polls.inc();
         slave
-            .cx
-            .metrics
+            .meters
             .poll_seconds
-            .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
-        slave
-            .cx
-            .metrics
-            .requests_per_cycle
-            .get_or_create(&labels)
-            .set(requests);
+        slave.meters.requests_per_cycle.set(requests);
     }
 
     /// The adapter's last line of defence for writes: the tag must be writable, the value
@@ -678,27 +711,26 @@ fn check_command(
     Ok((tag.clone(), value, words))
 }
 
-/// Replaces `req` in group `g`'s plan by smaller reads and returns them; `None` when it
-/// cannot be split.
-fn learn_split(
-    slave: &mut Slave,
-    g: usize,
-    req: &ReadRequest,
-    why: &str,
-) -> Option<Vec<ReadRequest>> {
-    let parts = split(req, &slave.device.spans, slave.device.limits)?;
+/// Replaces read `i` of group `g`'s plan by smaller reads; false when it cannot be split.
+fn learn_split(slave: &mut Slave, g: usize, i: usize, why: &str) -> bool {
     let plan = &mut slave.device.groups[g].plan;
-    if let Some(pos) = plan.iter().position(|r| r == req) {
-        plan.splice(pos..=pos, parts.iter().cloned());
-        slave
-            .cx
-            .metrics
-            .request_splits
-            .get_or_create(&slave.labels())
-            .inc();
+    let Some(parts) = plan
+        .get(i)
+        .and_then(|req| split(req, &slave.device.spans, slave.device.limits))
+    else {
+        return false;
+    };
+    let req = plan.splice(i..=i, parts).next();
+    slave
+        .cx
+        .metrics
+        .request_splits
+        .get_or_create(&slave.labels())
+        .inc();
+    if let Some(req) = req {
         tracing::info!(device = %slave.name(), table = %req.table, start = req.start, count = req.count, reason = why, "device refused a large read; reading it in smaller parts from now on");
     }
-    Some(parts)
+    true
 }
 
 /// Marks every tag served by `plan` with `quality`.
@@ -746,20 +778,16 @@ fn mark_stale(slave: &mut Slave, readings: &mut [Option<Reading>]) {
 fn publish(slave: &mut Slave, readings: Vec<Option<Reading>>) {
     let now = now_ns();
     let mut samples = Vec::new();
+    let (mut good, mut bad) = (0u64, 0u64);
     for (i, reading) in readings.into_iter().enumerate() {
         let Some((value, quality, ts)) = reading else {
             continue;
         };
-        let q = if quality.is_good() { "good" } else { "bad" };
-        slave
-            .cx
-            .metrics
-            .samples_read
-            .get_or_create(&vec![
-                ("device", slave.device.config.name.clone()),
-                ("quality", q.to_string()),
-            ])
-            .inc();
+        if quality.is_good() {
+            good += 1;
+        } else {
+            bad += 1;
+        }
         let tag = &slave.device.tags[i];
         if slave.deadbands[i].should_report(&tag.deadband, &value, &quality, now) {
             samples.push(Sample {
@@ -770,6 +798,8 @@ fn publish(slave: &mut Slave, readings: Vec<Option<Reading>>) {
             });
         }
     }
+    slave.meters.good.inc_by(good);
+    slave.meters.bad.inc_by(bad);
     if samples.is_empty() {
         return;
     }
