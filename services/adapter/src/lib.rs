@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use fieldline_core::config::{LineConfig, Protocol};
+use fieldline_core::config::LineConfig;
 use fieldline_proto::v1::adapter_service_server::AdapterServiceServer;
 use fieldline_runtime::{CancellationToken, Health};
 use prometheus_client::registry::Registry;
@@ -141,19 +141,14 @@ pub async fn start(
                 metrics: metrics.clone(),
                 sequence: Arc::new(Mutex::new(sequence)),
             };
-            let driver = match device.protocol {
-                Protocol::ModbusTcp | Protocol::ModbusRtu => ModbusDevice::new(device.clone())
-                    .map_err(|message| Error::Device {
-                        device: device.name.clone(),
-                        message,
-                    })?,
-            };
-            devices.push((driver, cx));
+            // Fail at start-up, not in the supervisor, when a device cannot be driven.
+            ModbusDevice::new(device.clone()).map_err(|message| Error::Device {
+                device: device.name.clone(),
+                message,
+            })?;
+            devices.push((device.clone(), cx));
         }
-        let Some(kind) = devices.first().map(|(d, _)| d.link_kind()) else {
-            continue;
-        };
-        tasks.spawn(ModbusBus::new(kind, devices).run(writes, pollers_stop.clone()));
+        tasks.spawn(supervise(devices, writes, pollers_stop.clone()));
     }
     let api = service::AdapterApi {
         line: config.line.clone(),
@@ -186,4 +181,61 @@ pub async fn start(
         tasks,
         publisher,
     })
+}
+
+/// Runs the bus of `devices` until `stop`. A panic in a driver (a bug, or one in a protocol
+/// library) must not silently end polling: it is logged and counted, and the bus is rebuilt
+/// from its configuration and resumes after a pause. Sequence numbers continue.
+async fn supervise(
+    devices: Vec<(fieldline_core::config::DeviceConfig, DeviceContext)>,
+    mut writes: tokio::sync::mpsc::Receiver<drivers::WriteRequest>,
+    stop: CancellationToken,
+) {
+    use futures::FutureExt;
+    loop {
+        let mut built = Vec::with_capacity(devices.len());
+        for (config, cx) in &devices {
+            match ModbusDevice::new(config.clone()) {
+                Ok(device) => built.push((device, cx.clone())),
+                Err(message) => {
+                    tracing::error!(device = %config.name, %message, "device cannot be driven");
+                    return;
+                }
+            }
+        }
+        let Some(kind) = built.first().map(|(d, _)| d.link_kind()) else {
+            return;
+        };
+        let run = std::panic::AssertUnwindSafe(
+            ModbusBus::new(kind, built).run(&mut writes, stop.clone()),
+        );
+        match run.catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown");
+                for (config, cx) in &devices {
+                    cx.metrics
+                        .errors
+                        .get_or_create(&vec![
+                            ("device", config.name.clone()),
+                            ("kind", "panic".to_string()),
+                        ])
+                        .inc();
+                }
+                tracing::error!(
+                    panic = what,
+                    devices = devices.len(),
+                    "a driver panicked; restarting its link in 1s"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
 }

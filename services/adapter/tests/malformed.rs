@@ -132,6 +132,16 @@ async fn malformed_replies_are_comm_failures_and_the_adapter_recovers() -> anyho
             Box::new(|_| Answer::BytesThenClose(Vec::new())),
         ),
         ("no reply at all", Box::new(|_| Answer::Silence)),
+        // A well-framed reply with the wrong number of registers. Some protocol libraries
+        // only check this in debug builds (and panic there); the adapter checks it itself.
+        (
+            "fewer registers than asked",
+            Box::new(|req| Answer::Bytes(modbus_reply(req, &[0x03, 0]))),
+        ),
+        (
+            "more registers than asked",
+            Box::new(|req| Answer::Bytes(modbus_reply(req, &[0x03, 4, 0, 7, 0, 7]))),
+        ),
     ];
     for (name, script) in cases {
         let q = scenario(1, script)
@@ -197,5 +207,52 @@ async fn a_device_slower_than_its_interval_skips_cycles_instead_of_piling_them_u
         polls <= 14.0,
         "no more polls than the device can answer: {polls}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_write_the_device_confirms_wrongly_is_a_failed_command() -> anyhow::Result<()> {
+    kit::require_backends()?;
+    // Reads answer 7; a write of one register is "confirmed" with another value.
+    let addr = kit::faulty_modbus(|_, req| match req[7] {
+        0x06 => Answer::Bytes(modbus_reply(req, &[0x06, req[8], req[9], 0xBE, 0xEF])),
+        _ => Answer::Bytes(modbus_reply(req, &registers_pdu(req, 7))),
+    })
+    .await?;
+    let state = tempfile::tempdir()?;
+    let line = kit::unique("echo");
+    let yaml = format!(
+        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n  - {{ name: plc, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 1s, tags: [ {{ name: sp, address: \"holding:2\", type: u16, writable: true }} ] }}\n",
+        mqtt = kit::MQTT,
+        dir = state.path().display()
+    );
+    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stop = CancellationToken::new();
+    let adapter = fieldline_adapter::start(
+        &config,
+        &Health::default(),
+        &mut Registry::default(),
+        stop.clone(),
+    )
+    .await?;
+    let mut client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
+    let command = v1::Command {
+        id: "e1".into(),
+        tag: format!("{line}/plc/sp"),
+        value: Some(fieldline_core::Value::U64(5).into()),
+        ..Default::default()
+    };
+    let result = client.write(command).await?.into_inner();
+    assert_eq!(
+        result.status,
+        v1::CommandStatus::Failed as i32,
+        "{result:?}"
+    );
+    assert!(
+        result.detail.contains("confirmed"),
+        "the wrong echo is named: {result:?}"
+    );
+    stop.cancel();
+    adapter.wait().await;
     Ok(())
 }

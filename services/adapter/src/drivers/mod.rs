@@ -29,6 +29,7 @@ pub struct DeviceHandle {
 }
 
 /// What every driver needs from the adapter.
+#[derive(Clone)]
 pub struct DeviceContext {
     pub line: String,
     pub adapter_id: String,

@@ -8,7 +8,7 @@
 //! itself fails (unplugged adapter, vanished pty). Between RTU frames the link keeps the
 //! 3.5-character silence the protocol requires.
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use fieldline_core::{
     codec::Table,
@@ -17,8 +17,8 @@ use fieldline_core::{
 use fieldline_runtime::backoff::Backoff;
 use tokio::time::Instant;
 use tokio_modbus::{
-    ExceptionCode, Slave,
-    client::{Client, Context, Reader, Writer},
+    ExceptionCode, Request, Response, Slave,
+    client::{Client, Context},
 };
 
 /// What a reply carried.
@@ -152,7 +152,9 @@ impl Link {
         }
     }
 
-    /// Reads `count` entries of `table` from `unit`.
+    /// Reads `count` entries of `table` from `unit`. The reply is checked against the
+    /// request: a device that answers with fewer or more entries than asked is at fault, and
+    /// its reply is not used.
     pub async fn read(
         &mut self,
         unit: u8,
@@ -161,32 +163,42 @@ impl Link {
         count: u16,
         timeout: Duration,
     ) -> Outcome {
-        self.call(unit, timeout, move |ctx| {
-            Box::pin(async move {
-                match table {
-                    Table::Coil => ctx
-                        .read_coils(start, count)
-                        .await
-                        .map(|r| r.map(Reply::Bits)),
-                    Table::Discrete => ctx
-                        .read_discrete_inputs(start, count)
-                        .await
-                        .map(|r| r.map(Reply::Bits)),
-                    Table::Input => ctx
-                        .read_input_registers(start, count)
-                        .await
-                        .map(|r| r.map(Reply::Words)),
-                    Table::Holding => ctx
-                        .read_holding_registers(start, count)
-                        .await
-                        .map(|r| r.map(Reply::Words)),
+        let request = match table {
+            Table::Coil => Request::ReadCoils(start, count),
+            Table::Discrete => Request::ReadDiscreteInputs(start, count),
+            Table::Input => Request::ReadInputRegisters(start, count),
+            Table::Holding => Request::ReadHoldingRegisters(start, count),
+        };
+        let wanted = usize::from(count);
+        match self.call(unit, timeout, request).await {
+            Ok(response) => match response {
+                Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits) => {
+                    // Bits arrive padded to whole bytes; fewer than asked is a faulty reply.
+                    if bits.len() < wanted {
+                        return self.faulty(format!(
+                            "asked for {count} bits, the reply holds {}",
+                            bits.len()
+                        ));
+                    }
+                    bits.truncate(wanted);
+                    Outcome::Data(Reply::Bits(bits))
                 }
-            })
-        })
-        .await
+                Response::ReadInputRegisters(words) | Response::ReadHoldingRegisters(words) => {
+                    if words.len() != wanted {
+                        return self.faulty(format!(
+                            "asked for {count} registers, the reply holds {}",
+                            words.len()
+                        ));
+                    }
+                    Outcome::Data(Reply::Words(words))
+                }
+                other => self.faulty(format!("the reply {other:?} does not answer a read")),
+            },
+            Err(outcome) => outcome,
+        }
     }
 
-    /// Writes at `offset` of `unit`.
+    /// Writes at `offset` of `unit`; the device's echo must confirm exactly what was sent.
     pub async fn write(
         &mut self,
         unit: u8,
@@ -194,54 +206,75 @@ impl Link {
         op: WriteOp<'_>,
         timeout: Duration,
     ) -> Outcome {
-        let words: Vec<u16> = match &op {
-            WriteOp::Registers { words, .. } => words.to_vec(),
-            WriteOp::Coil { .. } => Vec::new(),
+        let (request, expected) = match op {
+            WriteOp::Coil {
+                on,
+                multiple: false,
+            } => (
+                Request::WriteSingleCoil(offset, on),
+                Response::WriteSingleCoil(offset, on),
+            ),
+            WriteOp::Coil { on, multiple: true } => (
+                Request::WriteMultipleCoils(offset, Cow::Owned(vec![on])),
+                Response::WriteMultipleCoils(offset, 1),
+            ),
+            WriteOp::Registers {
+                words: [word],
+                multiple: false,
+            } => (
+                Request::WriteSingleRegister(offset, *word),
+                Response::WriteSingleRegister(offset, *word),
+            ),
+            WriteOp::Registers { words, .. } => {
+                let n = u16::try_from(words.len()).unwrap_or(u16::MAX);
+                (
+                    Request::WriteMultipleRegisters(offset, Cow::Owned(words.to_vec())),
+                    Response::WriteMultipleRegisters(offset, n),
+                )
+            }
         };
-        let (coil, multiple, is_coil) = match op {
-            WriteOp::Coil { on, multiple } => (on, multiple, true),
-            WriteOp::Registers { multiple, .. } => (false, multiple, false),
-        };
-        self.call(unit, timeout, move |ctx| {
-            Box::pin(async move {
-                let done = match (is_coil, words.as_slice(), multiple) {
-                    (true, _, false) => ctx.write_single_coil(offset, coil).await,
-                    (true, _, true) => ctx.write_multiple_coils(offset, &[coil]).await,
-                    (false, [word], false) => ctx.write_single_register(offset, *word).await,
-                    (false, words, _) => ctx.write_multiple_registers(offset, words).await,
-                };
-                done.map(|r| r.map(|()| Reply::Done))
-            })
-        })
-        .await
+        match self.call(unit, timeout, request).await {
+            Ok(echo) if echo == expected => Outcome::Data(Reply::Done),
+            Ok(echo) => self.faulty(format!("the device confirmed {echo:?}, not {expected:?}")),
+            Err(outcome) => outcome,
+        }
     }
 
-    async fn call<F>(&mut self, unit: u8, timeout: Duration, request: F) -> Outcome
-    where
-        F: for<'c> FnOnce(
-            &'c mut Context,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = tokio_modbus::Result<Reply>> + Send + 'c>,
-        >,
-    {
+    /// A reply that arrived intact but says something other than what was asked: the slave is
+    /// at fault, the link is fine.
+    fn faulty(&self, reason: String) -> Outcome {
+        Outcome::Transport {
+            reason,
+            link_broken: false,
+        }
+    }
+
+    /// Sends one request to `unit`, keeping the RTU inter-frame silence. `Err` carries the
+    /// outcome of a request that produced no usable reply.
+    async fn call(
+        &mut self,
+        unit: u8,
+        timeout: Duration,
+        request: Request<'_>,
+    ) -> Result<Response, Outcome> {
         let rtu = self.is_rtu();
         if rtu {
             tokio::time::sleep_until(self.last_frame + self.frame_gap).await;
         }
         let Some(ctx) = self.connection.as_mut() else {
-            return Outcome::Transport {
+            return Err(Outcome::Transport {
                 reason: "not connected".into(),
                 link_broken: true,
-            };
+            });
         };
         tokio_modbus::slave::SlaveContext::set_slave(ctx, Slave(unit));
-        let result = tokio::time::timeout(timeout, request(ctx)).await;
+        let result = tokio::time::timeout(timeout, ctx.call(request)).await;
         self.last_frame = Instant::now();
         match result {
-            Err(_) => Outcome::Transport {
+            Err(_) => Err(Outcome::Transport {
                 reason: format!("no response within {}ms", timeout.as_millis()),
                 link_broken: !rtu,
-            },
+            }),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 // On a serial line, garbled or foreign frames are the slave's problem; only a
                 // failing port breaks the link.
@@ -249,17 +282,17 @@ impl Link {
                     e.kind(),
                     std::io::ErrorKind::InvalidData | std::io::ErrorKind::TimedOut
                 );
-                Outcome::Transport {
+                Err(Outcome::Transport {
                     reason: e.to_string(),
                     link_broken: !rtu || port_failed,
-                }
+                })
             }
-            Ok(Err(e @ tokio_modbus::Error::Protocol(_))) => Outcome::Transport {
+            Ok(Err(e @ tokio_modbus::Error::Protocol(_))) => Err(Outcome::Transport {
                 reason: e.to_string(),
                 link_broken: !rtu,
-            },
-            Ok(Ok(Err(code))) => Outcome::Exception(code),
-            Ok(Ok(Ok(reply))) => Outcome::Data(reply),
+            }),
+            Ok(Ok(Err(code))) => Err(Outcome::Exception(code)),
+            Ok(Ok(Ok(response))) => Ok(response),
         }
     }
 }

@@ -272,7 +272,7 @@ impl ModbusBus {
     }
 
     /// Polls until `stop`, serving writes for any of the bus's devices between polls.
-    pub async fn run(mut self, mut writes: mpsc::Receiver<WriteRequest>, stop: CancellationToken) {
+    pub async fn run(mut self, writes: &mut mpsc::Receiver<WriteRequest>, stop: CancellationToken) {
         let link = self.link.kind.describe();
         let devices: Vec<String> = self
             .slaves
@@ -803,12 +803,15 @@ fn publish(slave: &mut Slave, readings: Vec<Option<Reading>>) {
     if samples.is_empty() {
         return;
     }
+    // A panic elsewhere while the lock was held cannot leave the numbers inconsistent: the
+    // reservation is written before it is used. So a poisoned lock is taken over.
     let sequence = slave
         .cx
         .sequence
         .lock()
-        .map_err(|_| "sequence lock poisoned".to_string())
-        .and_then(|mut s| s.take().map_err(|e| e.to_string()));
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .map_err(|e| e.to_string());
     let sequence = match sequence {
         Ok(n) => n,
         Err(error) => {
