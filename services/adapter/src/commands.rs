@@ -10,9 +10,8 @@ use fieldline_core::names::TagPath;
 use fieldline_proto::v1;
 use prost::Message;
 use rumqttc::{AsyncClient, Publish, QoS};
-use tokio::sync::oneshot;
 
-use crate::drivers::{DeviceHandle, WriteRequest};
+use crate::drivers::DeviceHandle;
 
 /// Where commands for this adapter's devices go.
 pub struct CommandRouter {
@@ -83,26 +82,9 @@ impl CommandRouter {
             );
         };
         let id = command.id.clone();
-        let (reply, outcome) = oneshot::channel();
-        if handle
-            .writes
-            .send(WriteRequest {
-                command,
-                device: path.device.clone(),
-                tag: path.tag,
-                reply,
-            })
+        handle
+            .write(command, path.tag)
             .await
-            .is_err()
-        {
-            return refuse(id, "unavailable", "the device's driver has stopped".into());
-        }
-        outcome.await.unwrap_or_else(|_| {
-            refuse(
-                id,
-                "unavailable",
-                "the device's driver stopped during the write".into(),
-            )
-        })
+            .unwrap_or_else(|why| refuse(id, "unavailable", why.into()))
     }
 }

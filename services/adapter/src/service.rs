@@ -5,11 +5,10 @@ use std::{collections::HashMap, pin::Pin};
 use fieldline_core::names::TagPath;
 use fieldline_proto::v1::{self, adapter_service_server::AdapterService};
 use futures::Stream;
-use tokio::sync::oneshot;
 use tokio_stream::{StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 
-use crate::{drivers::DeviceHandle, drivers::WriteRequest, publisher::BatchSink};
+use crate::{drivers::DeviceHandle, publisher::BatchSink};
 
 pub struct AdapterApi {
     pub line: String,
@@ -71,20 +70,10 @@ impl AdapterService for AdapterApi {
                 self.line, path.device
             ))
         })?;
-        let (reply, outcome) = oneshot::channel();
-        device
-            .writes
-            .send(WriteRequest {
-                command,
-                device: path.device.clone(),
-                tag: path.tag,
-                reply,
-            })
+        let result = device
+            .write(command, path.tag)
             .await
-            .map_err(|_| Status::unavailable("the device's driver has stopped"))?;
-        let result = outcome
-            .await
-            .map_err(|_| Status::unavailable("the device's driver stopped during the write"))?;
+            .map_err(Status::unavailable)?;
         Ok(Response::new(result))
     }
 }

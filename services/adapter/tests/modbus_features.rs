@@ -4,79 +4,18 @@
 
 use std::time::Duration;
 
-use fieldline_core::{Value, config::LineConfig};
-use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
-use fieldline_runtime::{CancellationToken, Health};
+use fieldline_core::Value;
+use fieldline_proto::v1;
+use fieldline_runtime::CancellationToken;
 use fieldline_sim::SimState;
 use fieldline_testkit as kit;
-use prometheus_client::registry::Registry;
 
-struct Running {
-    adapter: fieldline_adapter::RunningAdapter,
-    registry: Registry,
-    stop: CancellationToken,
-    client: AdapterServiceClient<tonic::transport::Channel>,
-    line: String,
-    _state: tempfile::TempDir,
-}
+mod common;
+
+use common::TestAdapter as Running;
 
 async fn start(device: &str) -> anyhow::Result<Running> {
-    kit::require_backends()?;
-    let state = tempfile::tempdir()?;
-    let line = kit::unique("features");
-    let yaml = format!(
-        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n{device}",
-        mqtt = kit::MQTT,
-        dir = state.path().display()
-    );
-    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stop = CancellationToken::new();
-    let mut registry = Registry::default();
-    let health = Health::default();
-    let adapter = fieldline_adapter::start(&config, &health, &mut registry, stop.clone()).await?;
-    kit::wait_for(
-        Duration::from_secs(10),
-        "the adapter to be ready",
-        || async { health.report().0.then_some(()) },
-    )
-    .await?;
-    let client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
-    Ok(Running {
-        adapter,
-        registry,
-        stop,
-        client,
-        line,
-        _state: state,
-    })
-}
-
-impl Running {
-    fn metric(&self, prefix: &str) -> Option<f64> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
-    }
-
-    async fn batches(&mut self, window: Duration) -> anyhow::Result<Vec<v1::SampleBatch>> {
-        let mut stream = self
-            .client
-            .stream_samples(v1::StreamSamplesRequest::default())
-            .await?
-            .into_inner();
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + window;
-        while let Ok(Ok(Some(b))) = tokio::time::timeout_at(deadline, stream.message()).await {
-            out.push(b);
-        }
-        Ok(out)
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.adapter.wait().await;
-    }
+    common::start("features", device).await
 }
 
 async fn sim(

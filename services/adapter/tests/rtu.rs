@@ -5,70 +5,35 @@
 
 use std::{io::Read, io::Write, time::Duration};
 
-use fieldline_core::config::LineConfig;
-use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
-use fieldline_runtime::{CancellationToken, Health};
+use fieldline_proto::v1;
 use fieldline_testkit as kit;
-use prometheus_client::registry::Registry;
 use serde_json::json;
 
+mod common;
+
+/// An adapter for `devices` with a live stream of their batches.
 struct Running {
-    adapter: fieldline_adapter::RunningAdapter,
-    stop: CancellationToken,
+    inner: common::TestAdapter,
     stream: tonic::Streaming<v1::SampleBatch>,
-    registry: Registry,
-    _state: tempfile::TempDir,
 }
 
 async fn start(devices: &str) -> anyhow::Result<Running> {
-    kit::require_backends()?;
-    let state = tempfile::tempdir()?;
-    let yaml = format!(
-        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n{devices}",
-        line = kit::unique("rtu"),
-        mqtt = kit::MQTT,
-        dir = state.path().display()
-    );
-    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stop = CancellationToken::new();
-    let mut registry = Registry::default();
-    let adapter =
-        fieldline_adapter::start(&config, &Health::default(), &mut registry, stop.clone()).await?;
-    let mut client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
-    let stream = client
-        .stream_samples(v1::StreamSamplesRequest::default())
-        .await?
-        .into_inner();
-    Ok(Running {
-        adapter,
-        stop,
-        stream,
-        registry,
-        _state: state,
-    })
+    let mut inner = common::start("rtu", devices).await?;
+    let stream = inner.stream().await?;
+    Ok(Running { inner, stream })
 }
 
 impl Running {
-    /// Batches received within `window`.
     async fn collect(&mut self, window: Duration) -> Vec<v1::SampleBatch> {
-        let deadline = tokio::time::Instant::now() + window;
-        let mut out = Vec::new();
-        while let Ok(Ok(Some(b))) = tokio::time::timeout_at(deadline, self.stream.message()).await {
-            out.push(b);
-        }
-        out
+        common::collect(&mut self.stream, window).await
     }
 
     fn metric(&self, prefix: &str) -> Option<f64> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
+        self.inner.metric(prefix)
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        self.adapter.wait().await;
+        self.inner.stop().await;
     }
 }
 

@@ -28,6 +28,31 @@ pub struct DeviceHandle {
     pub writes: mpsc::Sender<WriteRequest>,
 }
 
+impl DeviceHandle {
+    /// Hands `command` for `tag` to the device's driver and waits for the outcome; `Err` says
+    /// why the driver could not take it.
+    pub async fn write(
+        &self,
+        command: v1::Command,
+        tag: String,
+    ) -> Result<v1::CommandResult, &'static str> {
+        let (reply, outcome) = oneshot::channel();
+        let request = WriteRequest {
+            command,
+            device: self.name.clone(),
+            tag,
+            reply,
+        };
+        self.writes
+            .send(request)
+            .await
+            .map_err(|_| "the device's driver has stopped")?;
+        outcome
+            .await
+            .map_err(|_| "the device's driver stopped during the write")
+    }
+}
+
 /// What every driver needs from the adapter.
 #[derive(Clone)]
 pub struct DeviceContext {

@@ -1,0 +1,101 @@
+//! Starting an adapter for a test: a line document around the given devices, the real MQTT
+//! broker, a gRPC client, and the metrics it exports.
+
+use std::time::Duration;
+
+use fieldline_core::config::LineConfig;
+use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
+use fieldline_runtime::{CancellationToken, Health};
+use fieldline_testkit as kit;
+use prometheus_client::registry::Registry;
+
+pub struct TestAdapter {
+    pub adapter: fieldline_adapter::RunningAdapter,
+    pub registry: Registry,
+    pub stop: CancellationToken,
+    pub client: AdapterServiceClient<tonic::transport::Channel>,
+    /// The unique line name the adapter runs under (tag paths start with it).
+    #[allow(dead_code)]
+    pub line: String,
+    _state: tempfile::TempDir,
+}
+
+/// Starts an adapter for `devices` (the YAML list items, indented two spaces) and waits until
+/// it is ready (connected to the broker and subscribed to commands).
+pub async fn start(prefix: &str, devices: &str) -> anyhow::Result<TestAdapter> {
+    kit::require_backends()?;
+    let state = tempfile::tempdir()?;
+    let line = kit::unique(prefix);
+    let yaml = format!(
+        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n{devices}",
+        mqtt = kit::MQTT,
+        dir = state.path().display()
+    );
+    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stop = CancellationToken::new();
+    let mut registry = Registry::default();
+    let health = Health::default();
+    let adapter = fieldline_adapter::start(&config, &health, &mut registry, stop.clone()).await?;
+    kit::wait_for(
+        Duration::from_secs(10),
+        "the adapter to be ready",
+        || async { health.report().0.then_some(()) },
+    )
+    .await?;
+    let client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
+    Ok(TestAdapter {
+        adapter,
+        registry,
+        stop,
+        client,
+        line,
+        _state: state,
+    })
+}
+
+impl TestAdapter {
+    /// The value of the first metric line starting with `prefix` (name and labels).
+    #[allow(dead_code)]
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Live batches of every device.
+    #[allow(dead_code)]
+    pub async fn stream(&mut self) -> anyhow::Result<tonic::Streaming<v1::SampleBatch>> {
+        Ok(self
+            .client
+            .stream_samples(v1::StreamSamplesRequest::default())
+            .await?
+            .into_inner())
+    }
+
+    /// The batches that arrive within `window`.
+    #[allow(dead_code)]
+    pub async fn batches(&mut self, window: Duration) -> anyhow::Result<Vec<v1::SampleBatch>> {
+        let mut stream = self.stream().await?;
+        Ok(collect(&mut stream, window).await)
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.adapter.wait().await;
+    }
+}
+
+/// The batches `stream` delivers within `window`.
+#[allow(dead_code)]
+pub async fn collect(
+    stream: &mut tonic::Streaming<v1::SampleBatch>,
+    window: Duration,
+) -> Vec<v1::SampleBatch> {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut out = Vec::new();
+    while let Ok(Ok(Some(b))) = tokio::time::timeout_at(deadline, stream.message()).await {
+        out.push(b);
+    }
+    out
+}
