@@ -266,6 +266,102 @@ pub struct StorageSettings {
     /// MySQL/MariaDB or SQLite for devices, tags, latest values and events.
     #[serde(default)]
     pub sql: Option<SqlConfig>,
+    /// A write-ahead buffer on disk that takes batches while a backend is down. Without one,
+    /// storage holds each batch (unacknowledged) until the backends take it.
+    #[serde(default)]
+    pub buffer: Option<BufferConfig>,
+}
+
+/// The on-disk write-ahead buffer of the storage service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Folder of the buffer's files; keep it on persistent storage.
+    pub dir: PathBuf,
+    /// Most bytes the buffer may hold, e.g. `1GiB`, `512MiB`, or a number of bytes.
+    #[serde(default = "default_buffer_size")]
+    pub max_size: ByteSize,
+    /// `always`: fsync before acknowledging (survives power loss); `os`: leave flushing to the
+    /// operating system (survives a crash of the service, not of the machine).
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// `backpressure`: stop acknowledging until there is room (nothing is lost);
+    /// `drop_oldest`: make room by dropping the oldest batches, counted in metrics.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+fn default_buffer_size() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+/// When buffered batches reach the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    #[default]
+    Always,
+    Os,
+}
+
+/// What a full buffer does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    #[default]
+    Backpressure,
+    DropOldest,
+}
+
+/// A size in bytes, written as a number or with a unit: `64KiB`, `512MiB`, `1GiB`, `100MB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(with = "String")]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size such as 512MiB"))?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?}; use KiB, MiB, GiB, KB, MB or GB"
+                ));
+            }
+        };
+        n.checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
 }
 
 impl Default for StorageSettings {
@@ -275,6 +371,7 @@ impl Default for StorageSettings {
             http_listen: default_storage_http(),
             influx: None,
             sql: None,
+            buffer: None,
         }
     }
 }
@@ -744,6 +841,17 @@ impl LineConfig {
                 ),
             );
         }
+        if let Some(buffer) = &self.storage.buffer
+            && buffer.max_size.0 < 1 << 20
+        {
+            err(
+                "storage.buffer.max_size".into(),
+                format!(
+                    "{} bytes is too small; give it at least 1MiB",
+                    buffer.max_size.0
+                ),
+            );
+        }
         let secrets = [
             ("mqtt.password", self.mqtt.password.as_ref()),
             (
@@ -1072,6 +1180,32 @@ devices:
                 "missing {e:?} in {errors:#?}"
             );
         }
+    }
+
+    #[test]
+    fn buffer_sizes_take_units() {
+        assert_eq!("512MiB".parse::<ByteSize>(), Ok(ByteSize(512 << 20)));
+        assert_eq!("1GiB".parse::<ByteSize>(), Ok(ByteSize(1 << 30)));
+        assert_eq!("100MB".parse::<ByteSize>(), Ok(ByteSize(100_000_000)));
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        let yaml = format!(
+            "{GOOD}storage:\n  buffer:\n    dir: /var/lib/fieldline/buffer\n    max_size: 2GiB\n    when_full: drop_oldest\n"
+        );
+        let buffer = LineConfig::from_yaml(&yaml)
+            .unwrap()
+            .storage
+            .buffer
+            .unwrap();
+        assert_eq!(
+            (buffer.max_size, buffer.fsync, buffer.when_full),
+            (ByteSize(2 << 30), FsyncPolicy::Always, WhenFull::DropOldest)
+        );
+        let tiny = yaml.replace("2GiB", "1000");
+        assert!(
+            errors_of(&tiny)
+                .iter()
+                .any(|e| e.starts_with("storage.buffer.max_size"))
+        );
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! it: InfluxDB for sample history, MySQL/MariaDB (or SQLite in the embedded mode) for devices,
 //! tags and the latest value of each tag.
 
+pub mod buffer;
 pub mod metrics;
 pub mod service;
 pub mod sinks;
+pub mod wal;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -15,6 +17,7 @@ use fieldline_runtime::{CancellationToken, Health, backoff::Backoff, health::Rea
 use prometheus_client::registry::Registry;
 
 use crate::{
+    buffer::Buffer,
     metrics::StorageMetrics,
     sinks::{Sink, SinkError, influx::InfluxSink, sql::SqlSink},
 };
@@ -27,6 +30,8 @@ pub enum Error {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Runtime(#[from] fieldline_runtime::Error),
+    #[error(transparent)]
+    Buffer(#[from] wal::WalError),
     #[error("stopped before the backends were reachable")]
     Stopped,
 }
@@ -37,6 +42,7 @@ impl Error {
             Error::NoSinks => "config",
             Error::Sink(e) => e.metric_label(),
             Error::Runtime(e) => e.metric_label(),
+            Error::Buffer(_) => "buffer",
             Error::Stopped => "stopped",
         }
     }
@@ -135,10 +141,19 @@ async fn serve(
     stop: CancellationToken,
 ) -> Result<RunningStorage> {
     let sinks = Arc::new(sinks);
+    let buffer = match &settings.buffer {
+        Some(config) => {
+            let buffer = Arc::new(Buffer::open(config, metrics.clone())?);
+            tokio::spawn(buffer.clone().replay(sinks.clone(), stop.clone()));
+            Some(buffer)
+        }
+        None => None,
+    };
     let api = service::StorageApi {
         sinks: sinks.clone(),
         metrics,
         stop: stop.clone(),
+        buffer,
     };
     let router = tonic::transport::Server::builder().add_service(StorageServiceServer::new(api));
     let (grpc_addr, server) =

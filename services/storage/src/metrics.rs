@@ -1,7 +1,7 @@
 //! Storage metrics, exported on `/metrics`.
 
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -14,6 +14,11 @@ pub struct StorageMetrics {
     pub samples_rejected: Family<Labels, Counter>,
     pub retries: Family<Labels, Counter>,
     pub write_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    pub buffer_pending: Gauge,
+    pub buffer_bytes: Gauge,
+    pub buffer_dropped: Counter,
+    pub buffer_full_waits: Counter,
+    pub buffer_replayed: Counter,
 }
 
 fn write_histogram() -> Histogram {
@@ -30,6 +35,11 @@ impl StorageMetrics {
             samples_rejected: Family::default(),
             retries: Family::default(),
             write_seconds: Family::new_with_constructor(write_histogram),
+            buffer_pending: Gauge::default(),
+            buffer_bytes: Gauge::default(),
+            buffer_dropped: Counter::default(),
+            buffer_full_waits: Counter::default(),
+            buffer_replayed: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("fieldline_storage");
         r.register("batches", "Batches received, by result", m.batches.clone());
@@ -52,6 +62,31 @@ impl StorageMetrics {
             "write_duration_seconds",
             "Time of one successful sink write, by sink",
             m.write_seconds.clone(),
+        );
+        r.register(
+            "buffer_pending_batches",
+            "Batches in the write-ahead buffer waiting for the backends",
+            m.buffer_pending.clone(),
+        );
+        r.register(
+            "buffer_bytes",
+            "Bytes held by the write-ahead buffer",
+            m.buffer_bytes.clone(),
+        );
+        r.register(
+            "buffer_dropped_batches",
+            "Batches dropped because the buffer was full (drop_oldest)",
+            m.buffer_dropped.clone(),
+        );
+        r.register(
+            "buffer_full_waits",
+            "Times an append waited for room in a full buffer",
+            m.buffer_full_waits.clone(),
+        );
+        r.register(
+            "buffer_replayed_batches",
+            "Buffered batches written to the backends",
+            m.buffer_replayed.clone(),
         );
         m
     }

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    buffer::Buffer,
     metrics::StorageMetrics,
     sinks::{Sink, SinkError},
 };
@@ -23,6 +24,8 @@ pub struct StorageApi {
     pub sinks: Arc<Vec<Sink>>,
     pub metrics: StorageMetrics,
     pub stop: CancellationToken,
+    /// The write-ahead buffer, when configured.
+    pub buffer: Option<Arc<Buffer>>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<v1::IngestAck, Status>> + Send>>;
@@ -40,6 +43,7 @@ impl StorageService for StorageApi {
         let sinks = self.sinks.clone();
         let metrics = self.metrics.clone();
         let stop = self.stop.clone();
+        let buffer = self.buffer.clone();
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
@@ -54,7 +58,8 @@ impl StorageService for StorageApi {
                         break;
                     }
                 };
-                let Some(ack) = store(&sinks, &metrics, request, &stop).await else {
+                let Some(ack) = store(&sinks, &metrics, buffer.as_deref(), request, &stop).await
+                else {
                     break;
                 };
                 if tx.send(Ok(ack)).await.is_err() {
@@ -71,6 +76,7 @@ impl StorageService for StorageApi {
 pub async fn store(
     sinks: &[Sink],
     metrics: &StorageMetrics,
+    buffer: Option<&Buffer>,
     request: v1::IngestRequest,
     stop: &CancellationToken,
 ) -> Option<v1::IngestAck> {
@@ -88,6 +94,8 @@ pub async fn store(
         });
     };
     let count = wire.samples.len();
+    // With a buffer, the encoded batch is what gets buffered if the backends cannot take it.
+    let encoded = buffer.map(|_| prost::Message::encode_to_vec(&wire));
     let batch = match SampleBatch::try_from(wire) {
         Ok(b) => b,
         Err(e) => {
@@ -104,17 +112,42 @@ pub async fn store(
             });
         }
     };
-    let writes = sinks
-        .iter()
-        .map(|sink| write_with_retry(sink, metrics, &batch, stop));
-    let results = futures::future::join_all(writes).await;
-    let mut rejected = 0usize;
-    let mut details = Vec::new();
-    for r in results {
-        let (r, d) = r?;
-        rejected = rejected.max(r);
-        details.extend(d);
-    }
+    let (rejected, details) = match (buffer, encoded) {
+        (Some(buffer), Some(encoded)) => {
+            let direct = if buffer.direct() {
+                write_once(sinks, metrics, &batch).await
+            } else {
+                None
+            };
+            match direct {
+                Some(outcome) => outcome,
+                None => {
+                    buffer.backend_down();
+                    match buffer.append(encoded, stop).await? {
+                        Ok(()) => {
+                            metrics
+                                .batches
+                                .get_or_create(&vec![("result", "buffered".into())])
+                                .inc();
+                            return Some(v1::IngestAck {
+                                request_id,
+                                stored: true,
+                                rejected_samples: 0,
+                                detail: "buffered".into(),
+                            });
+                        }
+                        Err(error) => {
+                            // The buffer cannot take it (disk failing): hold the batch in
+                            // memory until the backends do, as without a buffer.
+                            tracing::error!(%error, "write-ahead buffer failed; waiting for the backends instead");
+                            write_all(sinks, metrics, &batch, stop).await?
+                        }
+                    }
+                }
+            }
+        }
+        _ => write_all(sinks, metrics, &batch, stop).await?,
+    };
     metrics
         .batches
         .get_or_create(&vec![(
@@ -135,7 +168,82 @@ pub async fn store(
     })
 }
 
-async fn write_with_retry(
+/// Writes to every sink, retrying transient failures until they succeed; `None` if stopped.
+async fn write_all(
+    sinks: &[Sink],
+    metrics: &StorageMetrics,
+    batch: &SampleBatch,
+    stop: &CancellationToken,
+) -> Option<(usize, Vec<String>)> {
+    let results = futures::future::join_all(
+        sinks
+            .iter()
+            .map(|sink| write_with_retry(sink, metrics, batch, stop)),
+    )
+    .await;
+    let mut rejected = 0usize;
+    let mut details = Vec::new();
+    for r in results {
+        let (r, d) = r?;
+        rejected = rejected.max(r);
+        details.extend(d);
+    }
+    Some((rejected, details))
+}
+
+/// One attempt on every sink; `None` when any failed transiently (the batch is then buffered
+/// whole, and sinks that already took it take it again, idempotently).
+async fn write_once(
+    sinks: &[Sink],
+    metrics: &StorageMetrics,
+    batch: &SampleBatch,
+) -> Option<(usize, Vec<String>)> {
+    let results = futures::future::join_all(
+        sinks
+            .iter()
+            .map(|sink| async move { (sink, sink.write(batch).await) }),
+    )
+    .await;
+    let mut rejected = 0usize;
+    let mut details = Vec::new();
+    for (sink, result) in results {
+        let labels = vec![("sink", sink.name().to_string())];
+        match result {
+            Ok(report) => {
+                metrics
+                    .samples_written
+                    .get_or_create(&labels)
+                    .inc_by(batch.samples.len().saturating_sub(report.rejected) as u64);
+                if report.rejected > 0 {
+                    metrics
+                        .samples_rejected
+                        .get_or_create(&labels)
+                        .inc_by(report.rejected as u64);
+                    tracing::warn!(sink = sink.name(), device = %batch.device, rejected = report.rejected, detail = %report.detail.join("; "), "samples refused");
+                }
+                rejected = rejected.max(report.rejected);
+                details.extend(report.detail);
+            }
+            Err(SinkError::Permanent(detail)) => {
+                metrics
+                    .samples_rejected
+                    .get_or_create(&labels)
+                    .inc_by(batch.samples.len() as u64);
+                tracing::error!(sink = sink.name(), device = %batch.device, %detail, "batch refused");
+                rejected = batch.samples.len();
+                details.push(detail);
+            }
+            Err(error) => {
+                metrics.retries.get_or_create(&labels).inc();
+                tracing::warn!(sink = sink.name(), %error, "backend unavailable; buffering");
+                return None;
+            }
+        }
+    }
+    Some((rejected, details))
+}
+
+pub async fn write_with_retry(
     sink: &Sink,
     metrics: &StorageMetrics,
     batch: &SampleBatch,

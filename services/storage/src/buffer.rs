@@ -1,0 +1,206 @@
+//! The write-ahead buffer as the storage service uses it: appends that wait for room
+//! (backpressure) or make it (drop-oldest), and a replayer that drains the buffer into the
+//! backends in order once they are back.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+
+use fieldline_core::{
+    SampleBatch,
+    config::{BufferConfig, FsyncPolicy, WhenFull},
+};
+use fieldline_proto::v1;
+use fieldline_runtime::CancellationToken;
+use prost::Message;
+use tokio::sync::Notify;
+
+use crate::{
+    metrics::StorageMetrics,
+    service::write_with_retry,
+    sinks::Sink,
+    wal::{Fsync, Wal, WalError},
+};
+
+pub struct Buffer {
+    wal: Arc<Mutex<Wal>>,
+    /// Wakes the replayer when something was appended.
+    appended: Notify,
+    /// Wakes appenders waiting for room when something was replayed.
+    room: Notify,
+    /// False from a failed direct write until the buffer has drained again.
+    healthy: AtomicBool,
+    metrics: StorageMetrics,
+}
+
+impl Buffer {
+    /// Opens the buffer, repairing a torn tail; batches left from before are replayed first.
+    pub fn open(config: &BufferConfig, metrics: StorageMetrics) -> Result<Self, WalError> {
+        let fsync = match config.fsync {
+            FsyncPolicy::Always => Fsync::Always,
+            FsyncPolicy::Os => Fsync::Os,
+        };
+        let when_full = match config.when_full {
+            WhenFull::Backpressure => crate::wal::WhenFull::Backpressure,
+            WhenFull::DropOldest => crate::wal::WhenFull::DropOldest,
+        };
+        let (wal, report) = Wal::open(&config.dir, config.max_size.0, fsync, when_full)?;
+        if report.pending > 0 || report.cut_bytes > 0 {
+            tracing::info!(dir = %config.dir.display(), pending = report.pending, cut_bytes = report.cut_bytes, "write-ahead buffer opened with batches to replay");
+        }
+        let buffer = Self {
+            wal: Arc::new(Mutex::new(wal)),
+            appended: Notify::new(),
+            room: Notify::new(),
+            healthy: AtomicBool::new(report.pending == 0),
+            metrics,
+        };
+        buffer.update_gauges();
+        if report.pending > 0 {
+            buffer.appended.notify_one();
+        }
+        Ok(buffer)
+    }
+
+    /// True when writes may go straight to the backends: nothing is waiting in the buffer
+    /// (so nothing can be overtaken) and the last direct write worked.
+    pub fn direct(&self) -> bool {
+        self.healthy.load(Ordering::Acquire) && self.lock().is_empty()
+    }
+
+    /// A direct write failed: buffer from now on until the buffer has drained.
+    pub fn backend_down(&self) {
+        self.healthy.store(false, Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Wal> {
+        // A panic while appending cannot leave the file inconsistent (a torn record is cut
+        // at the next open), so a poisoned lock is taken over.
+        self.wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn update_gauges(&self) {
+        let wal = self.lock();
+        self.metrics
+            .buffer_pending
+            .set(i64::try_from(wal.pending()).unwrap_or(i64::MAX));
+        self.metrics
+            .buffer_bytes
+            .set(i64::try_from(wal.used_bytes()).unwrap_or(i64::MAX));
+    }
+
+    /// Appends an encoded batch; returns once it is durable. While the buffer is full (with
+    /// backpressure) it waits for the replayer to make room; `None` when stopped first.
+    pub async fn append(
+        &self,
+        payload: Vec<u8>,
+        stop: &CancellationToken,
+    ) -> Option<Result<(), WalError>> {
+        let payload = Arc::new(payload);
+        loop {
+            let wal = self.wal.clone();
+            let record = payload.clone();
+            let appended = tokio::task::spawn_blocking(move || {
+                let mut wal = wal
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let before = wal.dropped;
+                wal.append(&record).map(|()| wal.dropped - before)
+            })
+            .await;
+            match appended {
+                Ok(Ok(dropped)) => {
+                    if dropped > 0 {
+                        self.metrics.buffer_dropped.inc_by(dropped);
+                    }
+                    self.update_gauges();
+                    self.appended.notify_one();
+                    return Some(Ok(()));
+                }
+                Ok(Err(WalError::Full { .. })) => {
+                    self.metrics.buffer_full_waits.inc();
+                    tokio::select! {
+                        _ = self.room.notified() => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                        _ = stop.cancelled() => return None,
+                    }
+                }
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(join) => {
+                    return Some(Err(WalError::Io {
+                        path: "buffer".into(),
+                        source: std::io::Error::other(join.to_string()),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Drains the buffer into `sinks`, in order, until `stop`. A record is removed only after
+    /// every sink took it (or refused it for good).
+    pub async fn replay(self: Arc<Self>, sinks: Arc<Vec<Sink>>, stop: CancellationToken) {
+        loop {
+            let wal = self.wal.clone();
+            let next = tokio::task::spawn_blocking(move || {
+                wal.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .peek()
+            })
+            .await;
+            let (payload, position) = match next {
+                Ok(Ok(Some(record))) => record,
+                Ok(Ok(None)) => {
+                    self.healthy.store(true, Ordering::Release);
+                    tokio::select! {
+                        _ = self.appended.notified() => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "cannot read the write-ahead buffer; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                Err(_) => return,
+            };
+            match v1::SampleBatch::decode(payload.as_slice())
+                .map_err(|e| e.to_string())
+                .and_then(|b| SampleBatch::try_from(b).map_err(|e| e.to_string()))
+            {
+                Ok(batch) => {
+                    for sink in sinks.iter() {
+                        if write_with_retry(sink, &self.metrics, &batch, &stop)
+                            .await
+                            .is_none()
+                        {
+                            return;
+                        }
+                    }
+                    self.metrics.buffer_replayed.inc();
+                }
+                // Only valid batches are buffered; a record that fails to decode passed its
+                // checksum, so it was written by an incompatible version: skip it, loudly.
+                Err(error) => {
+                    tracing::error!(%error, "skipping a buffered record that is not a valid batch")
+                }
+            }
+            let wal = self.wal.clone();
+            let committed = tokio::task::spawn_blocking(move || {
+                wal.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .commit(position)
+            })
+            .await;
+            if let Ok(Err(error)) = committed {
+                tracing::error!(%error, "cannot record replay progress; the batch may be replayed again");
+            }
+            self.update_gauges();
+            self.room.notify_waiters();
+        }
+    }
+}
