@@ -174,17 +174,27 @@ where
     }
 }
 
-/// Runs an InfluxQL query against `db` and returns the JSON answer.
+/// Runs an InfluxQL query against `db` on the shared InfluxDB and returns the JSON answer.
 pub async fn influx_query(db: &str, q: &str) -> anyhow::Result<serde_json::Value> {
-    let url = format!("{INFLUX_URL}/query");
+    influx_query_at(INFLUX_URL, db, q).await
+}
+
+/// Runs an InfluxQL query against `db` on the InfluxDB at `url`.
+pub async fn influx_query_at(url: &str, db: &str, q: &str) -> anyhow::Result<serde_json::Value> {
     let response = reqwest::Client::new()
-        .post(url)
+        .post(format!("{url}/query"))
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(format!("db={}&q={}", encode(db), encode(q)))
         .send()
         .await?;
     let text = response.text().await?;
     Ok(serde_json::from_str(&text)?)
+}
+
+/// The value of the first line of a Prometheus text page that starts with `prefix`.
+pub fn metric_value(page: &str, prefix: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
 }
 
 fn encode(s: &str) -> String {
@@ -264,6 +274,11 @@ impl ServiceProcess {
             .await
             .context("no exit within 20s of SIGTERM")??;
         Ok(exit.code())
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Everything the process printed on stdout (after it exited).
@@ -465,4 +480,112 @@ pub fn modbus_crc(data: &[u8]) -> u16 {
         }
     }
     crc
+}
+
+/// A database server of the test's own (data under the test's folder, its own port), that the
+/// test may kill and start again: for outage tests, which must not disturb the shared
+/// backends other tests use.
+pub struct PrivateServer {
+    pub port: u16,
+    program: &'static str,
+    args: Vec<String>,
+    child: Option<Child>,
+    ready: fn(u16) -> bool,
+}
+
+impl PrivateServer {
+    /// An InfluxDB 1.x under `dir`.
+    pub async fn influxdb(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let port = free_addr()?.port();
+        let rpc = free_addr()?.port();
+        let data = dir.join("influxdb");
+        let config = dir.join("influxdb.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n[monitor]\n  store-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n[continuous_queries]\n  enabled = false\n",
+                d = data.display()
+            ),
+        )?;
+        let mut server = Self {
+            port,
+            program: "influxd",
+            args: vec!["-config".into(), config.display().to_string()],
+            child: None,
+            ready: |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        server.start().await?;
+        Ok(server)
+    }
+
+    /// A MariaDB under `dir`, root without a password, with a database `test`.
+    pub async fn mariadb(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let port = free_addr()?.port();
+        let data = dir.join("mariadb");
+        std::fs::create_dir_all(&data)?;
+        let install = std::process::Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .context(
+                "mariadb-install-db is not installed; `bash tests/backends.sh` installs MariaDB",
+            )?;
+        anyhow::ensure!(
+            install.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        let mut server = Self {
+            port,
+            program: "mariadbd",
+            args: vec![
+                "--no-defaults".into(),
+                "--user=root".into(),
+                format!("--datadir={}", data.display()),
+                format!("--port={port}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--socket={}", dir.join("mariadb.sock").display()),
+                format!("--pid-file={}", dir.join("mariadb.pid").display()),
+                "--skip-name-resolve".into(),
+                "--innodb-buffer-pool-size=32M".into(),
+            ],
+            child: None,
+            ready: |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        server.start().await?;
+        Ok(server)
+    }
+
+    /// Starts (or restarts) the server and waits until it accepts connections.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.program))?;
+        self.child = Some(child);
+        let (ready, port) = (self.ready, self.port);
+        wait_for(
+            Duration::from_secs(60),
+            &format!("{} on port {port}", self.program),
+            || async move { ready(port).then_some(()) },
+        )
+        .await
+    }
+
+    /// Kills the server outright (SIGKILL), as a crash or a pulled plug would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+    }
 }
