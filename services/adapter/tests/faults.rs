@@ -5,29 +5,23 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use fieldline_core::config::LineConfig;
-use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
-use fieldline_runtime::{CancellationToken, Health};
+use fieldline_proto::v1;
+use fieldline_runtime::CancellationToken;
 use fieldline_testkit as kit;
-use prometheus_client::registry::Registry;
 use tonic::Streaming;
 
-fn config(endpoint: SocketAddr, state: &std::path::Path) -> anyhow::Result<LineConfig> {
-    let yaml = format!(
-        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter:\n  grpc_listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  state_dir: {state}\ndevices:\n  - name: tank\n    type: t\n    protocol: modbus-tcp\n    endpoint: \"{endpoint}\"\n    poll_interval: 100ms\n    timeout: 300ms\n    max_backoff: 500ms\n    tags:\n      - {{ name: temperature, address: \"holding:0\", type: f32 }}\n      - {{ name: pump_run, address: \"coil:0\", type: bool }}\n",
-        line = kit::unique("faults"),
-        mqtt = kit::MQTT,
-        state = state.display(),
-    );
-    LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))
-}
+mod common;
 
-async fn stream(adapter: SocketAddr) -> anyhow::Result<Streaming<v1::SampleBatch>> {
-    let mut client = AdapterServiceClient::connect(format!("http://{adapter}")).await?;
-    Ok(client
-        .stream_samples(v1::StreamSamplesRequest { devices: vec![] })
-        .await?
-        .into_inner())
+/// An adapter polling one tank at `endpoint`, with a live stream of its batches.
+async fn start(
+    endpoint: SocketAddr,
+) -> anyhow::Result<(common::TestAdapter, Streaming<v1::SampleBatch>)> {
+    let device = format!(
+        "  - name: tank\n    type: t\n    protocol: modbus-tcp\n    endpoint: \"{endpoint}\"\n    poll_interval: 100ms\n    timeout: 300ms\n    max_backoff: 500ms\n    tags:\n      - {{ name: temperature, address: \"holding:0\", type: f32 }}\n      - {{ name: pump_run, address: \"coil:0\", type: bool }}\n"
+    );
+    let mut run = common::start("faults", &device).await?;
+    let stream = run.stream().await?;
+    Ok((run, stream))
 }
 
 /// The next batch whose samples all satisfy `check`, within `timeout`.
@@ -65,8 +59,6 @@ fn good(s: &v1::Sample) -> bool {
 
 #[tokio::test]
 async fn unreachable_and_silent_devices_give_bad_samples_not_values() -> anyhow::Result<()> {
-    kit::require_backends()?;
-    let state = tempfile::tempdir()?;
     // A port nobody listens on.
     let closed = kit::free_addr()?;
     // A server that accepts connections and never answers.
@@ -82,15 +74,7 @@ async fn unreachable_and_silent_devices_give_bad_samples_not_values() -> anyhow:
         (closed, "cannot connect"),
         (silent_addr, "no response within 300ms"),
     ] {
-        let stop = CancellationToken::new();
-        let adapter = fieldline_adapter::start(
-            &config(endpoint, state.path())?,
-            &Health::default(),
-            &mut Registry::default(),
-            stop.clone(),
-        )
-        .await?;
-        let mut s = stream(adapter.grpc_addr).await?;
+        let (run, mut s) = start(endpoint).await?;
         let batch = next_batch(
             &mut s,
             Duration::from_secs(10),
@@ -107,8 +91,7 @@ async fn unreachable_and_silent_devices_give_bad_samples_not_values() -> anyhow:
             detail.contains(expect),
             "{endpoint}: detail {detail:?} should say {expect:?}"
         );
-        stop.cancel();
-        adapter.wait().await;
+        run.stop().await;
     }
     held.abort();
     Ok(())
@@ -116,8 +99,6 @@ async fn unreachable_and_silent_devices_give_bad_samples_not_values() -> anyhow:
 
 #[tokio::test]
 async fn a_device_that_goes_away_and_comes_back_is_reconnected() -> anyhow::Result<()> {
-    kit::require_backends()?;
-    let state_dir = tempfile::tempdir()?;
     let sim_state = fieldline_sim::SimState::new();
     fieldline_sim::tank::init(&sim_state);
     let device_stop = CancellationToken::new();
@@ -128,15 +109,7 @@ async fn a_device_that_goes_away_and_comes_back_is_reconnected() -> anyhow::Resu
     )
     .await?;
 
-    let stop = CancellationToken::new();
-    let adapter = fieldline_adapter::start(
-        &config(addr, state_dir.path())?,
-        &Health::default(),
-        &mut Registry::default(),
-        stop.clone(),
-    )
-    .await?;
-    let mut s = stream(adapter.grpc_addr).await?;
+    let (run, mut s) = start(addr).await?;
     let first = next_batch(
         &mut s,
         Duration::from_secs(10),
@@ -181,7 +154,6 @@ async fn a_device_that_goes_away_and_comes_back_is_reconnected() -> anyhow::Resu
         back.sequence > first.sequence,
         "sequence numbers keep growing"
     );
-    stop.cancel();
-    adapter.wait().await;
+    run.stop().await;
     Ok(())
 }

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use fieldline_core::config::LineConfig;
-use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
-use fieldline_runtime::{CancellationToken, Health};
+use fieldline_proto::v1;
 use fieldline_testkit::{self as kit, Answer, modbus_reply, registers_pdu};
-use prometheus_client::registry::Registry;
+
+mod common;
 
 /// Runs the adapter against a server that misbehaves on its first `faults` requests, then
 /// answers 7; returns the first Bad sample's quality and checks a Good 7 follows.
@@ -17,35 +16,27 @@ async fn scenario<F>(faults: u64, broken: F) -> anyhow::Result<v1::Quality>
 where
     F: Fn(&[u8]) -> Answer + Send + Sync + 'static,
 {
-    let addr = kit::faulty_modbus(move |i, request| {
-        if i < faults {
+    // The faults are armed only once the test is watching, so none goes unseen.
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let remaining = armed.clone();
+    let addr = kit::faulty_modbus(move |_, request| {
+        use std::sync::atomic::Ordering;
+        let faulty = remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if faulty {
             broken(request)
         } else {
             Answer::Bytes(modbus_reply(request, &registers_pdu(request, 7)))
         }
     })
     .await?;
-    let state = tempfile::tempdir()?;
-    let yaml = format!(
-        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n  - {{ name: plc, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 50ms, timeout: 200ms, max_backoff: 200ms, tags: [ {{ name: a, address: \"holding:3\", type: u16 }} ] }}\n",
-        line = kit::unique("malformed"),
-        mqtt = kit::MQTT,
-        dir = state.path().display()
+    let device = format!(
+        "  - {{ name: plc, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 50ms, timeout: 200ms, max_backoff: 200ms, tags: [ {{ name: a, address: \"holding:3\", type: u16 }} ] }}\n"
     );
-    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stop = CancellationToken::new();
-    let adapter = fieldline_adapter::start(
-        &config,
-        &Health::default(),
-        &mut Registry::default(),
-        stop.clone(),
-    )
-    .await?;
-    let mut client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
-    let mut stream = client
-        .stream_samples(v1::StreamSamplesRequest::default())
-        .await?
-        .into_inner();
+    let mut run = common::start("malformed", &device).await?;
+    let mut stream = run.stream().await?;
+    armed.store(faults, std::sync::atomic::Ordering::SeqCst);
     let mut bad = None;
     let recovered = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(batch) = stream.message().await? {
@@ -63,8 +54,7 @@ where
         anyhow::bail!("stream ended")
     })
     .await;
-    stop.cancel();
-    adapter.wait().await;
+    run.stop().await;
     recovered.map_err(|_| {
         anyhow::anyhow!("no Bad sample followed by a Good one (first Bad: {bad:?})")
     })??;
@@ -170,43 +160,25 @@ async fn a_device_slower_than_its_interval_skips_cycles_instead_of_piling_them_u
         )
     })
     .await?;
-    let state = tempfile::tempdir()?;
-    let yaml = format!(
-        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n  - {{ name: slow, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 50ms, timeout: 1s, tags: [ {{ name: a, address: \"holding:0\", type: u16 }} ] }}\n",
-        line = kit::unique("slow"),
-        mqtt = kit::MQTT,
-        dir = state.path().display()
+    let device = format!(
+        "  - {{ name: slow, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 50ms, timeout: 1s, tags: [ {{ name: a, address: \"holding:0\", type: u16 }} ] }}\n"
     );
-    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stop = CancellationToken::new();
-    let mut registry = Registry::default();
-    let adapter =
-        fieldline_adapter::start(&config, &Health::default(), &mut registry, stop.clone()).await?;
+    let run = common::start("slow", &device).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.cancel();
-    adapter.wait().await;
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)?;
-    let value = |prefix: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(prefix)
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .unwrap_or(0.0)
-    };
+    let value = |prefix: &str| run.metric(prefix).unwrap_or(0.0);
     let polls = value("fieldline_adapter_polls_total{device=\"slow\"} ");
     let overruns = value("fieldline_adapter_overruns_total{device=\"slow\",interval=\"50ms\"} ");
     // 1.5 s of 120 ms replies allow about 12 polls; a scheduler that caught up on missed
     // ticks would run back-to-back and still poll 12 times, but never count a skip.
     assert!(
         overruns >= 5.0,
-        "overrun cycles are skipped and counted: {overruns}\n{text}"
+        "overrun cycles are skipped and counted: {overruns}"
     );
     assert!(
         polls <= 14.0,
         "no more polls than the device can answer: {polls}"
     );
+    run.stop().await;
     Ok(())
 }
 
@@ -219,30 +191,18 @@ async fn a_write_the_device_confirms_wrongly_is_a_failed_command() -> anyhow::Re
         _ => Answer::Bytes(modbus_reply(req, &registers_pdu(req, 7))),
     })
     .await?;
-    let state = tempfile::tempdir()?;
-    let line = kit::unique("echo");
-    let yaml = format!(
-        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n  - {{ name: plc, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 1s, tags: [ {{ name: sp, address: \"holding:2\", type: u16, writable: true }} ] }}\n",
-        mqtt = kit::MQTT,
-        dir = state.path().display()
+    let device = format!(
+        "  - {{ name: plc, type: t, protocol: modbus-tcp, endpoint: \"{addr}\", poll_interval: 1s, tags: [ {{ name: sp, address: \"holding:2\", type: u16, writable: true }} ] }}\n"
     );
-    let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stop = CancellationToken::new();
-    let adapter = fieldline_adapter::start(
-        &config,
-        &Health::default(),
-        &mut Registry::default(),
-        stop.clone(),
-    )
-    .await?;
-    let mut client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
+    let mut run = common::start("echo", &device).await?;
+    let line = run.line.clone();
     let command = v1::Command {
         id: "e1".into(),
         tag: format!("{line}/plc/sp"),
         value: Some(fieldline_core::Value::U64(5).into()),
         ..Default::default()
     };
-    let result = client.write(command).await?.into_inner();
+    let result = run.client.write(command).await?.into_inner();
     assert_eq!(
         result.status,
         v1::CommandStatus::Failed as i32,
@@ -252,7 +212,6 @@ async fn a_write_the_device_confirms_wrongly_is_a_failed_command() -> anyhow::Re
         result.detail.contains("confirmed"),
         "the wrong echo is named: {result:?}"
     );
-    stop.cancel();
-    adapter.wait().await;
+    run.stop().await;
     Ok(())
 }
