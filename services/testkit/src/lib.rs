@@ -1,5 +1,5 @@
 //! Harnesses for tests that run against real parts: the backends started by
-//! `tests/backends.sh` (Mosquitto, MariaDB, InfluxDB 1.x) and protocol peers we did not write
+//! `tests/backends.sh` (Mosquitto, MariaDB, InfluxDB 1.x, VictoriaMetrics) and protocol peers we did not write
 //! (pymodbus). A missing backend fails the test with the command that starts it; nothing here
 //! ever skips a test.
 
@@ -16,9 +16,14 @@ use tokio::{
     process::{Child, ChildStdin, ChildStdout, Command},
 };
 
+/// The JSON library the query helpers answer with, for tests that build expected answers.
+pub use serde_json;
+
 pub const MQTT: &str = "127.0.0.1:1883";
 pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 pub const INFLUX_URL: &str = "http://127.0.0.1:8086";
+/// VictoriaMetrics, the peer for the InfluxDB v2 write API.
+pub const VM_URL: &str = "http://127.0.0.1:8428";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -33,7 +38,7 @@ pub fn backends_dir() -> PathBuf {
     )
 }
 
-const HOW: &str = "start the test backends with `bash tests/backends.sh` (installs and starts Mosquitto, MariaDB, InfluxDB 1.x and the Python peers)";
+const HOW: &str = "start the test backends with `bash tests/backends.sh` (installs and starts Mosquitto, MariaDB, InfluxDB 1.x, VictoriaMetrics and the Python peers)";
 
 fn require_port(what: &str, addr: &str) -> anyhow::Result<()> {
     let sock: SocketAddr = addr.parse()?;
@@ -48,6 +53,11 @@ pub fn require_backends() -> anyhow::Result<()> {
     require_port("MariaDB", "127.0.0.1:3306")?;
     require_port("InfluxDB", "127.0.0.1:8086")?;
     Ok(())
+}
+
+/// Fails unless VictoriaMetrics answers on [`VM_URL`].
+pub fn require_victoria_metrics() -> anyhow::Result<()> {
+    require_port("VictoriaMetrics", "127.0.0.1:8428")
 }
 
 /// The Python interpreter of the peers' venv.
@@ -191,6 +201,18 @@ pub async fn influx_query_at(url: &str, db: &str, q: &str) -> anyhow::Result<ser
     Ok(serde_json::from_str(&text)?)
 }
 
+/// Like [`influx_query_at`], with times as integer nanoseconds (`epoch=ns`).
+pub async fn influx_query_ns(url: &str, db: &str, q: &str) -> anyhow::Result<serde_json::Value> {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/query"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("epoch=ns&db={}&q={}", encode(db), encode(q)))
+        .send()
+        .await?;
+    let text = response.text().await?;
+    Ok(serde_json::from_str(&text)?)
+}
+
 /// The value of the first line of a Prometheus text page that starts with `prefix`.
 pub fn metric_value(page: &str, prefix: &str) -> Option<f64> {
     page.lines()
@@ -209,10 +231,32 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1 for a service under test to listen on.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up), so an outgoing
+/// connection made in the meantime can never take the port before the service binds it; each
+/// call in a process moves on to the next port, and a port that is in use is skipped.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Test binaries running at the same time start far apart (by process id).
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let port = u16::try_from(FIRST + offset)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    bail!("no free port between {FIRST} and {}", FIRST + SPAN)
 }
 
 /// HTTP GET returning status and body.
@@ -223,9 +267,15 @@ pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
 }
 
 /// A service binary started for a test, killed if the test ends without stopping it.
+///
+/// Its standard output (the log) is read as it comes, so a chatty service never blocks on a
+/// full pipe, and is kept for [`ServiceProcess::stdout`] and for the error when it does not
+/// become ready.
 pub struct ServiceProcess {
     child: Child,
     pub http: SocketAddr,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ServiceProcess {
@@ -235,7 +285,7 @@ impl ServiceProcess {
         args: &[&str],
         http: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -243,24 +293,38 @@ impl ServiceProcess {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut process = Self { child, http };
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stdout = child.stdout.take().context("service stdout")?;
+        let reader = tokio::spawn(keep_output(stdout, output.clone()));
+        let mut process = Self {
+            child,
+            http,
+            output,
+            reader: Some(reader),
+        };
         let url = format!("http://{http}/readyz");
-        let ready = wait_for(
-            Duration::from_secs(30),
-            &format!("{} to be ready", binary.display()),
-            || async {
-                match http_get(&url).await {
-                    Ok((200, _)) => Some(()),
-                    _ => None,
-                }
-            },
-        )
-        .await;
-        if let Err(e) = ready {
-            let _ = process.child.kill().await;
-            return Err(e);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http_get(&url).await {
+                return Ok(process);
+            }
+            if let Some(status) = process.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before it was ready; it printed:\n{}",
+                    binary.display(),
+                    process.stdout().await
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = process.child.kill().await;
+                bail!(
+                    "timed out after 30s waiting for {} to be ready; it printed:\n{}",
+                    binary.display(),
+                    process.stdout().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(process)
     }
 
     /// Sends SIGTERM and waits (up to 20 s) for the process to exit; returns its exit code.
@@ -281,14 +345,32 @@ impl ServiceProcess {
         self.child.id()
     }
 
-    /// Everything the process printed on stdout (after it exited).
+    /// Everything the process printed on stdout (all of it once the process has exited).
     pub async fn stdout(&mut self) -> String {
-        use tokio::io::AsyncReadExt;
-        let mut out = String::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            let _ = s.read_to_string(&mut out).await;
+        if self.child.try_wait().ok().flatten().is_some()
+            && let Some(reader) = self.reader.take()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
         }
-        out
+        self.output
+            .lock()
+            .map(|out| out.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Appends everything `stdout` yields to `output` until the stream ends.
+async fn keep_output(stdout: ChildStdout, output: std::sync::Arc<std::sync::Mutex<String>>) {
+    use tokio::io::AsyncReadExt;
+    let mut stdout = stdout;
+    let mut chunk = vec![0u8; 8192];
+    while let Ok(n) = stdout.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        if let Ok(mut out) = output.lock() {
+            out.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
     }
 }
 
@@ -496,26 +578,7 @@ pub struct PrivateServer {
 impl PrivateServer {
     /// An InfluxDB 1.x under `dir`.
     pub async fn influxdb(dir: &std::path::Path) -> anyhow::Result<Self> {
-        let port = free_addr()?.port();
-        let rpc = free_addr()?.port();
-        let data = dir.join("influxdb");
-        let config = dir.join("influxdb.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n[monitor]\n  store-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n[continuous_queries]\n  enabled = false\n",
-                d = data.display()
-            ),
-        )?;
-        let mut server = Self {
-            port,
-            program: "influxd",
-            args: vec!["-config".into(), config.display().to_string()],
-            child: None,
-            ready: |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        };
-        server.start().await?;
-        Ok(server)
+        Self::influxdb_with(dir, &[]).await
     }
 
     /// A MariaDB under `dir`, root without a password, with a database `test`.
@@ -587,5 +650,168 @@ impl PrivateServer {
             let _ = child.kill().await;
             let _ = child.wait().await;
         }
+    }
+}
+
+/// One series of a VictoriaMetrics export: its labels (the name under `__name__`) and its raw
+/// samples (timestamps in ms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSeries {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub values: Vec<f64>,
+    pub timestamps: Vec<i64>,
+}
+
+impl VmSeries {
+    /// The metric name.
+    pub fn name(&self) -> &str {
+        self.labels.get("__name__").map_or("", String::as_str)
+    }
+}
+
+/// Makes what VictoriaMetrics at `url` has taken in so far searchable.
+pub async fn vm_flush(url: &str) -> anyhow::Result<()> {
+    let status = reqwest::Client::new()
+        .post(format!("{url}/internal/force_flush"))
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(
+        status.is_success(),
+        "{url}/internal/force_flush: HTTP {status}"
+    );
+    Ok(())
+}
+
+/// Every raw sample of the series matching the series selector `selector` (e.g.
+/// `{line="x"}`), through `/api/v1/export`, after a flush.
+pub async fn vm_export(url: &str, selector: &str) -> anyhow::Result<Vec<VmSeries>> {
+    vm_flush(url).await?;
+    let response = reqwest::Client::new()
+        .post(format!("{url}/api/v1/export"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("match[]={}&start=0", encode(selector)))
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "{url}/api/v1/export: HTTP {status}: {text}"
+    );
+    let mut series = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("export line {line}"))?;
+        let labels = v["metric"]
+            .as_object()
+            .with_context(|| format!("no metric in {line}"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        let numbers = |key: &str| -> anyhow::Result<Vec<serde_json::Value>> {
+            Ok(v[key]
+                .as_array()
+                .with_context(|| format!("no {key} in {line}"))?
+                .clone())
+        };
+        let values = numbers("values")?
+            .iter()
+            .map(|n| n.as_f64().with_context(|| format!("value {n} in {line}")))
+            .collect::<anyhow::Result<_>>()?;
+        let timestamps = numbers("timestamps")?
+            .iter()
+            .map(|n| {
+                n.as_i64()
+                    .with_context(|| format!("timestamp {n} in {line}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        series.push(VmSeries {
+            labels,
+            values,
+            timestamps,
+        });
+    }
+    Ok(series)
+}
+
+impl PrivateServer {
+    /// A VictoriaMetrics under `dir`, taking the InfluxDB v2 write API. Like the one
+    /// `tests/backends.sh` starts: fresh samples are searchable at once, one sample is kept
+    /// per series and millisecond (so a replayed write is idempotent), old timestamps are kept.
+    pub async fn victoria_metrics(dir: &std::path::Path) -> anyhow::Result<Self> {
+        Self::victoria_metrics_with(dir, &[]).await
+    }
+
+    /// [`PrivateServer::influxdb`] with more settings in its `[http]` section, one per line,
+    /// e.g. `max-body-size = 4096`.
+    pub async fn influxdb_with(dir: &std::path::Path, http: &[&str]) -> anyhow::Result<Self> {
+        let port = free_addr()?.port();
+        let rpc = free_addr()?.port();
+        let data = dir.join("influxdb");
+        let config = dir.join("influxdb.conf");
+        let extra: String = http.iter().map(|l| format!("  {l}\n")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n[monitor]\n  store-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n{extra}[continuous_queries]\n  enabled = false\n",
+                d = data.display()
+            ),
+        )?;
+        let mut server = Self {
+            port,
+            program: "influxd",
+            args: vec!["-config".into(), config.display().to_string()],
+            child: None,
+            ready: |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        server.start().await?;
+        Ok(server)
+    }
+
+    /// [`PrivateServer::victoria_metrics`] with more command-line flags, e.g.
+    /// `-httpAuth.username=…`.
+    pub async fn victoria_metrics_with(
+        dir: &std::path::Path,
+        flags: &[&str],
+    ) -> anyhow::Result<Self> {
+        let port = free_addr()?.port();
+        let data = dir.join("victoria-metrics");
+        let mut args = vec![
+            format!("-httpListenAddr=127.0.0.1:{port}"),
+            format!("-storageDataPath={}", data.display()),
+            "-retentionPeriod=100y".into(),
+            "-search.latencyOffset=0s".into(),
+            "-dedup.minScrapeInterval=1ms".into(),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let mut server = Self {
+            port,
+            program: "victoria-metrics",
+            args,
+            child: None,
+            ready: |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        server.start().await.context(
+            "VictoriaMetrics did not start; `bash tests/backends.sh victoria-metrics` installs it",
+        )?;
+        Ok(server)
+    }
+
+    /// Stops the server cleanly (SIGTERM) and waits up to 30 s for it to exit, as a planned
+    /// restart would.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = child.id().context("server already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within 30s of SIGTERM", self.program))??;
+        Ok(())
     }
 }
