@@ -5,6 +5,7 @@
 //! problem at once, each with its path, so an engineer fixes a file in one pass.
 
 use std::{
+    collections::BTreeMap,
     collections::HashSet,
     fmt,
     net::SocketAddr,
@@ -75,6 +76,31 @@ pub struct LineConfig {
     pub storage: StorageSettings,
     /// The devices of the line.
     pub devices: Vec<DeviceConfig>,
+    /// What the processor does for each device type: control rules (and, per type, derived
+    /// values and alarms). Keyed by the devices' `type`.
+    #[serde(default)]
+    pub device_types: BTreeMap<String, DeviceTypeConfig>,
+    /// The folder of the file the document was read from; relative paths in it (plugin
+    /// scripts) start there. Not part of the document.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// Processing of the devices of one type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTypeConfig {
+    /// Values derived from each batch: Rhai scripts and built-ins (counter, runtime, OEE).
+    /// Their outputs are tags of the device like the ones it reads.
+    #[serde(default)]
+    pub plugins: Vec<crate::plugin::PluginConfig>,
+    /// ISA-18.2 alarms on the tags of every device of this type.
+    #[serde(default)]
+    pub alarms: Vec<crate::alarm::AlarmConfig>,
+    /// Control rules: hysteresis and interlocks.
+    #[serde(default)]
+    pub rules: Vec<crate::rules::RuleConfig>,
 }
 
 /// How to reach the MQTT broker.
@@ -223,6 +249,9 @@ pub struct ProcessorSettings {
     /// URL of the storage service's gRPC endpoint.
     #[serde(default = "default_storage_url")]
     pub storage_url: String,
+    /// URL of the adapter's gRPC endpoint, where control writes go.
+    #[serde(default = "default_adapter_url")]
+    pub adapter_url: String,
     /// MQTT client id; a fixed id keeps the broker session (and unacked messages) across
     /// restarts. Defaults to `fieldline-processor-{line}`.
     #[serde(default)]
@@ -235,6 +264,7 @@ impl Default for ProcessorSettings {
             grpc_listen: default_processor_grpc(),
             http_listen: default_processor_http(),
             storage_url: default_storage_url(),
+            adapter_url: default_adapter_url(),
             client_id: None,
         }
     }
@@ -245,6 +275,9 @@ fn default_processor_grpc() -> SocketAddr {
 }
 fn default_processor_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9183))
+}
+fn default_adapter_url() -> String {
+    "http://127.0.0.1:50051".into()
 }
 fn default_storage_url() -> String {
     "http://127.0.0.1:50052".into()
@@ -270,6 +303,9 @@ pub struct StorageSettings {
     /// storage holds each batch (unacknowledged) until the backends take it.
     #[serde(default)]
     pub buffer: Option<BufferConfig>,
+    /// How incoming batches are grouped into backend writes.
+    #[serde(default)]
+    pub batch: BatchConfig,
 }
 
 /// The on-disk write-ahead buffer of the storage service.
@@ -372,6 +408,7 @@ impl Default for StorageSettings {
             influx: None,
             sql: None,
             buffer: None,
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -383,30 +420,102 @@ fn default_storage_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9182))
 }
 
-/// An InfluxDB 1.x server, written through the v1 `/write` API.
+/// An InfluxDB server: InfluxDB 1.x through the v1 API (`database`, optional
+/// `retention_policy`, `username`/`password`), or InfluxDB 2.x and compatible servers through
+/// the v2 API (`org`, `bucket`, `token`). Give `database` or `bucket`, not both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxConfig {
     /// Base URL, e.g. `http://127.0.0.1:8086`.
     pub url: String,
-    /// Database to write to.
-    pub database: String,
-    /// Retention policy; the database's default when absent.
+    /// v1: the database to write to.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// v1: the retention policy; the database's default when absent.
     #[serde(default)]
     pub retention_policy: Option<String>,
-    /// User name, when authentication is on.
+    /// v1: user name, when authentication is on.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password, from a secret.
+    /// v1: password, from a secret.
     #[serde(default)]
     pub password: Option<SecretRef>,
-    /// Create the database at startup when it does not exist.
+    /// v2: the organization that owns the bucket.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// v2: the bucket to write to.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// v2: an API token with write access to the bucket, from a secret.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+    /// v1: create the database at startup when it does not exist.
     #[serde(default = "default_true")]
     pub create_database: bool,
     /// Time limit of one write request.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub timeout: Duration,
+}
+
+/// Which InfluxDB write API a sink speaks, and where it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InfluxTarget<'a> {
+    V1 {
+        database: &'a str,
+        retention_policy: Option<&'a str>,
+    },
+    V2 {
+        org: &'a str,
+        bucket: &'a str,
+    },
+}
+
+impl InfluxConfig {
+    /// The API and destination, or why the settings name neither or both.
+    pub fn target(&self) -> Result<InfluxTarget<'_>, String> {
+        match (&self.database, &self.bucket) {
+            (Some(database), None) => Ok(InfluxTarget::V1 {
+                database,
+                retention_policy: self.retention_policy.as_deref(),
+            }),
+            (None, Some(bucket)) => match &self.org {
+                Some(org) => Ok(InfluxTarget::V2 { org, bucket }),
+                None => Err("bucket (v2 API) needs org as well".into()),
+            },
+            (Some(_), Some(_)) => Err("give database (v1 API) or bucket (v2 API), not both".into()),
+            (None, None) => Err("give database (v1 API) or org and bucket (v2 API)".into()),
+        }
+    }
+}
+
+/// How storage groups incoming batches into backend writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most samples in one backend write.
+    #[serde(default = "default_batch_points")]
+    pub max_points: usize,
+    /// Longest a received batch waits for others to share its write.
+    #[serde(default = "default_batch_delay", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_delay: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_points: default_batch_points(),
+            max_delay: default_batch_delay(),
+        }
+    }
+}
+
+fn default_batch_points() -> usize {
+    20_000
+}
+fn default_batch_delay() -> Duration {
+    Duration::from_millis(200)
 }
 
 /// A SQL database reached through sqlx: `mysql://user@host:3306/db` or `sqlite://path.db`.
@@ -653,6 +762,14 @@ pub struct TagConfig {
     /// Highest value a command may write.
     #[serde(default)]
     pub max: Option<f64>,
+    /// Largest change from the current value one command may make (a rate-of-change
+    /// limit together with `min_write_interval`).
+    #[serde(default)]
+    pub max_step: Option<f64>,
+    /// Least time between two writes of this tag, e.g. `2s`.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub min_write_interval: Option<Duration>,
     /// Free text for people.
     #[serde(default)]
     pub description: Option<String>,
@@ -804,7 +921,9 @@ impl LineConfig {
                 message: format!("cannot read {}: {e}", path.display()),
             }])
         })?;
-        Self::from_yaml(&text)
+        let mut config = Self::from_yaml(&text)?;
+        config.base_dir = path.parent().map(Path::to_path_buf);
+        Ok(config)
     }
 
     /// Checks everything parsing cannot: names, addresses, types, ranges, uniqueness.
@@ -820,12 +939,21 @@ impl LineConfig {
                 format!("{:?} is not host:port", self.mqtt.address),
             );
         }
-        if let Some(influx) = &self.storage.influx
-            && !(influx.url.starts_with("http://") || influx.url.starts_with("https://"))
-        {
+        if let Some(influx) = &self.storage.influx {
+            if !(influx.url.starts_with("http://") || influx.url.starts_with("https://")) {
+                err(
+                    "storage.influx.url".into(),
+                    format!("{:?} must start with http:// or https://", influx.url),
+                );
+            }
+            if let Err(problem) = influx.target() {
+                err("storage.influx".into(), problem);
+            }
+        }
+        if self.storage.batch.max_points == 0 {
             err(
-                "storage.influx.url".into(),
-                format!("{:?} must start with http:// or https://", influx.url),
+                "storage.batch.max_points".into(),
+                "must be at least 1".into(),
             );
         }
         if let Some(sql) = &self.storage.sql
@@ -860,6 +988,10 @@ impl LineConfig {
                     .influx
                     .as_ref()
                     .and_then(|i| i.password.as_ref()),
+            ),
+            (
+                "storage.influx.token",
+                self.storage.influx.as_ref().and_then(|i| i.token.as_ref()),
             ),
             (
                 "storage.sql.password",
@@ -933,6 +1065,89 @@ impl LineConfig {
                             "unit {} on {:?} is already devices[{k}]",
                             d.unit_id, d.endpoint
                         ),
+                    );
+                }
+            }
+        }
+        for (type_name, processing) in &self.device_types {
+            let at = format!("device_types.{type_name}");
+            let devices: Vec<&DeviceConfig> = self
+                .devices
+                .iter()
+                .filter(|d| &d.device_type == type_name)
+                .collect();
+            if devices.is_empty() {
+                err(at.clone(), format!("no device has type {type_name:?}"));
+                continue;
+            }
+            // Tags every device of the type has, and whether each is writable everywhere.
+            let tags: Vec<(&str, bool)> = devices[0]
+                .tags
+                .iter()
+                .filter(|t| {
+                    devices
+                        .iter()
+                        .all(|d| d.tags.iter().any(|o| o.name == t.name))
+                })
+                .map(|t| {
+                    let writable = devices
+                        .iter()
+                        .all(|d| d.tags.iter().any(|o| o.name == t.name && o.writable));
+                    (t.name.as_str(), writable)
+                })
+                .collect();
+            for (path, message) in
+                crate::plugin::validate_plugins(&processing.plugins, &format!("{at}.plugins"))
+            {
+                err(path, message);
+            }
+            let mut tags = tags;
+            for (i, plugin) in processing.plugins.iter().enumerate() {
+                for input in plugin.inputs() {
+                    if !tags.iter().any(|(n, _)| *n == input) {
+                        err(
+                            format!("{at}.plugins[{i}]"),
+                            format!(
+                                "input {input:?} is not a tag of the devices of this type (or an earlier plugin's output)"
+                            ),
+                        );
+                    }
+                }
+                for output in plugin.outputs() {
+                    if tags.iter().any(|(n, _)| *n == output) {
+                        err(
+                            format!("{at}.plugins[{i}]"),
+                            format!(
+                                "output {output:?} is already a tag of the devices of this type"
+                            ),
+                        );
+                    } else {
+                        tags.push((output, false));
+                    }
+                }
+            }
+            let tag_names: Vec<&str> = tags.iter().map(|(n, _)| *n).collect();
+            for (path, message) in crate::alarm::validate_alarms(
+                &processing.alarms,
+                &format!("{at}.alarms"),
+                &tag_names,
+            ) {
+                err(path, message);
+            }
+            for (i, rule) in processing.rules.iter().enumerate() {
+                for (path, message) in rule.validate(&format!("{at}.rules[{i}]"), &tags) {
+                    err(path, message);
+                }
+                if let Some((j, _)) = processing
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .take(i)
+                    .find(|(_, o)| o.name() == rule.name())
+                {
+                    err(
+                        format!("{at}.rules[{i}].name"),
+                        format!("{:?} is already rules[{j}]", rule.name()),
                     );
                 }
             }

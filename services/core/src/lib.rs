@@ -3,10 +3,13 @@
 //! register codecs that turn device words into typed values. Nothing here does I/O, so every
 //! rule is tested without a socket.
 
+pub mod alarm;
 pub mod codec;
 pub mod config;
 pub mod deadband;
 pub mod names;
+pub mod plugin;
+pub mod rules;
 pub mod sample;
 
 pub use sample::{Quality, QualityReason, Sample, SampleBatch, Value};

@@ -73,6 +73,29 @@ impl QualityReason {
     }
 }
 
+impl std::str::FromStr for QualityReason {
+    type Err = String;
+
+    /// Parses what [`QualityReason::code`] writes.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "comm_failure" => QualityReason::CommFailure,
+            "decode_error" => QualityReason::DecodeError,
+            "out_of_range" => QualityReason::OutOfRange,
+            "stale" => QualityReason::Stale,
+            "processing" => QualityReason::Processing,
+            other => {
+                let code = other
+                    .strip_prefix("device_exception(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .and_then(|c| c.parse::<u8>().ok())
+                    .ok_or_else(|| format!("unknown quality reason {other:?}"))?;
+                QualityReason::DeviceException(code)
+            }
+        })
+    }
+}
+
 /// Whether a value can be trusted, and if not, why.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Quality {
@@ -109,6 +132,28 @@ impl Quality {
             Quality::Good => "good".into(),
             Quality::Uncertain { reason, .. } => format!("uncertain:{}", reason.code()),
             Quality::Bad { reason, .. } => format!("bad:{}", reason.code()),
+        }
+    }
+}
+
+impl std::str::FromStr for Quality {
+    type Err = String;
+
+    /// Parses what [`Quality::code`] writes; the detail is not part of the code and is empty.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "good" {
+            return Ok(Quality::Good);
+        }
+        match s.split_once(':') {
+            Some(("uncertain", reason)) => Ok(Quality::Uncertain {
+                reason: reason.parse()?,
+                detail: String::new(),
+            }),
+            Some(("bad", reason)) => Ok(Quality::Bad {
+                reason: reason.parse()?,
+                detail: String::new(),
+            }),
+            _ => Err(format!("unknown quality {s:?}")),
         }
     }
 }
@@ -166,4 +211,42 @@ pub struct SampleBatch {
     pub adapter_id: String,
     pub sequence: u64,
     pub samples: Vec<Sample>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_codes_parse_back() {
+        let qualities = [
+            Quality::Good,
+            Quality::bad(QualityReason::CommFailure, ""),
+            Quality::bad(QualityReason::DeviceException(2), ""),
+            Quality::bad(QualityReason::DeviceException(0x42), ""),
+            Quality::Uncertain {
+                reason: QualityReason::Stale,
+                detail: String::new(),
+            },
+            Quality::bad(QualityReason::DecodeError, ""),
+            Quality::bad(QualityReason::OutOfRange, ""),
+            Quality::bad(QualityReason::Processing, ""),
+        ];
+        for q in qualities {
+            assert_eq!(q.code().parse::<Quality>(), Ok(q.clone()), "{}", q.code());
+        }
+        for wrong in [
+            "",
+            "bad",
+            "bad:",
+            "ok",
+            "bad:device_exception(300)",
+            "worse:stale",
+        ] {
+            assert!(
+                wrong.parse::<Quality>().is_err(),
+                "{wrong:?} must not parse"
+            );
+        }
+    }
 }

@@ -24,3 +24,8 @@ pub fn samples_topic(line: &str, device: &str) -> String {
 pub fn line_samples_filter(line: &str) -> String {
     format!("fieldline/v1/{line}/+/samples")
 }
+
+/// MQTT topic of a line's alarm events (protobuf `AlarmEvent`, QoS 1).
+pub fn alarms_topic(line: &str) -> String {
+    format!("fieldline/v1/{line}/alarms")
+}
