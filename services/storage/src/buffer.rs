@@ -9,7 +9,7 @@ use std::sync::{
 
 use fieldline_core::{
     SampleBatch,
-    config::{BufferConfig, FsyncPolicy, WhenFull},
+    config::{BatchConfig, BufferConfig, FsyncPolicy, WhenFull},
 };
 use fieldline_proto::v1;
 use fieldline_runtime::CancellationToken;
@@ -17,9 +17,9 @@ use prost::Message;
 use tokio::sync::Notify;
 
 use crate::{
+    Backends,
     metrics::StorageMetrics,
     service::write_with_retry,
-    sinks::Sink,
     wal::{Fsync, Wal, WalError},
 };
 
@@ -32,11 +32,20 @@ pub struct Buffer {
     /// False from a failed direct write until the buffer has drained again.
     healthy: AtomicBool,
     metrics: StorageMetrics,
+    /// Most buffered bytes replayed in one backend write (about `max_points` samples).
+    replay_bytes: usize,
 }
+
+/// Encoded size of a sample, roughly, to size replay writes like live ones.
+const BYTES_PER_SAMPLE: usize = 40;
 
 impl Buffer {
     /// Opens the buffer, repairing a torn tail; batches left from before are replayed first.
-    pub fn open(config: &BufferConfig, metrics: StorageMetrics) -> Result<Self, WalError> {
+    pub fn open(
+        config: &BufferConfig,
+        batch: &BatchConfig,
+        metrics: StorageMetrics,
+    ) -> Result<Self, WalError> {
         let fsync = match config.fsync {
             FsyncPolicy::Always => Fsync::Always,
             FsyncPolicy::Os => Fsync::Os,
@@ -55,6 +64,7 @@ impl Buffer {
             room: Notify::new(),
             healthy: AtomicBool::new(report.pending == 0),
             metrics,
+            replay_bytes: batch.max_points.saturating_mul(BYTES_PER_SAMPLE),
         };
         buffer.update_gauges();
         if report.pending > 0 {
@@ -92,23 +102,52 @@ impl Buffer {
             .set(i64::try_from(wal.used_bytes()).unwrap_or(i64::MAX));
     }
 
-    /// Appends an encoded batch; returns once it is durable. While the buffer is full (with
-    /// backpressure) it waits for the replayer to make room; `None` when stopped first.
+    /// Appends encoded batches; returns once they are durable. While the buffer is full
+    /// (with backpressure) it waits for the replayer to make room; `None` when stopped first.
     pub async fn append(
         &self,
-        payload: Vec<u8>,
+        payloads: Vec<Vec<u8>>,
         stop: &CancellationToken,
     ) -> Option<Result<(), WalError>> {
-        let payload = Arc::new(payload);
+        let max_bytes = self.lock().max_bytes();
+        // Parts small enough to fit a buffer that is partly full, each appended whole.
+        let mut parts: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+        let mut part_bytes = 0u64;
+        for payload in payloads {
+            let size = payload.len() as u64 + crate::wal::HEADER;
+            if part_bytes + size > max_bytes / 4 && parts.last().is_some_and(|p| !p.is_empty()) {
+                parts.push(Vec::new());
+                part_bytes = 0;
+            }
+            part_bytes += size;
+            if let Some(part) = parts.last_mut() {
+                part.push(payload);
+            }
+        }
+        for part in parts {
+            match self.append_part(Arc::new(part), stop).await? {
+                Ok(()) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(()))
+    }
+
+    async fn append_part(
+        &self,
+        part: Arc<Vec<Vec<u8>>>,
+        stop: &CancellationToken,
+    ) -> Option<Result<(), WalError>> {
         loop {
             let wal = self.wal.clone();
-            let record = payload.clone();
+            let records = part.clone();
             let appended = tokio::task::spawn_blocking(move || {
                 let mut wal = wal
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let before = wal.dropped;
-                wal.append(&record).map(|()| wal.dropped - before)
+                let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                wal.append_many(&slices).map(|()| wal.dropped - before)
             })
             .await;
             match appended {
@@ -139,26 +178,31 @@ impl Buffer {
         }
     }
 
-    /// Drains the buffer into `sinks`, in order, until `stop`. A record is removed only after
-    /// every sink took it (or refused it for good).
-    pub async fn replay(self: Arc<Self>, sinks: Arc<Vec<Sink>>, stop: CancellationToken) {
+    /// Drains the buffer into `sinks`, in order, until `stop`. Records are replayed in
+    /// groups as large as live writes, and removed only after every sink took them (or
+    /// refused them for good).
+    pub async fn replay(self: Arc<Self>, backends: Backends, stop: CancellationToken) {
+        let Some(sinks) = backends.wait(&stop).await else {
+            return;
+        };
         loop {
             let wal = self.wal.clone();
+            let replay_bytes = self.replay_bytes;
             let next = tokio::task::spawn_blocking(move || {
                 wal.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .peek()
+                    .peek_many(usize::MAX, replay_bytes)
             })
             .await;
-            let (payload, position) = match next {
-                Ok(Ok(Some(record))) => record,
-                Ok(Ok(None)) => {
+            let (payloads, position) = match next {
+                Ok(Ok((records, _))) if records.is_empty() => {
                     self.healthy.store(true, Ordering::Release);
                     tokio::select! {
                         _ = self.appended.notified() => continue,
                         _ = stop.cancelled() => return,
                     }
                 }
+                Ok(Ok(records)) => records,
                 Ok(Err(error)) => {
                     tracing::error!(%error, "cannot read the write-ahead buffer; retrying");
                     tokio::select! {
@@ -168,36 +212,42 @@ impl Buffer {
                 }
                 Err(_) => return,
             };
-            match v1::SampleBatch::decode(payload.as_slice())
-                .map_err(|e| e.to_string())
-                .and_then(|b| SampleBatch::try_from(b).map_err(|e| e.to_string()))
-            {
-                Ok(batch) => {
-                    for sink in sinks.iter() {
-                        if write_with_retry(sink, &self.metrics, &batch, &stop)
-                            .await
-                            .is_none()
-                        {
-                            return;
-                        }
+            let records = payloads.len() as u64;
+            let mut batches = Vec::with_capacity(payloads.len());
+            for payload in payloads {
+                match v1::SampleBatch::decode(payload.as_slice())
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| SampleBatch::try_from(b).map_err(|e| e.to_string()))
+                {
+                    Ok(batch) => batches.push(batch),
+                    // Only valid batches are buffered; a record that fails to decode passed
+                    // its checksum, so it was written by an incompatible version: skip it,
+                    // loudly.
+                    Err(error) => {
+                        tracing::error!(%error, "skipping a buffered record that is not a valid batch")
                     }
-                    self.metrics.buffer_replayed.inc();
                 }
-                // Only valid batches are buffered; a record that fails to decode passed its
-                // checksum, so it was written by an incompatible version: skip it, loudly.
-                Err(error) => {
-                    tracing::error!(%error, "skipping a buffered record that is not a valid batch")
+            }
+            if !batches.is_empty() {
+                for sink in sinks.iter() {
+                    if write_with_retry(sink, &self.metrics, &batches, &stop)
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
                 }
+                self.metrics.buffer_replayed.inc_by(batches.len() as u64);
             }
             let wal = self.wal.clone();
             let committed = tokio::task::spawn_blocking(move || {
                 wal.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .commit(position)
+                    .commit_many(position, records)
             })
             .await;
             if let Ok(Err(error)) = committed {
-                tracing::error!(%error, "cannot record replay progress; the batch may be replayed again");
+                tracing::error!(%error, "cannot record replay progress; the batches may be replayed again");
             }
             self.update_gauges();
             self.room.notify_waiters();

@@ -4,17 +4,24 @@
 //! tags and the latest value of each tag.
 
 pub mod buffer;
+pub mod events;
+pub mod history;
 pub mod metrics;
 pub mod service;
 pub mod sinks;
 pub mod wal;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use fieldline_core::config::LineConfig;
 use fieldline_proto::v1::storage_service_server::StorageServiceServer;
 use fieldline_runtime::{CancellationToken, Health, backoff::Backoff, health::Readiness};
 use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
 
 use crate::{
     buffer::Buffer,
@@ -54,18 +61,51 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct RunningStorage {
     pub grpc_addr: SocketAddr,
     server: tokio::task::JoinHandle<()>,
-    sinks: Arc<Vec<Sink>>,
+    backends: Backends,
 }
 
 impl RunningStorage {
     /// Waits for the server to stop, then closes the database pools.
     pub async fn wait(self) {
         let _ = self.server.await;
-        for sink in self.sinks.iter() {
+        for sink in self.backends.get().unwrap_or_default() {
             if let Sink::Sql(s) = sink {
                 s.close().await;
             }
         }
+    }
+}
+
+/// The connected backends; empty until they are. With a write-ahead buffer, storage serves
+/// before its backends are reachable and buffers meanwhile.
+#[derive(Clone, Default)]
+pub struct Backends {
+    sinks: Arc<OnceLock<Vec<Sink>>>,
+    connected: Arc<Notify>,
+}
+
+impl Backends {
+    pub fn get(&self) -> Option<&[Sink]> {
+        self.sinks.get().map(Vec::as_slice)
+    }
+
+    /// Waits until the backends are connected; `None` when stopped first.
+    pub async fn wait(&self, stop: &CancellationToken) -> Option<&[Sink]> {
+        loop {
+            let connected = self.connected.notified();
+            if let Some(sinks) = self.get() {
+                return Some(sinks);
+            }
+            tokio::select! {
+                _ = connected => {}
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+
+    fn set(&self, sinks: Vec<Sink>) {
+        let _ = self.sinks.set(sinks);
+        self.connected.notify_waiters();
     }
 }
 
@@ -89,39 +129,79 @@ impl Storage {
         })
     }
 
-    /// Connects the configured backends (retrying while they are unreachable) and serves
-    /// StorageService until `stop`.
+    /// Serves StorageService until `stop`. Without a write-ahead buffer it first connects
+    /// the configured backends (retrying while they are unreachable); with one it serves at
+    /// once, buffering until they are connected.
     pub async fn start(self, stop: CancellationToken) -> Result<RunningStorage> {
         let Storage {
             config,
             metrics,
             ready,
         } = self;
+        let config = Arc::new(config);
         let settings = &config.storage;
-        let mut sinks = Vec::new();
-        if let Some(influx) = &settings.influx {
-            let sink = InfluxSink::new(influx)?;
-            retry_until_ready("influxdb", &stop, || sink.prepare()).await?;
-            sinks.push(Sink::Influx(sink));
+        // Settings that can never work (secrets, URLs) fail here, not in the background.
+        let influx = match &settings.influx {
+            Some(influx) => Some(InfluxSink::new(influx)?),
+            None => None,
+        };
+        let backends = Backends::default();
+        if settings.buffer.is_some() {
+            let backends = backends.clone();
+            let config = config.clone();
+            let stop = stop.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                match connect(&config, influx, &metrics, &stop).await {
+                    Ok(sinks) => {
+                        tracing::info!("backends connected");
+                        backends.set(sinks);
+                    }
+                    Err(error) => {
+                        if !stop.is_cancelled() {
+                            tracing::error!(%error, "cannot use the backends; batches stay in the write-ahead buffer");
+                        }
+                    }
+                }
+            });
+            // Accepting into the buffer is being ready.
+            ready.set(true);
+        } else {
+            backends.set(connect(&config, influx, &metrics, &stop).await?);
+            ready.set(true);
         }
-        if let Some(sql) = &settings.sql {
-            let sink = retry_until_ready("sql", &stop, || SqlSink::connect(sql)).await?;
-            retry_until_ready("sql", &stop, || {
-                sink.register_line(&config.line, &config.devices)
-            })
-            .await?;
-            sinks.push(Sink::Sql(sink));
-        }
-        ready.set(true);
-        // Every sink's series exist from the start, so dashboards show zeros, not gaps.
-        for sink in &sinks {
-            let labels = vec![("sink", sink.name().to_string())];
-            drop(metrics.samples_written.get_or_create(&labels));
-            drop(metrics.samples_rejected.get_or_create(&labels));
-            drop(metrics.retries.get_or_create(&labels));
-        }
-        serve(settings, sinks, metrics, stop).await
+        serve(settings, backends, metrics, stop).await
     }
+}
+
+/// Connects every configured backend, retrying while they are unreachable.
+async fn connect(
+    config: &LineConfig,
+    influx: Option<InfluxSink>,
+    metrics: &StorageMetrics,
+    stop: &CancellationToken,
+) -> Result<Vec<Sink>> {
+    let mut sinks = Vec::new();
+    if let Some(sink) = influx {
+        retry_until_ready("influxdb", stop, || sink.prepare()).await?;
+        sinks.push(Sink::Influx(Box::new(sink)));
+    }
+    if let Some(sql) = &config.storage.sql {
+        let sink = retry_until_ready("sql", stop, || SqlSink::connect(sql)).await?;
+        retry_until_ready("sql", stop, || {
+            sink.register_line(&config.line, &config.devices)
+        })
+        .await?;
+        sinks.push(Sink::Sql(sink));
+    }
+    // Every sink's series exist from the start, so dashboards show zeros, not gaps.
+    for sink in &sinks {
+        let labels = vec![("sink", sink.name().to_string())];
+        drop(metrics.samples_written.get_or_create(&labels));
+        drop(metrics.samples_rejected.get_or_create(&labels));
+        drop(metrics.retries.get_or_create(&labels));
+    }
+    Ok(sinks)
 }
 
 /// Connects the configured backends and serves StorageService until `stop`.
@@ -136,36 +216,63 @@ pub async fn start(
 
 async fn serve(
     settings: &fieldline_core::config::StorageSettings,
-    sinks: Vec<Sink>,
+    backends: Backends,
     metrics: StorageMetrics,
     stop: CancellationToken,
 ) -> Result<RunningStorage> {
-    let sinks = Arc::new(sinks);
     let buffer = match &settings.buffer {
         Some(config) => {
-            let buffer = Arc::new(Buffer::open(config, metrics.clone())?);
-            tokio::spawn(buffer.clone().replay(sinks.clone(), stop.clone()));
+            let buffer = Arc::new(Buffer::open(config, &settings.batch, metrics.clone())?);
+            tokio::spawn(buffer.clone().replay(backends.clone(), stop.clone()));
             Some(buffer)
         }
         None => None,
     };
+    let history = history_source(settings, &backends).map(Arc::new);
     let api = service::StorageApi {
-        sinks: sinks.clone(),
+        backends: backends.clone(),
         metrics,
         stop: stop.clone(),
         buffer,
+        batching: settings.batch,
+        history,
     };
     let router = tonic::transport::Server::builder().add_service(StorageServiceServer::new(api));
     let (grpc_addr, server) =
         fieldline_runtime::grpc::serve(settings.grpc_listen, router, "StorageService", stop)
             .await?;
-    let names: Vec<&str> = sinks.iter().map(Sink::name).collect();
-    tracing::info!(grpc = %grpc_addr, sinks = ?names, "storage started");
+    let names: Vec<&str> = backends
+        .get()
+        .unwrap_or_default()
+        .iter()
+        .map(Sink::name)
+        .collect();
+    tracing::info!(grpc = %grpc_addr, sinks = ?names, buffer = settings.buffer.is_some(), "storage started");
     Ok(RunningStorage {
         grpc_addr,
         server,
-        sinks,
+        backends,
     })
+}
+
+/// InfluxDB answers history when configured; otherwise the SQLite sample table does.
+fn history_source(
+    settings: &fieldline_core::config::StorageSettings,
+    backends: &Backends,
+) -> Option<history::HistorySource> {
+    if let Some(influx) = &settings.influx {
+        return match history::InfluxHistory::new(influx) {
+            Ok(h) => Some(history::HistorySource::Influx(h)),
+            Err(error) => {
+                tracing::error!(%error, "history queries are off");
+                None
+            }
+        };
+    }
+    let sql = settings.sql.as_ref()?;
+    sql.url
+        .starts_with("sqlite:")
+        .then(|| history::HistorySource::Sqlite(backends.clone()))
 }
 
 async fn retry_until_ready<T, F, Fut>(

@@ -1,5 +1,10 @@
 //! Storage metrics, exported on `/metrics`.
 
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
@@ -19,7 +24,13 @@ pub struct StorageMetrics {
     pub buffer_dropped: Counter,
     pub buffer_full_waits: Counter,
     pub buffer_replayed: Counter,
+    pub group_points: Histogram,
+    /// Refusal reasons already logged, so each is logged once.
+    logged: Arc<Mutex<HashSet<(&'static str, String)>>>,
 }
+
+/// Distinct refusal reasons remembered for logging once; beyond this every one is logged.
+const LOGGED_REASONS: usize = 10_000;
 
 fn write_histogram() -> Histogram {
     Histogram::new([
@@ -40,6 +51,10 @@ impl StorageMetrics {
             buffer_dropped: Counter::default(),
             buffer_full_waits: Counter::default(),
             buffer_replayed: Counter::default(),
+            group_points: Histogram::new([
+                1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
+            ]),
+            logged: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("fieldline_storage");
         r.register("batches", "Batches received, by result", m.batches.clone());
@@ -88,6 +103,26 @@ impl StorageMetrics {
             "Buffered batches written to the backends",
             m.buffer_replayed.clone(),
         );
+        r.register(
+            "write_group_samples",
+            "Samples per backend write after grouping received batches",
+            m.group_points.clone(),
+        );
         m
+    }
+
+    /// True the first time a sink refuses samples for `reason`.
+    pub fn first_time(&self, sink: &'static str, reason: &str) -> bool {
+        let mut logged = self
+            .logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if logged.contains(&(sink, reason.to_string())) {
+            return false;
+        }
+        if logged.len() < LOGGED_REASONS {
+            logged.insert((sink, reason.to_string()));
+        }
+        true
     }
 }

@@ -17,7 +17,7 @@ use std::{
 };
 
 /// Bytes of a record header: length and checksum.
-const HEADER: u64 = 8;
+pub const HEADER: u64 = 8;
 /// Largest payload accepted; anything longer in a file is corruption.
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 
@@ -202,15 +202,31 @@ impl Wal {
     }
 
     /// Bytes held on disk.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     pub fn used_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.len).sum()
     }
 
     /// Appends one record; it is durable (per the fsync policy) when this returns.
     pub fn append(&mut self, payload: &[u8]) -> Result<(), WalError> {
-        let size = HEADER + payload.len() as u64;
-        if payload.len() > MAX_RECORD as usize || size > self.max_bytes {
-            return Err(WalError::TooLarge(payload.len()));
+        self.append_many(&[payload])
+    }
+
+    /// Appends records with one fsync; they are durable (per the fsync policy) when this
+    /// returns. Room is made (or refused) for all of them before any is written.
+    pub fn append_many(&mut self, payloads: &[&[u8]]) -> Result<(), WalError> {
+        let mut size = 0u64;
+        for payload in payloads {
+            if payload.len() > MAX_RECORD as usize {
+                return Err(WalError::TooLarge(payload.len()));
+            }
+            size += HEADER + payload.len() as u64;
+        }
+        if size > self.max_bytes {
+            return Err(WalError::TooLarge(size as usize));
         }
         while self.used_bytes() + size > self.max_bytes {
             match self.when_full {
@@ -230,28 +246,68 @@ impl Wal {
                 }
             }
         }
-        if self
-            .segments
-            .back()
-            .is_some_and(|s| s.len > 0 && s.len + size > self.segment_bytes)
-        {
-            self.rotate()?;
+        for payload in payloads {
+            let size = HEADER + payload.len() as u64;
+            if self
+                .segments
+                .back()
+                .is_some_and(|s| s.len > 0 && s.len + size > self.segment_bytes)
+            {
+                self.sync()?;
+                self.rotate()?;
+            }
+            let mut record = Vec::with_capacity(size as usize);
+            record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            record.extend_from_slice(payload);
+            let path = self.current_path();
+            self.writer.write_all(&record).map_err(io(&path))?;
+            if let Some(s) = self.segments.back_mut() {
+                s.len += size;
+                s.records += 1;
+            }
+            self.pending += 1;
         }
-        let mut record = Vec::with_capacity(size as usize);
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        record.extend_from_slice(payload);
-        let path = self.current_path();
-        self.writer.write_all(&record).map_err(io(&path))?;
+        self.sync()
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
         if self.fsync == Fsync::Always {
+            let path = self.current_path();
             self.writer.sync_data().map_err(io(&path))?;
         }
-        if let Some(s) = self.segments.back_mut() {
-            s.len += size;
-            s.records += 1;
-        }
-        self.pending += 1;
         Ok(())
+    }
+
+    /// Up to `max_records` records to replay, at most about `max_bytes` of payload (always at
+    /// least one), and the position after the last, without consuming them.
+    pub fn peek_many(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, Position), WalError> {
+        let saved = self.read;
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = saved;
+        while records.len() < max_records.max(1) && (records.is_empty() || bytes < max_bytes) {
+            match self.peek()? {
+                Some((payload, after)) => {
+                    bytes += payload.len();
+                    records.push(payload);
+                    next = after;
+                    self.read = after;
+                }
+                None => break,
+            }
+        }
+        // Nothing is consumed until commit; only an advance past finished segments stays.
+        if records.is_empty() {
+            next = self.read;
+        } else {
+            self.read = saved;
+        }
+        Ok((records, next))
     }
 
     /// The next record to replay and the position after it, without consuming it.
@@ -292,8 +348,13 @@ impl Wal {
     /// Marks everything before `next` as replayed, persists the checkpoint and deletes
     /// segments that are done.
     pub fn commit(&mut self, next: Position) -> Result<(), WalError> {
+        self.commit_many(next, 1)
+    }
+
+    /// Marks `records` records, ending before `next`, as replayed.
+    pub fn commit_many(&mut self, next: Position, records: u64) -> Result<(), WalError> {
         self.read = next;
-        self.pending = self.pending.saturating_sub(1);
+        self.pending = self.pending.saturating_sub(records);
         write_checkpoint(&self.dir, next, self.fsync)?;
         while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.id < next.segment)
         {

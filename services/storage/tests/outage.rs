@@ -5,68 +5,12 @@
 
 use std::time::Duration;
 
-use fieldline_core::{Sample, SampleBatch, Value};
-use fieldline_proto::v1::{self, storage_service_client::StorageServiceClient};
+mod common;
+
+use common::{metrics, send};
 use fieldline_testkit::{self as kit, PrivateServer};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const BASE_NS: i64 = 1_700_000_000_000_000_000;
-
-fn batch(line: &str, i: i64) -> v1::IngestRequest {
-    let batch = SampleBatch {
-        line: line.into(),
-        device: "press".into(),
-        adapter_id: "test".into(),
-        sequence: u64::try_from(i + 1).unwrap_or(0),
-        samples: vec![Sample::good(
-            "count",
-            Value::I64(i),
-            BASE_NS + i * 1_000_000,
-        )],
-    };
-    v1::IngestRequest {
-        request_id: u64::try_from(i).unwrap_or(0),
-        batch: Some(batch.into()),
-    }
-}
-
-/// Sends batches `range` on one Ingest stream and waits until every one is acknowledged.
-async fn send(storage: &str, line: &str, range: std::ops::Range<i64>) -> anyhow::Result<()> {
-    let mut client = StorageServiceClient::connect(storage.to_string()).await?;
-    let (tx, rx) = mpsc::channel(64);
-    let mut acks = client.ingest(ReceiverStream::new(rx)).await?.into_inner();
-    let expected = range.clone().count();
-    let line = line.to_string();
-    tokio::spawn(async move {
-        for i in range {
-            if tx.send(batch(&line, i)).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut stored = 0;
-    while stored < expected {
-        let ack = tokio::time::timeout(Duration::from_secs(60), acks.message())
-            .await??
-            .ok_or_else(|| anyhow::anyhow!("ack stream ended"))?;
-        anyhow::ensure!(
-            ack.stored,
-            "batch {} refused: {}",
-            ack.request_id,
-            ack.detail
-        );
-        stored += 1;
-    }
-    Ok(())
-}
-
-async fn metrics(http: std::net::SocketAddr) -> String {
-    kit::http_get(&format!("http://{http}/metrics"))
-        .await
-        .map(|(_, body)| body)
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sample_arrives_exactly_once_through_outages_and_a_kill_during_replay()
@@ -83,11 +27,12 @@ async fn every_sample_arrives_exactly_once_through_outages_and_a_kill_during_rep
 
     let line = kit::unique("outage");
     let (grpc, http) = (kit::free_addr()?, kit::free_addr()?);
+    // Small write groups (batch.max_points) make the replay long enough to be interrupted.
     let config = dir.path().join("line.yaml");
     std::fs::write(
         &config,
         format!(
-            "line: {line}\nstorage:\n  grpc_listen: \"{grpc}\"\n  http_listen: \"{http}\"\n  influx: {{ url: \"http://127.0.0.1:{ip}\", database: fl, timeout: 2s }}\n  sql: {{ url: \"mysql://root@127.0.0.1:{mp}/test\" }}\n  buffer: {{ dir: \"{buf}\", max_size: 256MiB }}\ndevices:\n  - {{ name: press, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ {{ name: count, address: \"holding:0\", type: i64 }} ] }}\n",
+            "line: {line}\nstorage:\n  grpc_listen: \"{grpc}\"\n  http_listen: \"{http}\"\n  influx: {{ url: \"http://127.0.0.1:{ip}\", database: fl, timeout: 2s }}\n  sql: {{ url: \"mysql://root@127.0.0.1:{mp}/test\" }}\n  buffer: {{ dir: \"{buf}\", max_size: 256MiB }}\n  batch: {{ max_points: 5 }}\ndevices:\n  - {{ name: press, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ {{ name: count, address: \"holding:0\", type: i64 }} ] }}\n",
             ip = influx.port,
             mp = maria.port,
             buf = dir.path().join("buffer").display()
@@ -100,10 +45,10 @@ async fn every_sample_arrives_exactly_once_through_outages_and_a_kill_during_rep
     let storage = kit::ServiceProcess::start(binary, &args, http).await?;
 
     // 1. Both databases up: written directly.
-    send(&url, &line, 0..300).await?;
+    send(&url, &line, BASE_NS, 0..300).await?;
     // 2. InfluxDB down: storage keeps accepting, into its buffer.
     influx.kill().await;
-    send(&url, &line, 300..1800).await?;
+    send(&url, &line, BASE_NS, 300..1800).await?;
     let page = metrics(http).await;
     assert!(
         kit::metric_value(&page, "fieldline_storage_buffer_pending_batches ")
@@ -142,7 +87,7 @@ async fn every_sample_arrives_exactly_once_through_outages_and_a_kill_during_rep
     .await?;
     // 5. MariaDB down: buffered again, replayed when it is back.
     maria.kill().await;
-    send(&url, &line, 1800..2000).await?;
+    send(&url, &line, BASE_NS, 1800..2000).await?;
     maria.start().await?;
     kit::wait_for(
         Duration::from_secs(120),

@@ -5,6 +5,33 @@ pub mod influx;
 pub mod line_protocol;
 pub mod sql;
 
+/// FNV-1a: a fast hash for the short keys (tag names, timestamps) of one write, where
+/// SipHash's resistance to chosen keys buys nothing.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// A HashMap hashed with [`Fnv`].
+pub type FnvMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 use fieldline_core::SampleBatch;
 
 /// How a write failed.
@@ -31,16 +58,42 @@ impl SinkError {
     }
 }
 
-/// What a successful write left out.
+/// What a successful write left out: the samples the backend refused for good.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteReport {
-    pub rejected: usize,
-    pub detail: Vec<String>,
+    pub rejected: Vec<Rejection>,
+}
+
+/// Samples of one batch that a backend refused for good, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// Index of the batch in the write.
+    pub batch: usize,
+    /// Samples refused.
+    pub samples: usize,
+    /// What was refused (tags, a point) and the backend's reason.
+    pub reason: String,
+}
+
+impl WriteReport {
+    /// Samples refused in all.
+    pub fn rejected_samples(&self) -> usize {
+        self.rejected.iter().map(|r| r.samples).sum()
+    }
+
+    /// Samples refused from batch `index`.
+    pub fn rejected_in(&self, index: usize) -> usize {
+        self.rejected
+            .iter()
+            .filter(|r| r.batch == index)
+            .map(|r| r.samples)
+            .sum()
+    }
 }
 
 /// A configured backend.
 pub enum Sink {
-    Influx(influx::InfluxSink),
+    Influx(Box<influx::InfluxSink>),
     Sql(sql::SqlSink),
 }
 
@@ -55,10 +108,11 @@ impl Sink {
         }
     }
 
-    pub async fn write(&self, batch: &SampleBatch) -> Result<WriteReport, SinkError> {
+    /// Writes several batches as one backend write.
+    pub async fn write(&self, batches: &[SampleBatch]) -> Result<WriteReport, SinkError> {
         match self {
-            Sink::Influx(s) => s.write(batch).await,
-            Sink::Sql(s) => s.write(batch).await,
+            Sink::Influx(s) => s.write(batches).await,
+            Sink::Sql(s) => s.write(batches).await,
         }
     }
 }

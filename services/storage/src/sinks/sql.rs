@@ -5,7 +5,7 @@
 use std::{collections::HashSet, str::FromStr, sync::Mutex, time::Duration};
 
 use fieldline_core::{
-    Quality, SampleBatch, Value,
+    Quality, Sample, SampleBatch, Value,
     config::{DeviceConfig, SqlConfig},
 };
 use sqlx::{
@@ -14,13 +14,13 @@ use sqlx::{
     migrate::Migrator,
 };
 
-use super::{SinkError, WriteReport};
+use super::{FnvMap, SinkError, WriteReport};
 
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row INSERT; keeps statements well under placeholder limits.
-const ROWS_PER_STATEMENT: usize = 500;
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -169,41 +169,42 @@ impl SqlSink {
         Ok(())
     }
 
-    /// Stores the batch: latest values always, the samples themselves in SQLite.
-    pub async fn write(&self, batch: &SampleBatch) -> Result<WriteReport, SinkError> {
-        let key = (batch.line.clone(), batch.device.clone());
-        let known = self
-            .known_devices
-            .lock()
-            .map(|k| k.contains(&key))
-            .unwrap_or(false);
-        if !known {
-            // A device not in this service's configuration: record that it exists.
-            let sql = match self.dialect {
-                Dialect::MySql => {
-                    "INSERT IGNORE INTO devices (line, device, updated_ns) VALUES (?, ?, ?)"
+    /// Stores the batches in one transaction: latest values always, the samples themselves
+    /// in SQLite. Rows of all batches share multi-row statements.
+    pub async fn write(&self, batches: &[SampleBatch]) -> Result<WriteReport, SinkError> {
+        for batch in batches {
+            self.note_device(batch).await?;
+        }
+        let rows: Vec<(&SampleBatch, &Sample)> = batches
+            .iter()
+            .flat_map(|b| b.samples.iter().map(move |s| (b, s)))
+            .collect();
+        if rows.is_empty() {
+            return Ok(WriteReport::default());
+        }
+        // Only the newest sample of each tag can become its latest value: a group holding
+        // several polls upserts each tag once (later batches win ties).
+        let mut newest: FnvMap<(&str, &str, &str), usize> =
+            FnvMap::with_capacity_and_hasher(rows.len(), Default::default());
+        for (i, (b, s)) in rows.iter().enumerate() {
+            let key = (b.line.as_str(), b.device.as_str(), s.tag.as_str());
+            match newest.get_mut(&key) {
+                Some(held) if rows[*held].1.timestamp_ns > s.timestamp_ns => {}
+                Some(held) => *held = i,
+                None => {
+                    newest.insert(key, i);
                 }
-                Dialect::Sqlite => {
-                    "INSERT OR IGNORE INTO devices (line, device, updated_ns) VALUES (?, ?, ?)"
-                }
-            };
-            sqlx::query::<Any>(sql)
-                .bind(&batch.line)
-                .bind(&batch.device)
-                .bind(fieldline_runtime::now_ns())
-                .execute(&self.pool)
-                .await
-                .map_err(classify)?;
-            if let Ok(mut k) = self.known_devices.lock() {
-                k.insert(key);
             }
         }
+        let mut picked: Vec<usize> = newest.into_values().collect();
+        picked.sort_unstable();
+        let latest: Vec<(&SampleBatch, &Sample)> = picked.into_iter().map(|i| rows[i]).collect();
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        for chunk in batch.samples.chunks(ROWS_PER_STATEMENT) {
-            let rows = placeholders(chunk.len(), 9);
+        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+            let values = placeholders(chunk.len(), 9);
             let sql = match self.dialect {
                 Dialect::MySql => format!(
-                    "INSERT INTO latest_values (line, device, tag, value_type, value_text, value_num, quality, quality_detail, source_ns) VALUES {rows} \
+                    "INSERT INTO latest_values (line, device, tag, value_type, value_text, value_num, quality, quality_detail, source_ns) VALUES {values} \
                      ON DUPLICATE KEY UPDATE \
                      value_type = IF(VALUES(source_ns) >= source_ns, VALUES(value_type), value_type), \
                      value_text = IF(VALUES(source_ns) >= source_ns, VALUES(value_text), value_text), \
@@ -213,19 +214,20 @@ impl SqlSink {
                      source_ns = GREATEST(source_ns, VALUES(source_ns))"
                 ),
                 Dialect::Sqlite => format!(
-                    "INSERT INTO latest_values (line, device, tag, value_type, value_text, value_num, quality, quality_detail, source_ns) VALUES {rows} \
+                    "INSERT INTO latest_values (line, device, tag, value_type, value_text, value_num, quality, quality_detail, source_ns) VALUES {values} \
                      ON CONFLICT (line, device, tag) DO UPDATE SET value_type = excluded.value_type, value_text = excluded.value_text, \
                      value_num = excluded.value_num, quality = excluded.quality, quality_detail = excluded.quality_detail, source_ns = excluded.source_ns \
                      WHERE excluded.source_ns >= latest_values.source_ns"
                 ),
             };
+            // A stored value newer than this row stays (a replay never moves it back).
             // Built only from fixed text and `?` placeholders; every value is bound.
             let mut query = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
-            for s in chunk {
+            for (b, s) in chunk {
                 let (value_type, value_text, value_num) = columns(s.value.as_ref());
                 query = query
-                    .bind(&batch.line)
-                    .bind(&batch.device)
+                    .bind(&b.line)
+                    .bind(&b.device)
                     .bind(&s.tag)
                     .bind(value_type)
                     .bind(value_text)
@@ -235,18 +237,20 @@ impl SqlSink {
                     .bind(s.timestamp_ns);
             }
             query.execute(&mut *tx).await.map_err(classify)?;
-            if self.dialect == Dialect::Sqlite {
-                let rows = placeholders(chunk.len(), 8);
+        }
+        if self.dialect == Dialect::Sqlite {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let values = placeholders(chunk.len(), 8);
                 let sql = format!(
-                    "INSERT OR REPLACE INTO samples (line, device, tag, ts_ns, value_type, value_text, value_num, quality) VALUES {rows}"
+                    "INSERT OR REPLACE INTO samples (line, device, tag, ts_ns, value_type, value_text, value_num, quality) VALUES {values}"
                 );
                 // Built only from fixed text and `?` placeholders; every value is bound.
                 let mut query = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
-                for s in chunk {
+                for (b, s) in chunk {
                     let (value_type, value_text, value_num) = columns(s.value.as_ref());
                     query = query
-                        .bind(&batch.line)
-                        .bind(&batch.device)
+                        .bind(&b.line)
+                        .bind(&b.device)
                         .bind(&s.tag)
                         .bind(s.timestamp_ns)
                         .bind(value_type)
@@ -261,12 +265,44 @@ impl SqlSink {
         Ok(WriteReport::default())
     }
 
+    /// Records a device this service's configuration does not name, the first time it sends.
+    async fn note_device(&self, batch: &SampleBatch) -> Result<(), SinkError> {
+        let key = (batch.line.clone(), batch.device.clone());
+        let known = self
+            .known_devices
+            .lock()
+            .map(|k| k.contains(&key))
+            .unwrap_or(false);
+        if known {
+            return Ok(());
+        }
+        let sql = match self.dialect {
+            Dialect::MySql => {
+                "INSERT IGNORE INTO devices (line, device, updated_ns) VALUES (?, ?, ?)"
+            }
+            Dialect::Sqlite => {
+                "INSERT OR IGNORE INTO devices (line, device, updated_ns) VALUES (?, ?, ?)"
+            }
+        };
+        sqlx::query::<Any>(sql)
+            .bind(&batch.line)
+            .bind(&batch.device)
+            .bind(fieldline_runtime::now_ns())
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        if let Ok(mut k) = self.known_devices.lock() {
+            k.insert(key);
+        }
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
 
-fn placeholders(rows: usize, columns: usize) -> String {
+pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     vec![row; rows].join(", ")
 }
@@ -299,15 +335,29 @@ fn quality_detail(q: &Quality) -> String {
 }
 
 /// Database errors about the data itself are permanent; everything else (connection lost,
-/// pool exhausted, deadlock, lock wait) is worth retrying.
-fn classify(e: sqlx::Error) -> SinkError {
+/// server shutting down, pool exhausted, deadlock, lock wait, disk full) is worth retrying.
+pub fn classify(e: sqlx::Error) -> SinkError {
     match &e {
         sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            if matches!(
-                code.as_str(),
-                "1205" | "1213" | "40001" | "HY000" | "5" | "6"
-            ) {
+            let transient =
+                if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                    // MySQL/MariaDB error numbers: lock wait timeout, deadlock, too many
+                    // connections, server shutdown, connection killed, out of disk or memory,
+                    // read-only server.
+                    matches!(
+                        my.number(),
+                        1205 | 1213 | 1040 | 1053 | 1927 | 1021 | 1037 | 1038 | 1041 | 1290 | 1836
+                    ) || my
+                        .code()
+                        .is_some_and(|c| c.starts_with("08") || c == "40001")
+                } else {
+                    // SQLite result codes, with extended codes in the high bits: busy, locked,
+                    // I/O error, disk full.
+                    db.code()
+                        .and_then(|c| c.parse::<u32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13))
+                };
+            if transient {
                 SinkError::Transient(format!("database busy: {e}"))
             } else {
                 SinkError::Permanent(format!("database refused the write: {e}"))
@@ -380,7 +430,7 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fieldline_core::{QualityReason, Sample};
+    use fieldline_core::QualityReason;
 
     #[test]
     fn passwords_go_into_the_url_encoded_and_never_into_messages() {
@@ -426,9 +476,13 @@ mod tests {
                 Sample::bad("x", Quality::bad(QualityReason::CommFailure, "timeout"), ts),
             ],
         };
-        sink.write(&batch(200, 2.0)).await.unwrap();
-        sink.write(&batch(200, 2.0)).await.unwrap();
-        sink.write(&batch(100, 1.0)).await.unwrap();
+        sink.write(&[batch(200, 2.0)]).await.unwrap();
+        sink.write(&[batch(200, 2.0)]).await.unwrap();
+        sink.write(&[batch(100, 1.0)]).await.unwrap();
+        // Several batches in one write: the newest of each tag wins whatever the order.
+        sink.write(&[batch(300, 3.0), batch(250, 2.5)])
+            .await
+            .unwrap();
         let (text, ts): (String, i64) =
             sqlx::query_as("SELECT value_text, source_ns FROM latest_values WHERE tag = 't'")
                 .fetch_one(sink.pool())
@@ -436,14 +490,14 @@ mod tests {
                 .unwrap();
         assert_eq!(
             (text.as_str(), ts),
-            ("2", 200),
-            "an older replay must not overwrite the latest value"
+            ("3", 300),
+            "an older sample must not overwrite the latest value"
         );
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM samples")
             .fetch_one(sink.pool())
             .await
             .unwrap();
-        assert_eq!(count, 4, "two tags at two timestamps, replays replaced");
+        assert_eq!(count, 8, "two tags at four timestamps, replays replaced");
         let (q, v): (String, Option<String>) =
             sqlx::query_as("SELECT quality, value_text FROM latest_values WHERE tag = 'x'")
                 .fetch_one(sink.pool())

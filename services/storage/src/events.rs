@@ -1,0 +1,1531 @@
+//! Plant data beside the samples: alarm transitions and the current state of every alarm
+//! (ISA-18.2), the audit of every write request, and production counters and events for the
+//! MES. The processor keeps its alarm and control state here, so a restart, or another
+//! instance taking the line over, neither loses nor re-raises an alarm.
+//!
+//! One code path for MySQL/MariaDB and SQLite. Every write takes a slice of rows, checks all
+//! of them before touching the database (a refused row refuses the whole call, nothing is
+//! written), and stores them in one transaction with multi-row INSERTs whose unique keys make
+//! a replay change nothing. Rows that carry a state (alarm state, command result, counter
+//! value) never move back to an older one.
+
+use std::{fmt, ops::Range};
+
+use fieldline_core::{Value, config::SqlConfig};
+use fieldline_proto::v1;
+use sqlx::{
+    Any, AnyConnection, AnyPool, AssertSqlSafe, Row,
+    any::{AnyArguments, AnyRow},
+};
+
+use crate::sinks::{
+    SinkError,
+    sql::{Dialect, ROWS_PER_STATEMENT, SqlSink, classify, columns, placeholders},
+};
+
+/// Longest line, device, tag, counter and alarm kind name (the `VARCHAR(63)` columns).
+pub const NAME_MAX: usize = 63;
+/// Longest alarm, command and event id, person and source (the `VARCHAR(128)` columns).
+pub const ID_MAX: usize = 128;
+/// Longest free text (messages, comments, reasons, details, string values): what a MySQL
+/// `TEXT` column holds in utf8mb4.
+pub const TEXT_MAX: usize = 16_383;
+/// Rows a read returns when the query does not say otherwise.
+pub const DEFAULT_LIMIT: u32 = 1000;
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, AnyArguments>;
+
+/// The state of an alarm (ISA-18.2), as in `fieldline.v1.AlarmState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlarmState {
+    /// Not active, nothing to acknowledge.
+    Normal,
+    /// Active and not yet acknowledged.
+    UnackedActive,
+    /// Active and acknowledged.
+    AckedActive,
+    /// Returned to normal before anyone acknowledged it.
+    ReturnedUnacked,
+    /// Hidden from operators by a person until a time (`shelved_until_ns`).
+    Shelved,
+    /// Taken out of service (maintenance, a broken instrument).
+    OutOfService,
+}
+
+impl AlarmState {
+    pub const ALL: [AlarmState; 6] = [
+        AlarmState::Normal,
+        AlarmState::UnackedActive,
+        AlarmState::AckedActive,
+        AlarmState::ReturnedUnacked,
+        AlarmState::Shelved,
+        AlarmState::OutOfService,
+    ];
+
+    /// The name stored in the database.
+    pub fn code(self) -> &'static str {
+        match self {
+            AlarmState::Normal => "normal",
+            AlarmState::UnackedActive => "unacked_active",
+            AlarmState::AckedActive => "acked_active",
+            AlarmState::ReturnedUnacked => "returned_unacked",
+            AlarmState::Shelved => "shelved",
+            AlarmState::OutOfService => "out_of_service",
+        }
+    }
+
+    /// The value of a stored name; `None` for a name this version does not know.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// Whether the alarm condition is present and whether it is acknowledged, for the states
+    /// that say so; shelved and out-of-service alarms keep their condition beside the state.
+    pub fn implied_flags(self) -> Option<(bool, bool)> {
+        match self {
+            AlarmState::Normal => Some((false, true)),
+            AlarmState::UnackedActive => Some((true, false)),
+            AlarmState::AckedActive => Some((true, true)),
+            AlarmState::ReturnedUnacked => Some((false, false)),
+            AlarmState::Shelved | AlarmState::OutOfService => None,
+        }
+    }
+}
+
+impl fmt::Display for AlarmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl From<AlarmState> for v1::AlarmState {
+    fn from(s: AlarmState) -> Self {
+        match s {
+            AlarmState::Normal => v1::AlarmState::Normal,
+            AlarmState::UnackedActive => v1::AlarmState::UnackedActive,
+            AlarmState::AckedActive => v1::AlarmState::AckedActive,
+            AlarmState::ReturnedUnacked => v1::AlarmState::ReturnedUnacked,
+            AlarmState::Shelved => v1::AlarmState::Shelved,
+            AlarmState::OutOfService => v1::AlarmState::OutOfService,
+        }
+    }
+}
+
+impl TryFrom<v1::AlarmState> for AlarmState {
+    type Error = String;
+
+    fn try_from(s: v1::AlarmState) -> Result<Self, String> {
+        match s {
+            v1::AlarmState::Unspecified => Err("alarm state is unspecified".into()),
+            v1::AlarmState::Normal => Ok(AlarmState::Normal),
+            v1::AlarmState::UnackedActive => Ok(AlarmState::UnackedActive),
+            v1::AlarmState::AckedActive => Ok(AlarmState::AckedActive),
+            v1::AlarmState::ReturnedUnacked => Ok(AlarmState::ReturnedUnacked),
+            v1::AlarmState::Shelved => Ok(AlarmState::Shelved),
+            v1::AlarmState::OutOfService => Ok(AlarmState::OutOfService),
+        }
+    }
+}
+
+/// One transition of one alarm, as in `fieldline.v1.AlarmEvent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmEvent {
+    pub line: String,
+    /// The alarm, unique within the line.
+    pub alarm_id: String,
+    /// Number of this transition of this alarm; the processor continues from
+    /// [`AlarmStatus::last_seq`] after a restart. With `line` and `alarm_id` the unique key:
+    /// an event whose key is stored already is left out, whatever it says.
+    pub seq: u64,
+    pub device: String,
+    pub tag: String,
+    /// e.g. "hihi", "hi", "lo", "lolo", "rate", "deviation", "discrete", "bad_quality".
+    pub kind: String,
+    pub priority: u32,
+    pub from_state: AlarmState,
+    pub to_state: AlarmState,
+    /// The value that caused the transition; none for bad-quality alarms and operator actions.
+    pub value: Option<Value>,
+    /// The limit the value crossed, for limit alarms.
+    pub limit: Option<f64>,
+    pub message: String,
+    /// Who acknowledged, shelved or took the alarm out of service; empty when no person did.
+    pub user: String,
+    /// The person's comment, if any.
+    pub comment: String,
+    /// Until when a shelved alarm stays shelved (ns since epoch); set exactly when `to_state`
+    /// is [`AlarmState::Shelved`].
+    pub shelved_until_ns: Option<i64>,
+    /// When the transition happened, ns since epoch.
+    pub timestamp_ns: i64,
+}
+
+/// The current state of one alarm: what the processor saves after each transition and loads
+/// at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmStatus {
+    pub line: String,
+    pub alarm_id: String,
+    pub device: String,
+    pub tag: String,
+    pub kind: String,
+    pub priority: u32,
+    pub state: AlarmState,
+    /// The alarm condition is present. Must agree with `state` unless the alarm is shelved or
+    /// out of service, where it says what the alarm returns to.
+    pub active: bool,
+    /// The last activation has been acknowledged. Same rule as `active`.
+    pub acked: bool,
+    /// Until when the alarm stays shelved; set exactly when `state` is [`AlarmState::Shelved`].
+    pub shelved_until_ns: Option<i64>,
+    /// The value at the last transition.
+    pub value: Option<Value>,
+    pub message: String,
+    /// `seq` of the transition that produced this state. A save with a lower `last_seq` than
+    /// the stored one changes nothing, so a replayed older state never wins.
+    pub last_seq: u64,
+    /// When the last transition happened, ns since epoch.
+    pub changed_ns: i64,
+    /// The alarm machine's own persisted form (JSON), from which it resumes exactly.
+    pub snapshot: Option<String>,
+}
+
+impl AlarmStatus {
+    /// The alarm is out of service (its state says so; there is no separate flag).
+    pub fn out_of_service(&self) -> bool {
+        self.state == AlarmState::OutOfService
+    }
+}
+
+/// Where a write request stands. Later stages replace earlier ones, never the reverse; the
+/// first final status recorded stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandStatus {
+    /// Received, not yet checked.
+    Requested,
+    /// Passed the safety checks (writable, limits, deadline); about to be written.
+    Accepted,
+    /// The device took the write; the read-back is pending or the device cannot be read back.
+    Written,
+    /// Written and read back equal to the requested value.
+    Verified,
+    /// Refused before anything was sent to the device; see `rejected_by`.
+    Rejected,
+    /// Sent, but the device refused it or the transport failed.
+    Failed,
+    /// Written, but the value read back differs from the value requested.
+    ReadbackMismatch,
+}
+
+impl CommandStatus {
+    pub const ALL: [CommandStatus; 7] = [
+        CommandStatus::Requested,
+        CommandStatus::Accepted,
+        CommandStatus::Written,
+        CommandStatus::Verified,
+        CommandStatus::Rejected,
+        CommandStatus::Failed,
+        CommandStatus::ReadbackMismatch,
+    ];
+
+    /// The name stored in the database (the adapter's outcome names where they overlap).
+    pub fn code(self) -> &'static str {
+        match self {
+            CommandStatus::Requested => "requested",
+            CommandStatus::Accepted => "accepted",
+            CommandStatus::Written => "written",
+            CommandStatus::Verified => "verified",
+            CommandStatus::Rejected => "rejected",
+            CommandStatus::Failed => "failed",
+            CommandStatus::ReadbackMismatch => "readback_mismatch",
+        }
+    }
+
+    /// The value of a stored name; `None` for a name this version does not know.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// Order of the stages: 0 requested, 1 accepted, 2 written, 3 final.
+    pub fn stage(self) -> i16 {
+        match self {
+            CommandStatus::Requested => 0,
+            CommandStatus::Accepted => 1,
+            CommandStatus::Written => 2,
+            CommandStatus::Verified
+            | CommandStatus::Rejected
+            | CommandStatus::Failed
+            | CommandStatus::ReadbackMismatch => 3,
+        }
+    }
+
+    /// No later stage can follow.
+    pub fn is_final(self) -> bool {
+        self.stage() == 3
+    }
+}
+
+impl fmt::Display for CommandStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl From<CommandStatus> for v1::CommandStatus {
+    /// The result a `CommandResult` reports; a request still under way has none.
+    fn from(s: CommandStatus) -> Self {
+        match s {
+            CommandStatus::Requested | CommandStatus::Accepted => v1::CommandStatus::Unspecified,
+            CommandStatus::Written | CommandStatus::Verified => v1::CommandStatus::Written,
+            CommandStatus::Rejected => v1::CommandStatus::Rejected,
+            CommandStatus::Failed => v1::CommandStatus::Failed,
+            CommandStatus::ReadbackMismatch => v1::CommandStatus::ReadbackMismatch,
+        }
+    }
+}
+
+/// One write request and, once known, its result. Recorded when the request arrives and
+/// again at each later stage under the same `command_id`; it stays one row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandAudit {
+    /// The command's idempotency key.
+    pub command_id: String,
+    pub line: String,
+    pub device: String,
+    pub tag: String,
+    /// The value requested.
+    pub value: Value,
+    /// What asked for the write: a control rule's name or "mes".
+    pub source: String,
+    /// The person or system on whose behalf it was asked.
+    pub requested_by: String,
+    pub reason: String,
+    /// Latest time the write may still be performed (ns since epoch); 0 means no deadline.
+    pub deadline_ns: i64,
+    /// When the request arrived, ns since epoch.
+    pub requested_ns: i64,
+    pub status: CommandStatus,
+    /// Which check refused the command, e.g. "not_writable", "max", "deadline".
+    pub rejected_by: Option<String>,
+    /// The tag's value read before the write.
+    pub old_value: Option<Value>,
+    /// The value read back after the write.
+    pub read_back: Option<Value>,
+    pub detail: Option<String>,
+    /// When the current status was reached, ns since epoch; none while only requested.
+    pub finished_ns: Option<i64>,
+}
+
+/// What a production event marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProductionEventKind {
+    /// `code` is the shift's name.
+    ShiftStart,
+    ShiftEnd,
+    /// `code` is the order number.
+    OrderStart,
+    OrderEnd,
+    /// The line or device stopped; `code` is the stop reason when known.
+    StopStart,
+    StopEnd,
+}
+
+impl ProductionEventKind {
+    pub const ALL: [ProductionEventKind; 6] = [
+        ProductionEventKind::ShiftStart,
+        ProductionEventKind::ShiftEnd,
+        ProductionEventKind::OrderStart,
+        ProductionEventKind::OrderEnd,
+        ProductionEventKind::StopStart,
+        ProductionEventKind::StopEnd,
+    ];
+
+    /// The name stored in the database.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProductionEventKind::ShiftStart => "shift_start",
+            ProductionEventKind::ShiftEnd => "shift_end",
+            ProductionEventKind::OrderStart => "order_start",
+            ProductionEventKind::OrderEnd => "order_end",
+            ProductionEventKind::StopStart => "stop_start",
+            ProductionEventKind::StopEnd => "stop_end",
+        }
+    }
+
+    /// The value of a stored name; `None` for a name this version does not know.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+impl fmt::Display for ProductionEventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A discrete production event. The first row stored under an `event_id` stays; a later one
+/// with the same id is left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductionEvent {
+    pub line: String,
+    /// Unique within the line.
+    pub event_id: String,
+    /// The device the event is about; empty for the whole line.
+    pub device: String,
+    pub kind: ProductionEventKind,
+    /// Shift name, order number or stop reason, by `kind`.
+    pub code: String,
+    pub detail: String,
+    /// Who entered the event; empty when it was detected automatically.
+    pub user: String,
+    pub timestamp_ns: i64,
+}
+
+/// A counter's value over one period (units produced, good count, runtime or downtime
+/// seconds). Keyed by line, device, counter and period start; the value computed last
+/// (`as_of_ns`) wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductionCounter {
+    pub line: String,
+    pub device: String,
+    /// e.g. "units", "good", "runtime_s", "downtime_s".
+    pub counter: String,
+    /// Start of the period, ns since epoch.
+    pub period_start_ns: i64,
+    /// Length of the period in ns; 0 for a reading at `period_start_ns`.
+    pub period_ns: i64,
+    pub value: f64,
+    /// When the value was computed, ns since epoch. A value of the same period computed
+    /// earlier never replaces it.
+    pub as_of_ns: i64,
+}
+
+/// Alarm transitions of a line, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmEventQuery {
+    pub line: String,
+    /// Only this alarm.
+    pub alarm_id: Option<String>,
+    /// Transition times, start inclusive, end exclusive.
+    pub time: Range<i64>,
+    pub limit: u32,
+}
+
+impl AlarmEventQuery {
+    pub fn new(line: impl Into<String>, time: Range<i64>) -> Self {
+        Self {
+            line: line.into(),
+            alarm_id: None,
+            time,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// Audited write requests of a line, newest request first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditQuery {
+    pub line: String,
+    pub device: Option<String>,
+    pub tag: Option<String>,
+    /// Request times, start inclusive, end exclusive.
+    pub time: Range<i64>,
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    pub fn new(line: impl Into<String>, time: Range<i64>) -> Self {
+        Self {
+            line: line.into(),
+            device: None,
+            tag: None,
+            time,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// Counter values of a line, oldest period first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CounterQuery {
+    pub line: String,
+    pub device: Option<String>,
+    pub counter: Option<String>,
+    /// Period starts, start inclusive, end exclusive.
+    pub time: Range<i64>,
+    pub limit: u32,
+}
+
+impl CounterQuery {
+    pub fn new(line: impl Into<String>, time: Range<i64>) -> Self {
+        Self {
+            line: line.into(),
+            device: None,
+            counter: None,
+            time,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// Production events of a line, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductionEventQuery {
+    pub line: String,
+    /// Only events of this device ("" for the line's own events).
+    pub device: Option<String>,
+    pub kind: Option<ProductionEventKind>,
+    /// Event times, start inclusive, end exclusive.
+    pub time: Range<i64>,
+    pub limit: u32,
+}
+
+impl ProductionEventQuery {
+    pub fn new(line: impl Into<String>, time: Range<i64>) -> Self {
+        Self {
+            line: line.into(),
+            device: None,
+            kind: None,
+            time,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// The plant-data tables of a MySQL/MariaDB or SQLite database.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl EventStore {
+    /// Uses the database of a connected SQL sink (migrations are applied already).
+    pub fn new(sink: &SqlSink) -> Self {
+        Self {
+            pool: sink.pool().clone(),
+            dialect: sink.dialect(),
+        }
+    }
+
+    /// Connects and applies migrations. Fails (transiently) while the server is unreachable.
+    pub async fn connect(config: &SqlConfig) -> Result<Self, SinkError> {
+        Ok(Self::new(&SqlSink::connect(config).await?))
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Stores alarm transitions; those already stored (same line, alarm and seq) are left out.
+    pub async fn record_alarm_events(&self, events: &[AlarmEvent]) -> Result<(), SinkError> {
+        self.record_alarm_transitions(events, &[]).await
+    }
+
+    /// Saves the current state of alarms; a state older than the stored one (lower
+    /// `last_seq`) changes nothing.
+    pub async fn save_alarm_states(&self, states: &[AlarmStatus]) -> Result<(), SinkError> {
+        self.record_alarm_transitions(&[], states).await
+    }
+
+    /// Stores transitions and the states they led to in one transaction, so the history and
+    /// the state a restart loads always agree.
+    pub async fn record_alarm_transitions(
+        &self,
+        events: &[AlarmEvent],
+        states: &[AlarmStatus],
+    ) -> Result<(), SinkError> {
+        check_all(events)?;
+        check_all(states)?;
+        if events.is_empty() && states.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        self.insert(&mut tx, events).await?;
+        self.insert(&mut tx, states).await?;
+        tx.commit().await.map_err(classify)
+    }
+
+    /// Records write requests and their results, one row per `command_id`. A record at a later
+    /// stage than the stored one fills in the result (fields it leaves empty keep what is
+    /// stored); one at the same or an earlier stage changes nothing. The request fields are
+    /// those of the first record.
+    pub async fn record_commands(&self, commands: &[CommandAudit]) -> Result<(), SinkError> {
+        self.write(commands).await
+    }
+
+    /// Stores counter values; a value computed earlier than the stored one (`as_of_ns`) for
+    /// the same period changes nothing.
+    pub async fn record_counters(&self, counters: &[ProductionCounter]) -> Result<(), SinkError> {
+        self.write(counters).await
+    }
+
+    /// Stores production events; those already stored (same line and event id) are left out.
+    pub async fn record_production_events(
+        &self,
+        events: &[ProductionEvent],
+    ) -> Result<(), SinkError> {
+        self.write(events).await
+    }
+
+    /// The current state of every alarm of a line, by alarm id.
+    pub async fn load_alarm_states(&self, line: &str) -> Result<Vec<AlarmStatus>, SinkError> {
+        let sql = format!(
+            "SELECT {} FROM alarm_state WHERE line = ? ORDER BY alarm_id",
+            AlarmStatus::COLUMNS.join(", ")
+        );
+        let rows = sqlx::query::<Any>(AssertSqlSafe(sql))
+            .bind(line)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(AlarmStatus::from_row).collect()
+    }
+
+    /// Alarm transitions, newest first (then by alarm id and seq, descending).
+    pub async fn alarm_events(&self, q: &AlarmEventQuery) -> Result<Vec<AlarmEvent>, SinkError> {
+        let mut filter = Filter::new(&q.line, "ts_ns", &q.time);
+        filter.eq("alarm_id", q.alarm_id.as_deref());
+        self.select(filter, "ts_ns DESC, alarm_id DESC, seq DESC", q.limit)
+            .await
+    }
+
+    /// Audit rows, newest request first (then by command id, descending).
+    pub async fn command_audit(&self, q: &AuditQuery) -> Result<Vec<CommandAudit>, SinkError> {
+        let mut filter = Filter::new(&q.line, "requested_ns", &q.time);
+        filter.eq("device", q.device.as_deref());
+        filter.eq("tag", q.tag.as_deref());
+        self.select(filter, "requested_ns DESC, command_id DESC", q.limit)
+            .await
+    }
+
+    /// Counter values, oldest period first (then by device and counter).
+    pub async fn production_counters(
+        &self,
+        q: &CounterQuery,
+    ) -> Result<Vec<ProductionCounter>, SinkError> {
+        let mut filter = Filter::new(&q.line, "period_start_ns", &q.time);
+        filter.eq("device", q.device.as_deref());
+        filter.eq("counter", q.counter.as_deref());
+        self.select(filter, "period_start_ns, device, counter", q.limit)
+            .await
+    }
+
+    /// Production events, oldest first (then by event id).
+    pub async fn production_events(
+        &self,
+        q: &ProductionEventQuery,
+    ) -> Result<Vec<ProductionEvent>, SinkError> {
+        let mut filter = Filter::new(&q.line, "ts_ns", &q.time);
+        filter.eq("device", q.device.as_deref());
+        filter.eq("kind", q.kind.map(ProductionEventKind::code));
+        self.select(filter, "ts_ns, event_id", q.limit).await
+    }
+
+    async fn write<T: Record>(&self, rows: &[T]) -> Result<(), SinkError> {
+        check_all(rows)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        self.insert(&mut tx, rows).await?;
+        tx.commit().await.map_err(classify)
+    }
+
+    /// Multi-row upserts of checked rows, in chunks.
+    async fn insert<T: Record>(
+        &self,
+        conn: &mut AnyConnection,
+        rows: &[T],
+    ) -> Result<(), SinkError> {
+        let on_conflict = T::on_conflict(self.dialect);
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO {} ({}) VALUES {}{on_conflict}",
+                T::TABLE,
+                T::COLUMNS.join(", "),
+                placeholders(chunk.len(), T::COLUMNS.len()),
+            );
+            // Built only from fixed names and `?` placeholders; every value is bound.
+            let mut query = sqlx::query::<Any>(AssertSqlSafe(sql));
+            for row in chunk {
+                query = row.bind(query);
+            }
+            query.execute(&mut *conn).await.map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    async fn select<T: Record>(
+        &self,
+        filter: Filter<'_>,
+        order: &str,
+        limit: u32,
+    ) -> Result<Vec<T>, SinkError> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {order} LIMIT ?",
+            T::COLUMNS.join(", "),
+            T::TABLE,
+            filter.conditions.join(" AND "),
+        );
+        // Built only from fixed names and `?` placeholders; every value is bound.
+        let mut query = sqlx::query::<Any>(AssertSqlSafe(sql));
+        for value in filter.values {
+            query = match value {
+                Param::Text(s) => query.bind(s),
+                Param::Int(i) => query.bind(i),
+            };
+        }
+        let rows = query
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(T::from_row).collect()
+    }
+}
+
+/// `WHERE` conditions of a read: fixed column names, values bound.
+struct Filter<'a> {
+    conditions: Vec<String>,
+    values: Vec<Param<'a>>,
+}
+
+enum Param<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl<'a> Filter<'a> {
+    fn new(line: &'a str, time_column: &'static str, time: &Range<i64>) -> Self {
+        Self {
+            conditions: vec![
+                "line = ?".into(),
+                format!("{time_column} >= ?"),
+                format!("{time_column} < ?"),
+            ],
+            values: vec![
+                Param::Text(line),
+                Param::Int(time.start),
+                Param::Int(time.end),
+            ],
+        }
+    }
+
+    fn eq(&mut self, column: &'static str, value: Option<&'a str>) {
+        if let Some(v) = value {
+            self.conditions.push(format!("{column} = ?"));
+            self.values.push(Param::Text(v));
+        }
+    }
+}
+
+/// A row type of one table: how it is checked, bound, upserted and read back.
+trait Record: Sized {
+    const TABLE: &'static str;
+    /// Columns in bind order.
+    const COLUMNS: &'static [&'static str];
+    /// What to do when the unique key is stored already, after `VALUES (…)`.
+    fn on_conflict(dialect: Dialect) -> String;
+    /// Names the row in messages.
+    fn describe(&self, index: usize) -> String;
+    /// Every problem the database would refuse, or silently truncate, found before writing.
+    fn check(&self, at: &Place) -> Result<(), SinkError>;
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q>;
+    fn from_row(row: &AnyRow) -> Result<Self, SinkError>;
+}
+
+fn check_all<T: Record>(rows: &[T]) -> Result<(), SinkError> {
+    for (index, row) in rows.iter().enumerate() {
+        row.check(&Place(row.describe(index)))?;
+    }
+    Ok(())
+}
+
+/// Where in a write a problem is, e.g. `alarm event 3 ("line-1", alarm "tank-hi", seq 7)`.
+struct Place(String);
+
+impl Place {
+    fn refuse(&self, what: impl fmt::Display) -> SinkError {
+        SinkError::Permanent(format!("{}: {what}", self.0))
+    }
+
+    /// A key or name: not empty, at most `max` characters, no surrounding spaces or control
+    /// characters (MySQL ignores trailing spaces in comparisons, SQLite does not).
+    fn key(&self, field: &str, value: &str, max: usize) -> Result<(), SinkError> {
+        if value.is_empty() {
+            return Err(self.refuse(format_args!("{field} must not be empty")));
+        }
+        self.name(field, value, max)
+    }
+
+    /// Like [`Place::key`] but may be empty.
+    fn name(&self, field: &str, value: &str, max: usize) -> Result<(), SinkError> {
+        self.text(field, value, max)?;
+        if value.trim() != value || value.chars().any(char::is_control) {
+            return Err(self.refuse(format_args!(
+                "{field} {} has surrounding spaces or control characters",
+                shown(value)
+            )));
+        }
+        Ok(())
+    }
+
+    fn text(&self, field: &str, value: &str, max: usize) -> Result<(), SinkError> {
+        let len = value.chars().count();
+        if len > max {
+            return Err(self.refuse(format_args!(
+                "{field} {} is {len} characters long, at most {max} are allowed",
+                shown(value)
+            )));
+        }
+        Ok(())
+    }
+
+    fn value(&self, field: &str, value: Option<&Value>) -> Result<(), SinkError> {
+        match value {
+            Some(Value::String(s)) => self.text(field, s, TEXT_MAX),
+            _ => Ok(()),
+        }
+    }
+
+    fn finite(&self, field: &str, value: Option<f64>) -> Result<(), SinkError> {
+        match value {
+            Some(v) if !v.is_finite() => Err(self.refuse(format_args!(
+                "{field} is {v}, only finite numbers are stored"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn seq(&self, field: &str, value: u64) -> Result<(), SinkError> {
+        if i64::try_from(value).is_err() {
+            return Err(self.refuse(format_args!(
+                "{field} {value} is above the largest storable {}",
+                i64::MAX
+            )));
+        }
+        Ok(())
+    }
+
+    fn shelving(&self, state: AlarmState, until: Option<i64>) -> Result<(), SinkError> {
+        match (state == AlarmState::Shelved, until) {
+            (true, None) => Err(self.refuse("a shelved alarm needs shelved_until_ns")),
+            (false, Some(_)) => Err(self.refuse(format_args!(
+                "shelved_until_ns is set but the state is {state}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The start of a value for a message, so a refused megabyte is not repeated in the log.
+fn shown(value: &str) -> String {
+    const SHOWN: usize = 40;
+    if value.chars().count() > SHOWN {
+        let start: String = value.chars().take(SHOWN).collect();
+        format!("{start:?}…")
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// A u64 checked by [`Place::seq`].
+fn stored_seq(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// `INSERT … ON DUPLICATE KEY UPDATE`/`ON CONFLICT` that keeps the stored row.
+fn keep_stored(dialect: Dialect, key: &[&str]) -> String {
+    match dialect {
+        Dialect::MySql => format!(" ON DUPLICATE KEY UPDATE {0} = {0}", key[0]),
+        Dialect::Sqlite => format!(" ON CONFLICT ({}) DO NOTHING", key.join(", ")),
+    }
+}
+
+/// An upsert that replaces the stored row only with one whose `order` column is at least as
+/// high. MySQL applies the assignments left to right, so `order` is assigned last and every
+/// condition before it still sees the stored value.
+fn newer_wins(
+    dialect: Dialect,
+    table: &str,
+    key: &[&str],
+    columns: &[&str],
+    order: &str,
+) -> String {
+    let updated = columns.iter().filter(|c| !key.contains(c) && **c != order);
+    match dialect {
+        Dialect::MySql => {
+            let mut sets: Vec<String> = updated
+                .map(|c| format!("{c} = IF(VALUES({order}) >= {order}, VALUES({c}), {c})"))
+                .collect();
+            sets.push(format!("{order} = GREATEST({order}, VALUES({order}))"));
+            format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+        }
+        Dialect::Sqlite => {
+            let mut sets: Vec<String> = updated.map(|c| format!("{c} = excluded.{c}")).collect();
+            sets.push(format!("{order} = excluded.{order}"));
+            format!(
+                " ON CONFLICT ({}) DO UPDATE SET {} WHERE excluded.{order} >= {table}.{order}",
+                key.join(", "),
+                sets.join(", ")
+            )
+        }
+    }
+}
+
+/// Column access with messages that name the table and column.
+fn get<'r, T>(row: &'r AnyRow, table: &str, column: &str) -> Result<T, SinkError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(column)
+        .map_err(|e| SinkError::Permanent(format!("reading {table}.{column}: {e}")))
+}
+
+fn get_seq(row: &AnyRow, table: &str, column: &str) -> Result<u64, SinkError> {
+    let v: i64 = get(row, table, column)?;
+    u64::try_from(v)
+        .map_err(|_| SinkError::Permanent(format!("reading {table}.{column}: negative ({v})")))
+}
+
+fn get_priority(row: &AnyRow, table: &str) -> Result<u32, SinkError> {
+    let v: i64 = get(row, table, "priority")?;
+    u32::try_from(v)
+        .map_err(|_| SinkError::Permanent(format!("reading {table}.priority: {v} out of range")))
+}
+
+fn get_flag(row: &AnyRow, table: &str, column: &str) -> Result<bool, SinkError> {
+    Ok(get::<i64>(row, table, column)? != 0)
+}
+
+fn get_code<T>(
+    row: &AnyRow,
+    table: &str,
+    column: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, SinkError> {
+    let code: String = get(row, table, column)?;
+    parse(&code).ok_or_else(|| {
+        SinkError::Permanent(format!("reading {table}.{column}: unknown value {code:?}"))
+    })
+}
+
+/// A value stored as (type, exact text) by [`columns`], read back.
+fn get_value(row: &AnyRow, table: &str, prefix: &str) -> Result<Option<Value>, SinkError> {
+    let type_column = format!("{prefix}_type");
+    let text_column = format!("{prefix}_text");
+    let value_type: Option<String> = get(row, table, &type_column)?;
+    let text: Option<String> = get(row, table, &text_column)?;
+    let (Some(value_type), Some(text)) = (value_type, text) else {
+        return Ok(None);
+    };
+    parse_value(&value_type, &text)
+        .map(Some)
+        .map_err(|e| SinkError::Permanent(format!("reading {table}.{text_column}: {e}")))
+}
+
+fn parse_value(value_type: &str, text: &str) -> Result<Value, String> {
+    let bad = |e: &dyn fmt::Display| format!("{text:?} is not a {value_type}: {e}");
+    Ok(match value_type {
+        "bool" => Value::Bool(text.parse().map_err(|e| bad(&e))?),
+        "int" => Value::I64(text.parse().map_err(|e| bad(&e))?),
+        "uint" => Value::U64(text.parse().map_err(|e| bad(&e))?),
+        "float" => Value::F64(text.parse().map_err(|e| bad(&e))?),
+        "string" => Value::String(text.to_string()),
+        other => return Err(format!("unknown value type {other:?}")),
+    })
+}
+
+fn bind_value<'q>(query: AnyQuery<'q>, value: Option<&Value>) -> AnyQuery<'q> {
+    let (value_type, text, num) = columns(value);
+    query.bind(value_type).bind(text).bind(num)
+}
+
+impl Record for AlarmEvent {
+    const TABLE: &'static str = "alarm_events";
+    const COLUMNS: &'static [&'static str] = &[
+        "line",
+        "alarm_id",
+        "seq",
+        "device",
+        "tag",
+        "kind",
+        "priority",
+        "from_state",
+        "to_state",
+        "value_type",
+        "value_text",
+        "value_num",
+        "limit_value",
+        "message",
+        "user_name",
+        "comment",
+        "shelved_until_ns",
+        "ts_ns",
+    ];
+
+    fn on_conflict(dialect: Dialect) -> String {
+        keep_stored(dialect, &["line", "alarm_id", "seq"])
+    }
+
+    fn describe(&self, index: usize) -> String {
+        format!(
+            "alarm event {index} ({}, alarm {}, seq {})",
+            shown(&self.line),
+            shown(&self.alarm_id),
+            self.seq
+        )
+    }
+
+    fn check(&self, at: &Place) -> Result<(), SinkError> {
+        at.key("line", &self.line, NAME_MAX)?;
+        at.key("alarm_id", &self.alarm_id, ID_MAX)?;
+        at.seq("seq", self.seq)?;
+        at.key("device", &self.device, NAME_MAX)?;
+        at.key("tag", &self.tag, NAME_MAX)?;
+        at.name("kind", &self.kind, NAME_MAX)?;
+        at.value("value", self.value.as_ref())?;
+        at.finite("limit", self.limit)?;
+        at.text("message", &self.message, TEXT_MAX)?;
+        at.name("user", &self.user, ID_MAX)?;
+        at.text("comment", &self.comment, TEXT_MAX)?;
+        at.shelving(self.to_state, self.shelved_until_ns)
+    }
+
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        let query = query
+            .bind(self.line.as_str())
+            .bind(self.alarm_id.as_str())
+            .bind(stored_seq(self.seq))
+            .bind(self.device.as_str())
+            .bind(self.tag.as_str())
+            .bind(self.kind.as_str())
+            .bind(i64::from(self.priority))
+            .bind(self.from_state.code())
+            .bind(self.to_state.code());
+        bind_value(query, self.value.as_ref())
+            .bind(self.limit)
+            .bind(self.message.as_str())
+            .bind(self.user.as_str())
+            .bind(self.comment.as_str())
+            .bind(self.shelved_until_ns)
+            .bind(self.timestamp_ns)
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, SinkError> {
+        let t = Self::TABLE;
+        Ok(Self {
+            line: get(row, t, "line")?,
+            alarm_id: get(row, t, "alarm_id")?,
+            seq: get_seq(row, t, "seq")?,
+            device: get(row, t, "device")?,
+            tag: get(row, t, "tag")?,
+            kind: get(row, t, "kind")?,
+            priority: get_priority(row, t)?,
+            from_state: get_code(row, t, "from_state", AlarmState::from_code)?,
+            to_state: get_code(row, t, "to_state", AlarmState::from_code)?,
+            value: get_value(row, t, "value")?,
+            limit: get(row, t, "limit_value")?,
+            message: get(row, t, "message")?,
+            user: get(row, t, "user_name")?,
+            comment: get(row, t, "comment")?,
+            shelved_until_ns: get(row, t, "shelved_until_ns")?,
+            timestamp_ns: get(row, t, "ts_ns")?,
+        })
+    }
+}
+
+impl Record for AlarmStatus {
+    const TABLE: &'static str = "alarm_state";
+    const COLUMNS: &'static [&'static str] = &[
+        "line",
+        "alarm_id",
+        "device",
+        "tag",
+        "kind",
+        "priority",
+        "state",
+        "active",
+        "acked",
+        "shelved_until_ns",
+        "value_type",
+        "value_text",
+        "value_num",
+        "message",
+        "last_seq",
+        "changed_ns",
+        "snapshot",
+    ];
+
+    fn on_conflict(dialect: Dialect) -> String {
+        newer_wins(
+            dialect,
+            Self::TABLE,
+            &["line", "alarm_id"],
+            Self::COLUMNS,
+            "last_seq",
+        )
+    }
+
+    fn describe(&self, index: usize) -> String {
+        format!(
+            "alarm state {index} ({}, alarm {})",
+            shown(&self.line),
+            shown(&self.alarm_id)
+        )
+    }
+
+    fn check(&self, at: &Place) -> Result<(), SinkError> {
+        at.key("line", &self.line, NAME_MAX)?;
+        at.key("alarm_id", &self.alarm_id, ID_MAX)?;
+        at.key("device", &self.device, NAME_MAX)?;
+        at.key("tag", &self.tag, NAME_MAX)?;
+        at.name("kind", &self.kind, NAME_MAX)?;
+        at.value("value", self.value.as_ref())?;
+        at.text("message", &self.message, TEXT_MAX)?;
+        at.seq("last_seq", self.last_seq)?;
+        at.shelving(self.state, self.shelved_until_ns)?;
+        if let Some((active, acked)) = self.state.implied_flags()
+            && (active, acked) != (self.active, self.acked)
+        {
+            return Err(at.refuse(format_args!(
+                "state {} means active={active} acked={acked}, the row says active={} acked={}",
+                self.state, self.active, self.acked
+            )));
+        }
+        Ok(())
+    }
+
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        let query = query
+            .bind(self.line.as_str())
+            .bind(self.alarm_id.as_str())
+            .bind(self.device.as_str())
+            .bind(self.tag.as_str())
+            .bind(self.kind.as_str())
+            .bind(i64::from(self.priority))
+            .bind(self.state.code())
+            .bind(i16::from(self.active))
+            .bind(i16::from(self.acked))
+            .bind(self.shelved_until_ns);
+        bind_value(query, self.value.as_ref())
+            .bind(self.message.as_str())
+            .bind(stored_seq(self.last_seq))
+            .bind(self.changed_ns)
+            .bind(self.snapshot.clone())
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, SinkError> {
+        let t = Self::TABLE;
+        Ok(Self {
+            line: get(row, t, "line")?,
+            alarm_id: get(row, t, "alarm_id")?,
+            device: get(row, t, "device")?,
+            tag: get(row, t, "tag")?,
+            kind: get(row, t, "kind")?,
+            priority: get_priority(row, t)?,
+            state: get_code(row, t, "state", AlarmState::from_code)?,
+            active: get_flag(row, t, "active")?,
+            acked: get_flag(row, t, "acked")?,
+            shelved_until_ns: get(row, t, "shelved_until_ns")?,
+            value: get_value(row, t, "value")?,
+            message: get(row, t, "message")?,
+            last_seq: get_seq(row, t, "last_seq")?,
+            changed_ns: get(row, t, "changed_ns")?,
+            snapshot: get(row, t, "snapshot")?,
+        })
+    }
+}
+
+/// Result columns of `command_audit`, each group filled in by a later stage only when the new
+/// record has it (the first column says whether it does).
+const AUDIT_RESULT_GROUPS: &[&[&str]] = &[
+    &["rejected_by"],
+    &["old_type", "old_text", "old_num"],
+    &["read_back_type", "read_back_text", "read_back_num"],
+    &["detail"],
+    &["finished_ns"],
+];
+
+impl Record for CommandAudit {
+    const TABLE: &'static str = "command_audit";
+    const COLUMNS: &'static [&'static str] = &[
+        "command_id",
+        "line",
+        "device",
+        "tag",
+        "value_type",
+        "value_text",
+        "value_num",
+        "source",
+        "requested_by",
+        "reason",
+        "deadline_ns",
+        "requested_ns",
+        "status",
+        "stage",
+        "rejected_by",
+        "old_type",
+        "old_text",
+        "old_num",
+        "read_back_type",
+        "read_back_text",
+        "read_back_num",
+        "detail",
+        "finished_ns",
+    ];
+
+    /// Only a later stage updates, and only the status and result columns. As in
+    /// [`newer_wins`], MySQL sees the stored `stage` until it is assigned last.
+    fn on_conflict(dialect: Dialect) -> String {
+        let mut sets = Vec::new();
+        match dialect {
+            Dialect::MySql => {
+                sets.push("status = IF(VALUES(stage) > stage, VALUES(status), status)".into());
+                for group in AUDIT_RESULT_GROUPS {
+                    let has = group[0];
+                    for c in *group {
+                        sets.push(format!(
+                            "{c} = IF(VALUES(stage) > stage AND VALUES({has}) IS NOT NULL, VALUES({c}), {c})"
+                        ));
+                    }
+                }
+                sets.push("stage = GREATEST(stage, VALUES(stage))".into());
+                format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+            }
+            Dialect::Sqlite => {
+                sets.push("status = excluded.status".to_string());
+                for group in AUDIT_RESULT_GROUPS {
+                    let has = group[0];
+                    for c in *group {
+                        sets.push(format!(
+                            "{c} = CASE WHEN excluded.{has} IS NULL THEN command_audit.{c} ELSE excluded.{c} END"
+                        ));
+                    }
+                }
+                sets.push("stage = excluded.stage".into());
+                format!(
+                    " ON CONFLICT (command_id) DO UPDATE SET {} WHERE excluded.stage > command_audit.stage",
+                    sets.join(", ")
+                )
+            }
+        }
+    }
+
+    fn describe(&self, index: usize) -> String {
+        format!("command {index} ({})", shown(&self.command_id))
+    }
+
+    fn check(&self, at: &Place) -> Result<(), SinkError> {
+        at.key("command_id", &self.command_id, ID_MAX)?;
+        at.key("line", &self.line, NAME_MAX)?;
+        at.key("device", &self.device, NAME_MAX)?;
+        at.key("tag", &self.tag, NAME_MAX)?;
+        at.value("value", Some(&self.value))?;
+        at.name("source", &self.source, ID_MAX)?;
+        at.name("requested_by", &self.requested_by, ID_MAX)?;
+        at.text("reason", &self.reason, TEXT_MAX)?;
+        if let Some(r) = &self.rejected_by {
+            at.name("rejected_by", r, NAME_MAX)?;
+        }
+        at.value("old_value", self.old_value.as_ref())?;
+        at.value("read_back", self.read_back.as_ref())?;
+        if let Some(d) = &self.detail {
+            at.text("detail", d, TEXT_MAX)?;
+        }
+        Ok(())
+    }
+
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        let query = query
+            .bind(self.command_id.as_str())
+            .bind(self.line.as_str())
+            .bind(self.device.as_str())
+            .bind(self.tag.as_str());
+        let query = bind_value(query, Some(&self.value))
+            .bind(self.source.as_str())
+            .bind(self.requested_by.as_str())
+            .bind(self.reason.as_str())
+            .bind(self.deadline_ns)
+            .bind(self.requested_ns)
+            .bind(self.status.code())
+            .bind(self.status.stage())
+            .bind(self.rejected_by.as_deref());
+        let query = bind_value(query, self.old_value.as_ref());
+        bind_value(query, self.read_back.as_ref())
+            .bind(self.detail.as_deref())
+            .bind(self.finished_ns)
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, SinkError> {
+        let t = Self::TABLE;
+        let value = get_value(row, t, "value")?.ok_or_else(|| {
+            SinkError::Permanent(format!("reading {t}.value_text: no requested value"))
+        })?;
+        Ok(Self {
+            command_id: get(row, t, "command_id")?,
+            line: get(row, t, "line")?,
+            device: get(row, t, "device")?,
+            tag: get(row, t, "tag")?,
+            value,
+            source: get(row, t, "source")?,
+            requested_by: get(row, t, "requested_by")?,
+            reason: get(row, t, "reason")?,
+            deadline_ns: get(row, t, "deadline_ns")?,
+            requested_ns: get(row, t, "requested_ns")?,
+            status: get_code(row, t, "status", CommandStatus::from_code)?,
+            rejected_by: get(row, t, "rejected_by")?,
+            old_value: get_value(row, t, "old")?,
+            read_back: get_value(row, t, "read_back")?,
+            detail: get(row, t, "detail")?,
+            finished_ns: get(row, t, "finished_ns")?,
+        })
+    }
+}
+
+impl Record for ProductionCounter {
+    const TABLE: &'static str = "production_counters";
+    const COLUMNS: &'static [&'static str] = &[
+        "line",
+        "device",
+        "counter",
+        "period_start_ns",
+        "period_ns",
+        "value",
+        "as_of_ns",
+    ];
+
+    fn on_conflict(dialect: Dialect) -> String {
+        newer_wins(
+            dialect,
+            Self::TABLE,
+            &["line", "device", "counter", "period_start_ns"],
+            Self::COLUMNS,
+            "as_of_ns",
+        )
+    }
+
+    fn describe(&self, index: usize) -> String {
+        format!(
+            "counter {index} ({}, {}, {}, period {})",
+            shown(&self.line),
+            shown(&self.device),
+            shown(&self.counter),
+            self.period_start_ns
+        )
+    }
+
+    fn check(&self, at: &Place) -> Result<(), SinkError> {
+        at.key("line", &self.line, NAME_MAX)?;
+        at.key("device", &self.device, NAME_MAX)?;
+        at.key("counter", &self.counter, NAME_MAX)?;
+        at.finite("value", Some(self.value))?;
+        if self.period_ns < 0 {
+            return Err(at.refuse(format_args!(
+                "period_ns is {}, a period cannot be negative",
+                self.period_ns
+            )));
+        }
+        Ok(())
+    }
+
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        query
+            .bind(self.line.as_str())
+            .bind(self.device.as_str())
+            .bind(self.counter.as_str())
+            .bind(self.period_start_ns)
+            .bind(self.period_ns)
+            .bind(self.value)
+            .bind(self.as_of_ns)
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, SinkError> {
+        let t = Self::TABLE;
+        Ok(Self {
+            line: get(row, t, "line")?,
+            device: get(row, t, "device")?,
+            counter: get(row, t, "counter")?,
+            period_start_ns: get(row, t, "period_start_ns")?,
+            period_ns: get(row, t, "period_ns")?,
+            value: get(row, t, "value")?,
+            as_of_ns: get(row, t, "as_of_ns")?,
+        })
+    }
+}
+
+impl Record for ProductionEvent {
+    const TABLE: &'static str = "production_events";
+    const COLUMNS: &'static [&'static str] = &[
+        "line",
+        "event_id",
+        "device",
+        "kind",
+        "code",
+        "detail",
+        "user_name",
+        "ts_ns",
+    ];
+
+    fn on_conflict(dialect: Dialect) -> String {
+        keep_stored(dialect, &["line", "event_id"])
+    }
+
+    fn describe(&self, index: usize) -> String {
+        format!(
+            "production event {index} ({}, {})",
+            shown(&self.line),
+            shown(&self.event_id)
+        )
+    }
+
+    fn check(&self, at: &Place) -> Result<(), SinkError> {
+        at.key("line", &self.line, NAME_MAX)?;
+        at.key("event_id", &self.event_id, ID_MAX)?;
+        at.name("device", &self.device, NAME_MAX)?;
+        at.name("code", &self.code, ID_MAX)?;
+        at.text("detail", &self.detail, TEXT_MAX)?;
+        at.name("user", &self.user, ID_MAX)
+    }
+
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        query
+            .bind(self.line.as_str())
+            .bind(self.event_id.as_str())
+            .bind(self.device.as_str())
+            .bind(self.kind.code())
+            .bind(self.code.as_str())
+            .bind(self.detail.as_str())
+            .bind(self.user.as_str())
+            .bind(self.timestamp_ns)
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, SinkError> {
+        let t = Self::TABLE;
+        Ok(Self {
+            line: get(row, t, "line")?,
+            event_id: get(row, t, "event_id")?,
+            device: get(row, t, "device")?,
+            kind: get_code(row, t, "kind", ProductionEventKind::from_code)?,
+            code: get(row, t, "code")?,
+            detail: get(row, t, "detail")?,
+            user: get(row, t, "user_name")?,
+            timestamp_ns: get(row, t, "ts_ns")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_match_the_wire_names() {
+        for s in AlarmState::ALL {
+            assert_eq!(AlarmState::from_code(s.code()), Some(s));
+            let wire = v1::AlarmState::from(s);
+            assert_eq!(
+                wire.as_str_name(),
+                format!("ALARM_STATE_{}", s.code().to_uppercase())
+            );
+            assert_eq!(AlarmState::try_from(wire), Ok(s));
+        }
+        assert!(AlarmState::try_from(v1::AlarmState::Unspecified).is_err());
+        for s in CommandStatus::ALL {
+            assert_eq!(CommandStatus::from_code(s.code()), Some(s));
+        }
+        for k in ProductionEventKind::ALL {
+            assert_eq!(ProductionEventKind::from_code(k.code()), Some(k));
+        }
+        assert_eq!(AlarmState::from_code("rtn_unack"), None);
+    }
+
+    #[test]
+    fn command_stages_only_move_forward_to_one_final_result() {
+        use CommandStatus::*;
+        assert!(Requested.stage() < Accepted.stage());
+        assert!(Accepted.stage() < Written.stage());
+        for f in [Verified, Rejected, Failed, ReadbackMismatch] {
+            assert!(f.is_final() && Written.stage() < f.stage(), "{f}");
+        }
+        assert_eq!(
+            v1::CommandStatus::from(Verified),
+            v1::CommandStatus::Written
+        );
+        assert_eq!(
+            v1::CommandStatus::from(Accepted),
+            v1::CommandStatus::Unspecified
+        );
+    }
+
+    #[test]
+    fn stored_values_read_back_as_the_same_value() {
+        for v in [
+            Value::Bool(true),
+            Value::I64(-42),
+            Value::U64(u64::MAX),
+            Value::F64(0.1),
+            Value::F64(f64::NAN),
+            Value::F64(f64::NEG_INFINITY),
+            Value::String("a \"quoted\" ünïcode".into()),
+        ] {
+            let (Some(ty), Some(text), _) = columns(Some(&v)) else {
+                panic!("{v:?} stored nothing");
+            };
+            let back = parse_value(&ty, &text).unwrap();
+            match (&v, &back) {
+                (Value::F64(a), Value::F64(b)) if a.is_nan() => assert!(b.is_nan()),
+                _ => assert_eq!(back, v),
+            }
+        }
+        assert!(parse_value("int", "1.5").unwrap_err().contains("not a int"));
+        assert!(
+            parse_value("blob", "x")
+                .unwrap_err()
+                .contains("unknown value type")
+        );
+    }
+
+    #[test]
+    fn places_refuse_what_a_column_cannot_hold() {
+        let at = Place("alarm event 0".into());
+        let long = "x".repeat(64);
+        let Err(SinkError::Permanent(m)) = at.key("device", &long, NAME_MAX) else {
+            panic!("a 64-character name passed");
+        };
+        assert!(m.starts_with("alarm event 0: device \"xxxx"), "{m}");
+        assert!(
+            m.ends_with("is 64 characters long, at most 63 are allowed"),
+            "{m}"
+        );
+        // Characters, not bytes, as MySQL counts VARCHAR lengths.
+        assert!(at.key("device", &"ü".repeat(63), NAME_MAX).is_ok());
+        assert!(at.key("device", "", NAME_MAX).is_err());
+        assert!(at.key("device", "pump ", NAME_MAX).is_err());
+        assert!(at.name("user", "", ID_MAX).is_ok());
+        assert!(at.finite("limit", Some(f64::NAN)).is_err());
+        assert!(at.seq("seq", u64::MAX).is_err());
+        assert!(at.shelving(AlarmState::Shelved, None).is_err());
+        assert!(at.shelving(AlarmState::Normal, Some(1)).is_err());
+    }
+
+    #[test]
+    fn upserts_keep_the_newer_row_in_both_dialects() {
+        let mysql = newer_wins(Dialect::MySql, "t", &["k"], &["k", "a", "o"], "o");
+        assert_eq!(
+            mysql,
+            " ON DUPLICATE KEY UPDATE a = IF(VALUES(o) >= o, VALUES(a), a), o = GREATEST(o, VALUES(o))"
+        );
+        let sqlite = newer_wins(Dialect::Sqlite, "t", &["k"], &["k", "a", "o"], "o");
+        assert_eq!(
+            sqlite,
+            " ON CONFLICT (k) DO UPDATE SET a = excluded.a, o = excluded.o WHERE excluded.o >= t.o"
+        );
+    }
+}
