@@ -20,7 +20,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{latest::Latest, metrics::ProcessorMetrics};
+use crate::{latest::Latest, line::LineHandle, metrics::ProcessorMetrics};
 
 /// Highest stored sequence number per (line, device).
 type Progress = Arc<Mutex<HashMap<(String, String), u64>>>;
@@ -37,6 +37,8 @@ pub struct Forwarder {
     pub client: AsyncClient,
     pub metrics: ProcessorMetrics,
     pub latest: Latest,
+    /// Alarms and control rules, run on every new batch.
+    pub engine: Option<LineHandle>,
     pub storage_url: String,
     pub mqtt_ready: Readiness,
     pub storage_ready: Readiness,
@@ -57,6 +59,7 @@ impl Forwarder {
             progress.clone(),
             self.metrics.clone(),
             self.latest.clone(),
+            self.engine.clone(),
             self.mqtt_ready.clone(),
             stop.clone(),
             mqtt_done.clone(),
@@ -88,6 +91,7 @@ async fn consume(
     progress: Progress,
     metrics: ProcessorMetrics,
     latest: Latest,
+    engine: Option<LineHandle>,
     ready: Readiness,
     stop: CancellationToken,
     done: CancellationToken,
@@ -109,7 +113,16 @@ async fn consume(
                     // Not acked: the broker keeps it for the next session.
                     continue;
                 }
-                handle(publish, &client, &to_storage, &progress, &metrics, &latest).await;
+                handle(
+                    publish,
+                    &client,
+                    &to_storage,
+                    &progress,
+                    &metrics,
+                    &latest,
+                    engine.as_ref(),
+                )
+                .await;
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 done.cancel();
@@ -137,9 +150,10 @@ async fn handle(
     progress: &Progress,
     metrics: &ProcessorMetrics,
     latest: &Latest,
+    engine: Option<&LineHandle>,
 ) {
     metrics.received.inc();
-    let batch = match v1::SampleBatch::decode(publish.payload.as_ref()) {
+    let mut batch = match v1::SampleBatch::decode(publish.payload.as_ref()) {
         Ok(b) => b,
         Err(error) => {
             // Not a batch: retrying cannot help, and holding it would block the session.
@@ -149,12 +163,15 @@ async fn handle(
             return;
         }
     };
-    if let Err(error) = fieldline_core::SampleBatch::try_from(batch.clone()) {
-        metrics.invalid.inc();
-        tracing::warn!(topic = %publish.topic, %error, "dropping an invalid SampleBatch");
-        let _ = client.ack(&publish).await;
-        return;
-    }
+    let checked = match fieldline_core::SampleBatch::try_from(batch.clone()) {
+        Ok(checked) => checked,
+        Err(error) => {
+            metrics.invalid.inc();
+            tracing::warn!(topic = %publish.topic, %error, "dropping an invalid SampleBatch");
+            let _ = client.ack(&publish).await;
+            return;
+        }
+    };
     let key = (batch.line.clone(), batch.device.clone());
     let stored_up_to = progress.lock().ok().and_then(|p| p.get(&key).copied());
     if stored_up_to.is_some_and(|last| batch.sequence <= last) {
@@ -162,6 +179,9 @@ async fn handle(
         tracing::debug!(device = %batch.device, sequence = batch.sequence, "redelivery of a stored batch dropped");
         let _ = client.ack(&publish).await;
         return;
+    }
+    if let Some(engine) = engine {
+        engine.process(&mut batch, checked, metrics);
     }
     latest.apply(&batch);
     if to_storage.send((publish, batch)).is_err() {

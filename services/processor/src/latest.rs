@@ -9,11 +9,12 @@ use std::{
 use fieldline_proto::v1;
 use tokio::sync::broadcast;
 
-type Key = (String, String, String);
+/// (line, device) → tag → latest sample.
+type Devices = BTreeMap<(String, String), BTreeMap<String, v1::TagSample>>;
 
 #[derive(Clone)]
 pub struct Latest {
-    samples: Arc<RwLock<BTreeMap<Key, v1::TagSample>>>,
+    samples: Arc<RwLock<Devices>>,
     changes: broadcast::Sender<Arc<Vec<v1::TagSample>>>,
 }
 
@@ -39,22 +40,43 @@ pub fn matches(filter: &v1::TagFilter, s: &v1::TagSample) -> bool {
 impl Latest {
     /// Records a batch; samples older than what is held (a redelivery) do not replace it.
     pub fn apply(&self, batch: &v1::SampleBatch) {
-        let mut changed = Vec::with_capacity(batch.samples.len());
+        // Changes are only assembled while someone subscribes.
+        let watched = self.changes.receiver_count() > 0;
+        let mut changed = Vec::new();
         if let Ok(mut map) = self.samples.write() {
+            let tags = map
+                .entry((batch.line.clone(), batch.device.clone()))
+                .or_default();
             for s in &batch.samples {
-                let key = (batch.line.clone(), batch.device.clone(), s.tag.clone());
-                let newer = map
-                    .get(&key)
-                    .and_then(|held| held.sample.as_ref())
-                    .is_none_or(|held| s.timestamp_ns >= held.timestamp_ns);
-                if newer {
-                    let tagged = v1::TagSample {
+                let newer = match tags.get_mut(s.tag.as_str()) {
+                    Some(held) => {
+                        let newer = held
+                            .sample
+                            .as_ref()
+                            .is_none_or(|h| s.timestamp_ns >= h.timestamp_ns);
+                        if newer {
+                            held.sample = Some(s.clone());
+                        }
+                        newer
+                    }
+                    None => {
+                        tags.insert(
+                            s.tag.clone(),
+                            v1::TagSample {
+                                line: batch.line.clone(),
+                                device: batch.device.clone(),
+                                sample: Some(s.clone()),
+                            },
+                        );
+                        true
+                    }
+                };
+                if newer && watched {
+                    changed.push(v1::TagSample {
                         line: batch.line.clone(),
                         device: batch.device.clone(),
                         sample: Some(s.clone()),
-                    };
-                    map.insert(key, tagged.clone());
-                    changed.push(tagged);
+                    });
                 }
             }
         }
@@ -67,12 +89,28 @@ impl Latest {
         self.samples
             .read()
             .map(|map| {
-                map.values()
+                map.iter()
+                    .filter(|((line, device), _)| {
+                        (filter.line.is_empty() || &filter.line == line)
+                            && (filter.device.is_empty() || &filter.device == device)
+                    })
+                    .flat_map(|(_, tags)| tags.values())
                     .filter(|s| matches(filter, s))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The latest value of a tag, when its latest sample has one.
+    pub fn value(&self, line: &str, device: &str, tag: &str) -> Option<fieldline_core::Value> {
+        let map = self.samples.read().ok()?;
+        let held = map.get(&(line.to_string(), device.to_string()))?.get(tag)?;
+        held.sample
+            .as_ref()?
+            .value
+            .clone()
+            .and_then(|v| fieldline_core::Value::try_from(v).ok())
     }
 
     pub fn changes(&self) -> broadcast::Receiver<Arc<Vec<v1::TagSample>>> {

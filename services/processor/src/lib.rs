@@ -1,21 +1,37 @@
 //! The processor: the middle stage of the pipeline. It subscribes to the sample batches of its
-//! line on the telemetry bus, drops redeliveries by sequence number, forwards each batch to
-//! storage and acknowledges it to the broker only once storage has it, and serves
-//! PlantService (the MES API) from the latest values it has seen.
+//! line on the telemetry bus, drops redeliveries by sequence number, evaluates alarms and
+//! control rules on each new batch, forwards it to storage and acknowledges it to the broker
+//! only once storage has it, and serves PlantService (the MES API).
 
+pub mod alarms;
+pub mod engine;
 pub mod forwarder;
 pub mod latest;
+pub mod line;
 pub mod metrics;
+pub mod persist;
 pub mod plant;
+pub mod plugins;
+pub mod rules;
+pub mod writes;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use fieldline_core::config::LineConfig;
-use fieldline_proto::v1::plant_service_server::PlantServiceServer;
+use fieldline_proto::v1::{
+    adapter_service_client::AdapterServiceClient, plant_service_server::PlantServiceServer,
+};
 use fieldline_runtime::{CancellationToken, Health};
 use prometheus_client::registry::Registry;
 use rumqttc::AsyncClient;
-use tokio::task::JoinSet;
+use tokio::{
+    sync::{broadcast, mpsc},
+    task::JoinSet,
+};
 
 use crate::{forwarder::Forwarder, latest::Latest, metrics::ProcessorMetrics};
 
@@ -23,12 +39,24 @@ use crate::{forwarder::Forwarder, latest::Latest, metrics::ProcessorMetrics};
 pub enum Error {
     #[error(transparent)]
     Runtime(#[from] fieldline_runtime::Error),
+    #[error("processor.{setting} {url:?}: {reason}")]
+    Url {
+        setting: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Engine(#[from] engine::EngineError),
+    #[error("stopped before the alarm state could be loaded")]
+    Stopped,
 }
 
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Runtime(e) => e.metric_label(),
+            Error::Url { .. } | Error::Engine(_) => "config",
+            Error::Stopped => "stopped",
         }
     }
 }
@@ -66,19 +94,86 @@ pub async fn start(
     options.set_manual_acks(true);
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let latest = Latest::default();
+    let mut tasks = JoinSet::new();
+
+    // Alarms and rules, resumed from the persisted alarm state.
+    let mut engine = engine::Engine::new(config)?;
+    let persist_tx = match &config.storage.sql {
+        Some(sql) => {
+            let store = retry("alarm state", &stop, || {
+                fieldline_storage::events::EventStore::connect(sql)
+            })
+            .await?;
+            let saved = retry("alarm state", &stop, || {
+                store.load_alarm_states(&config.line)
+            })
+            .await?;
+            for problem in engine.restore(&saved) {
+                tracing::warn!(%problem, "alarm state");
+            }
+            tracing::info!(alarms = saved.len(), "alarm state loaded");
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.spawn(persist::run(
+                store,
+                config.line.clone(),
+                rx,
+                metrics.clone(),
+                stop.clone(),
+            ));
+            Some(tx)
+        }
+        None => {
+            tracing::warn!("no storage.sql: alarm state and the write audit are not persisted");
+            None
+        }
+    };
+    let (effects_tx, effects_rx) = mpsc::unbounded_channel();
+    let handle = line::LineHandle {
+        line: config.line.clone(),
+        engine: Arc::new(Mutex::new(engine)),
+        latest: latest.clone(),
+        effects: effects_tx.clone(),
+        alarm_feed: broadcast::channel(4096).0,
+    };
+    let adapter = endpoint("adapter_url", &settings.adapter_url)?;
+    let writes = Arc::new(writes::WritePath::new(
+        config,
+        AdapterServiceClient::new(adapter),
+        handle.engine.clone(),
+        latest.clone(),
+        persist_tx.clone(),
+        effects_tx,
+        metrics.clone(),
+    ));
+    tasks.spawn(line::run_effects(
+        handle.clone(),
+        effects_rx,
+        client.clone(),
+        writes.clone(),
+        persist_tx,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(line::run_ticks(handle.clone(), stop.clone()));
+
     let forwarder = Forwarder {
         line: config.line.clone(),
         client,
         metrics,
         latest: latest.clone(),
+        engine: Some(handle.clone()),
         storage_url: settings.storage_url.clone(),
         mqtt_ready: health.component("mqtt"),
         storage_ready: health.component("storage"),
     };
-    let mut tasks = JoinSet::new();
     tasks.spawn(forwarder.run(eventloop, stop.clone(), Duration::from_secs(10)));
+    let storage = endpoint("storage_url", &settings.storage_url)?;
     let plant = PlantServiceServer::new(plant::PlantApi {
+        config: Arc::new(config.clone()),
+        line: handle,
+        writes,
         latest: latest.clone(),
+        storage: fieldline_proto::v1::storage_service_client::StorageServiceClient::new(storage),
         stop: stop.clone(),
     });
     let router = tonic::transport::Server::builder().add_service(plant);
@@ -94,4 +189,42 @@ pub async fn start(
         latest,
         tasks,
     })
+}
+
+/// A lazily connected gRPC channel to a configured URL.
+fn endpoint(setting: &'static str, url: &str) -> Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::Url {
+            setting,
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+/// Retries `attempt` while the database is unreachable; a refusal is logged and retried too,
+/// since the processor cannot evaluate alarms without their state.
+async fn retry<T, F, Fut>(what: &str, stop: &CancellationToken, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, fieldline_storage::sinks::SinkError>>,
+{
+    let mut backoff = fieldline_runtime::backoff::Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    );
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(what, %error, retry_in = ?delay, "database not ready");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return Err(Error::Stopped),
+                }
+            }
+        }
+    }
 }

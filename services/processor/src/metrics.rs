@@ -16,6 +16,8 @@ pub struct ProcessorMetrics {
     pub rejected_samples: Counter,
     pub in_flight: Gauge,
     pub errors: Family<Labels, Counter>,
+    pub writes: Family<Labels, Counter>,
+    pub alarm_events: Counter,
 }
 
 impl ProcessorMetrics {
@@ -28,6 +30,8 @@ impl ProcessorMetrics {
             rejected_samples: Counter::default(),
             in_flight: Gauge::default(),
             errors: Family::default(),
+            writes: Family::default(),
+            alarm_events: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("fieldline_processor");
         r.register(
@@ -61,6 +65,16 @@ impl ProcessorMetrics {
             m.in_flight.clone(),
         );
         r.register("errors", "Errors, by kind", m.errors.clone());
+        r.register(
+            "writes",
+            "Writes through the safe write path, by source and status",
+            m.writes.clone(),
+        );
+        r.register(
+            "alarm_events",
+            "Alarm transitions published",
+            m.alarm_events.clone(),
+        );
         m
     }
 

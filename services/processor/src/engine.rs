@@ -1,0 +1,428 @@
+//! The line engine: what the processor does with each batch before it is stored. Plugins
+//! (derived values), alarms (configured per device type, one for each interlock, one
+//! read-back alarm for each tag a rule or the MES writes) and control rules. Pure and synchronous; the caller carries out
+//! the effects (publishing and persisting alarm events, writes) elsewhere.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use fieldline_core::{
+    Sample, SampleBatch, Value,
+    alarm::{AlarmConfig, AlarmDefinition, AlarmSnapshot},
+    config::LineConfig,
+    rules::RuleConfig,
+};
+use fieldline_proto::v1;
+use fieldline_storage::events::AlarmStatus;
+
+use crate::{
+    alarms::{AlarmError, LineAlarms, alarm_id},
+    plugins::{Derived, PluginEvent, PluginFailure, PluginOptions, PluginSet},
+    rules::{Hold, Intent, LineRules},
+};
+
+/// What a batch (or the passing of time) asks of the processor.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub alarm_events: Vec<v1::AlarmEvent>,
+    pub intents: Vec<Intent>,
+    pub problems: Vec<String>,
+    /// Events plugins raised.
+    pub plugin_events: Vec<PluginEvent>,
+    /// Plugin failures (their outputs were made Bad), by kind.
+    pub plugin_failures: Vec<PluginFailure>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Alarm(#[from] AlarmError),
+    #[error("{0}")]
+    Plugin(#[from] crate::plugins::Error),
+    #[error("device type {device_type:?}: {message}")]
+    Definition {
+        device_type: String,
+        message: String,
+    },
+}
+
+/// What ListAlarms shows of an alarm besides its state.
+#[derive(Debug, Clone)]
+struct AlarmMeta {
+    device: String,
+    tag: String,
+    kind: String,
+    priority: u32,
+    message: String,
+}
+
+pub struct Engine {
+    line: String,
+    /// Plugins per device type, and each device's type.
+    plugins: HashMap<String, PluginSet>,
+    device_types: HashMap<String, String>,
+    derived: Derived,
+    alarms: LineAlarms,
+    rules: LineRules,
+    meta: HashMap<String, AlarmMeta>,
+    /// Alarm ids in a stable order, for listing.
+    order: Vec<String>,
+    last_events: HashMap<String, v1::AlarmEvent>,
+    /// Highest batch sequence processed per device: a redelivered batch is not processed
+    /// twice.
+    processed: HashMap<String, u64>,
+}
+
+/// The name of the read-back alarm of a writable tag.
+pub fn readback_alarm(tag: &str) -> String {
+    format!("{tag}-readback")
+}
+
+/// The pseudo tag that feeds a read-back alarm: true while the last write read back equal.
+/// (`--` never ends a configured tag name in practice; names are `[a-z0-9_-]`.)
+fn readback_input(tag: &str) -> String {
+    format!("{tag}--readback")
+}
+
+impl Engine {
+    pub fn new(config: &LineConfig) -> Result<Self, EngineError> {
+        let mut per_device: Vec<(String, Vec<AlarmDefinition>)> = Vec::new();
+        let mut rules_per_device: Vec<(String, Vec<RuleConfig>)> = Vec::new();
+        let mut meta = HashMap::new();
+        let mut order = Vec::new();
+        let options = PluginOptions {
+            base_dir: config
+                .base_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".")),
+            ..PluginOptions::default()
+        };
+        let mut plugins = HashMap::new();
+        for (device_type, processing) in &config.device_types {
+            if !processing.plugins.is_empty() {
+                plugins.insert(
+                    device_type.clone(),
+                    PluginSet::build(device_type, &processing.plugins, &options)?,
+                );
+            }
+        }
+        let device_types = config
+            .devices
+            .iter()
+            .map(|d| (d.name.clone(), d.device_type.clone()))
+            .collect();
+        for device in &config.devices {
+            let processing = config.device_types.get(&device.device_type);
+            let mut configs: Vec<AlarmConfig> =
+                processing.map(|p| p.alarms.clone()).unwrap_or_default();
+            let rules: Vec<RuleConfig> = processing.map(|p| p.rules.clone()).unwrap_or_default();
+            for rule in &rules {
+                configs.extend(interlock_alarms(rule));
+            }
+            for tag in device.tags.iter().filter(|t| t.writable) {
+                configs.push(
+                    parse_alarm(serde_json::json!({
+                        "name": readback_alarm(&tag.name),
+                        "tag": readback_input(&tag.name),
+                        "kind": "discrete",
+                        "active_when": false,
+                        "priority": "high",
+                        "message": format!("{} did not read back what was written", tag.name),
+                    }))
+                    .map_err(|message| EngineError::Definition {
+                        device_type: device.device_type.clone(),
+                        message,
+                    })?,
+                );
+            }
+            let mut definitions = Vec::with_capacity(configs.len());
+            for c in &configs {
+                let def = c.resolve().map_err(|problems| EngineError::Definition {
+                    device_type: device.device_type.clone(),
+                    message: problems
+                        .into_iter()
+                        .map(|(field, m)| format!("alarm {}: {field}: {m}", c.name))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })?;
+                let id = alarm_id(&config.line, &device.name, &def.name);
+                meta.insert(
+                    id.clone(),
+                    AlarmMeta {
+                        device: device.name.clone(),
+                        tag: def.tag.clone(),
+                        kind: def.kind().code().to_string(),
+                        priority: def.priority.number(),
+                        message: def.message.clone(),
+                    },
+                );
+                order.push(id);
+                definitions.push(def);
+            }
+            per_device.push((device.name.clone(), definitions));
+            rules_per_device.push((device.name.clone(), rules));
+        }
+        let alarms = LineAlarms::new(
+            &config.line,
+            per_device
+                .iter()
+                .map(|(d, defs)| (d.as_str(), defs.as_slice())),
+        )?;
+        let rules = LineRules::new(
+            rules_per_device
+                .iter()
+                .map(|(d, r)| (d.as_str(), r.as_slice())),
+        );
+        Ok(Self {
+            line: config.line.clone(),
+            plugins,
+            device_types,
+            derived: Derived::default(),
+            alarms,
+            rules,
+            meta,
+            order,
+            last_events: HashMap::new(),
+            processed: HashMap::new(),
+        })
+    }
+
+    /// Resumes alarms from their persisted state; unknown or unreadable ones are reported and
+    /// start fresh.
+    pub fn restore(&mut self, saved: &[AlarmStatus]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for status in saved {
+            let Some(json) = &status.snapshot else {
+                continue;
+            };
+            let restored = serde_json::from_str::<AlarmSnapshot>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    self.alarms
+                        .restore(&status.alarm_id, s)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(problem) = restored {
+                problems.push(format!("alarm {} starts fresh: {problem}", status.alarm_id));
+            }
+        }
+        problems
+    }
+
+    /// Derives the plugins' values into the batch (so they are stored and served like read
+    /// ones), then evaluates alarms and rules on it. `batch` is `wire` checked and in domain
+    /// types; `current` gives the latest value of a tag of the batch's device from before
+    /// this batch.
+    pub fn process(
+        &mut self,
+        wire: &mut v1::SampleBatch,
+        mut batch: SampleBatch,
+        current: impl Fn(&str) -> Option<Value>,
+        now_ns: i64,
+    ) -> Effects {
+        let mut effects = Effects::default();
+        let seen = self.processed.entry(wire.device.clone()).or_insert(0);
+        if wire.sequence != 0 && wire.sequence <= *seen {
+            return effects;
+        }
+        *seen = wire.sequence;
+        if let Some(set) = self
+            .device_types
+            .get(&batch.device)
+            .and_then(|t| self.plugins.get_mut(t))
+        {
+            set.apply_into(&batch, &mut self.derived);
+            wire.samples
+                .extend(self.derived.samples.iter().cloned().map(v1::Sample::from));
+            batch.samples.append(&mut self.derived.samples);
+            effects.plugin_events = std::mem::take(&mut self.derived.events);
+            effects.plugin_failures = std::mem::take(&mut self.derived.failures);
+        }
+        let alarms = self.alarms.on_batch(&batch);
+        effects.problems.extend(alarms.problems);
+        effects.alarm_events = alarms.events;
+        if !self.rules.is_empty() {
+            // The batch's own value of a tag first, then the one from before it.
+            let latest_in_batch = |tag: &str| {
+                batch
+                    .samples
+                    .iter()
+                    .rev()
+                    .find(|s| s.tag == tag)
+                    .map(|s| s.value.clone())
+            };
+            let current = |tag: &str| latest_in_batch(tag).unwrap_or_else(|| current(tag));
+            effects.intents = self.rules.on_batch(&batch, current, now_ns).intents;
+        }
+        self.remember(&effects.alarm_events);
+        effects
+    }
+
+    /// Delays and shelve expiries that are due.
+    pub fn tick(&mut self, now_ns: i64) -> Vec<v1::AlarmEvent> {
+        let events = self.alarms.tick(now_ns);
+        self.remember(&events);
+        events
+    }
+
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.alarms.next_deadline()
+    }
+
+    /// Feeds the outcome of a write's read-back into the tag's read-back alarm.
+    pub fn readback(&mut self, device: &str, tag: &str, ok: bool, at_ns: i64) -> Effects {
+        let batch = SampleBatch {
+            line: self.line.clone(),
+            device: device.to_string(),
+            adapter_id: String::new(),
+            sequence: 0,
+            samples: vec![Sample::good(readback_input(tag), Value::Bool(ok), at_ns)],
+        };
+        let outcome = self.alarms.on_batch(&batch);
+        self.remember(&outcome.events);
+        Effects {
+            alarm_events: outcome.events,
+            problems: outcome.problems,
+            ..Effects::default()
+        }
+    }
+
+    /// The interlock holding a tag, if one has tripped.
+    pub fn hold(&self, device: &str, tag: &str) -> Option<Hold> {
+        self.rules.hold(device, tag)
+    }
+
+    /// Runs an operator action; the transitions it caused.
+    pub fn act(
+        &mut self,
+        action: impl FnOnce(&mut LineAlarms) -> Result<Vec<v1::AlarmEvent>, AlarmError>,
+    ) -> Result<Vec<v1::AlarmEvent>, AlarmError> {
+        let events = action(&mut self.alarms)?;
+        self.remember(&events);
+        Ok(events)
+    }
+
+    fn remember(&mut self, events: &[v1::AlarmEvent]) {
+        for e in events {
+            self.last_events.insert(e.alarm_id.clone(), e.clone());
+        }
+    }
+
+    /// The persisted form of the alarms that `events` changed.
+    pub fn statuses(&self, events: &[v1::AlarmEvent]) -> Vec<AlarmStatus> {
+        let mut ids: Vec<&str> = events.iter().map(|e| e.alarm_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| {
+                let meta = self.meta.get(id)?;
+                let snapshot = self.alarms.snapshot(id)?;
+                let last = self.last_events.get(id)?;
+                let state = fieldline_storage::events::AlarmState::try_from(
+                    v1::AlarmState::try_from(last.to_state).ok()?,
+                )
+                .ok()?;
+                let (active, acked) = state
+                    .implied_flags()
+                    .unwrap_or((snapshot.condition_active, false));
+                Some(AlarmStatus {
+                    line: self.line.clone(),
+                    alarm_id: id.to_string(),
+                    device: meta.device.clone(),
+                    tag: meta.tag.clone(),
+                    kind: meta.kind.clone(),
+                    priority: meta.priority,
+                    state,
+                    active,
+                    acked,
+                    shelved_until_ns: (last.shelved_until_ns != 0).then_some(last.shelved_until_ns),
+                    value: last.value.clone().and_then(|v| Value::try_from(v).ok()),
+                    message: meta.message.clone(),
+                    last_seq: last.sequence,
+                    changed_ns: last.timestamp_ns,
+                    snapshot: serde_json::to_string(&snapshot).ok(),
+                })
+            })
+            .collect()
+    }
+
+    /// The alarms that match, for ListAlarms.
+    pub fn list(&self, filter: &v1::AlarmFilter) -> Vec<v1::AlarmInfo> {
+        let snapshots: HashMap<String, AlarmSnapshot> =
+            self.alarms.snapshots().into_iter().collect();
+        self.order
+            .iter()
+            .filter_map(|id| {
+                let meta = self.meta.get(id)?;
+                if !(filter.line.is_empty() || filter.line == self.line)
+                    || !(filter.device.is_empty() || filter.device == meta.device)
+                {
+                    return None;
+                }
+                let snapshot = snapshots.get(id)?;
+                let state = self
+                    .alarms
+                    .state(id)
+                    .map(crate::alarms::wire_state)
+                    .unwrap_or(v1::AlarmState::Unspecified);
+                if filter.not_normal_only && state == v1::AlarmState::Normal {
+                    return None;
+                }
+                Some(v1::AlarmInfo {
+                    alarm_id: id.clone(),
+                    tag: format!("{}/{}/{}", self.line, meta.device, meta.tag),
+                    kind: meta.kind.clone(),
+                    priority: meta.priority,
+                    state: state as i32,
+                    condition_active: snapshot.condition_active,
+                    shelved_until_ns: snapshot.shelved_until_ns.unwrap_or(0),
+                    message: meta.message.clone(),
+                    last_event: self.last_events.get(id).cloned(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The alarm an interlock raises while it trips: on its input, critical, no delay.
+fn interlock_alarms(rule: &RuleConfig) -> Vec<AlarmConfig> {
+    let RuleConfig::Interlock {
+        name,
+        input,
+        above,
+        below,
+        message,
+        ..
+    } = rule
+    else {
+        return Vec::new();
+    };
+    // With both limits the two alarms are told apart by a suffix.
+    let both = above.is_some() && below.is_some();
+    let mut out = Vec::new();
+    for (kind, limit) in [("high", above), ("low", below)] {
+        let Some(limit) = limit else { continue };
+        let alarm = if both {
+            format!("{name}-{kind}")
+        } else {
+            name.clone()
+        };
+        let text = message
+            .clone()
+            .unwrap_or_else(|| format!("interlock {name} tripped: {input} {kind} {limit}"));
+        if let Ok(c) = parse_alarm(serde_json::json!({
+            "name": alarm,
+            "tag": input,
+            "kind": kind,
+            "limit": limit,
+            "priority": "critical",
+            "message": text,
+        })) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn parse_alarm(json: serde_json::Value) -> Result<AlarmConfig, String> {
+    serde_json::from_value(json).map_err(|e| e.to_string())
+}
