@@ -1,4 +1,4 @@
-//! `fieldline read` and `fieldline watch`: the MES API from a terminal.
+//! `fieldline read`, `watch`, `write` and `alarms`: the MES API from a terminal.
 
 use fieldline_core::{Quality, Value};
 use fieldline_proto::v1::{self, plant_service_client::PlantServiceClient};
@@ -49,6 +49,185 @@ pub async fn watch(server: String, filter: v1::TagFilter) -> anyhow::Result<()> 
     let mut stream = client.subscribe(filter).await?.into_inner();
     while let Some(s) = stream.message().await? {
         println!("{}", show(&s));
+    }
+    Ok(())
+}
+
+/// A value as typed on the command line.
+pub fn parse_value(text: &str, string: bool) -> Value {
+    if string {
+        return Value::String(text.to_string());
+    }
+    match text {
+        "true" | "on" => Value::Bool(true),
+        "false" | "off" => Value::Bool(false),
+        t => t
+            .parse::<i64>()
+            .map(Value::I64)
+            .or_else(|_| t.parse::<f64>().map(Value::F64))
+            .unwrap_or_else(|_| Value::String(t.to_string())),
+    }
+}
+
+/// Writes one tag; true when written (and read back equal).
+pub async fn write(
+    server: String,
+    tag: String,
+    value: Value,
+    user: String,
+    reason: String,
+    deadline: std::time::Duration,
+    id: Option<String>,
+) -> anyhow::Result<bool> {
+    let mut client = PlantServiceClient::connect(server).await?;
+    let now = fieldline_runtime::now_ns();
+    let id = id.unwrap_or_else(|| format!("cli-{user}-{now}"));
+    let result = client
+        .write(v1::Command {
+            id: id.clone(),
+            tag: tag.clone(),
+            value: Some(value.clone().into()),
+            deadline_ns: now + i64::try_from(deadline.as_nanos()).unwrap_or(i64::MAX),
+            requested_by: user,
+            reason,
+        })
+        .await?
+        .into_inner();
+    let status = v1::CommandStatus::try_from(result.status).unwrap_or_default();
+    let read_back = result
+        .read_back
+        .clone()
+        .and_then(|v| Value::try_from(v).ok())
+        .map_or_else(|| "-".to_string(), |v| v.to_string());
+    match status {
+        v1::CommandStatus::Written => {
+            println!("{tag} = {value}: written, read back {read_back} (command {id})")
+        }
+        v1::CommandStatus::Rejected => println!(
+            "{tag} = {value}: refused by {}: {} (command {id})",
+            result.rejected_by, result.detail
+        ),
+        other => println!(
+            "{tag} = {value}: {other:?}: {} (read back {read_back}, command {id})",
+            result.detail
+        ),
+    }
+    Ok(status == v1::CommandStatus::Written)
+}
+
+fn state_name(state: i32) -> String {
+    v1::AlarmState::try_from(state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("ALARM_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| state.to_string())
+}
+
+fn show_event(e: &v1::AlarmEvent) -> String {
+    let value = e
+        .value
+        .clone()
+        .and_then(|v| Value::try_from(v).ok())
+        .map_or_else(String::new, |v| format!(" value {v}"));
+    let who = if e.user.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", e.user)
+    };
+    format!(
+        "{} {} -> {}{value}{who}  {}",
+        e.alarm_id,
+        state_name(e.from_state),
+        state_name(e.to_state),
+        e.message
+    )
+}
+
+pub async fn list_alarms(server: String, device: String, active: bool) -> anyhow::Result<()> {
+    let mut client = PlantServiceClient::connect(server).await?;
+    let alarms = client
+        .list_alarms(v1::AlarmFilter {
+            line: String::new(),
+            device,
+            not_normal_only: active,
+        })
+        .await?
+        .into_inner()
+        .alarms;
+    for a in &alarms {
+        println!(
+            "{:<40} {:<16} p{} {:<10} {}",
+            a.alarm_id,
+            state_name(a.state),
+            a.priority,
+            a.kind,
+            a.message
+        );
+    }
+    if alarms.is_empty() {
+        eprintln!("no alarms match");
+    }
+    Ok(())
+}
+
+pub async fn watch_alarms(server: String, device: String) -> anyhow::Result<()> {
+    let mut client = PlantServiceClient::connect(server).await?;
+    let mut events = client
+        .subscribe_alarms(v1::AlarmFilter {
+            line: String::new(),
+            device,
+            not_normal_only: false,
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = events.message().await? {
+        println!("{}", show_event(&e));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct AlarmArgs {
+    /// The alarm id, `{line}/{device}/{alarm}`.
+    pub alarm_id: String,
+    /// Who acts (recorded with the transition).
+    #[arg(long, env = "USER")]
+    pub user: String,
+    #[arg(long, default_value = "")]
+    pub comment: String,
+}
+
+pub async fn alarm_action(
+    server: String,
+    action: &str,
+    args: AlarmArgs,
+    shelve_for: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let mut client = PlantServiceClient::connect(server).await?;
+    let until_ns = shelve_for.map_or(0, |d| {
+        fieldline_runtime::now_ns() + i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+    });
+    let request = v1::AlarmAction {
+        alarm_id: args.alarm_id,
+        user: args.user,
+        comment: args.comment,
+        until_ns,
+    };
+    let result = match action {
+        "ack" => client.acknowledge(request).await,
+        "shelve" => client.shelve(request).await,
+        "unshelve" => client.unshelve(request).await,
+        "disable" => client.remove_from_service(request).await,
+        _ => client.return_to_service(request).await,
+    }?
+    .into_inner();
+    for e in &result.events {
+        println!("{}", show_event(e));
+    }
+    if result.events.is_empty() {
+        println!("nothing to do: the alarm is already in that state");
     }
     Ok(())
 }

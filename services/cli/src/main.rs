@@ -52,6 +52,75 @@ enum Command {
     Read(Query),
     /// Print the latest values, then every change, from the MES API.
     Watch(Query),
+    /// Write one tag through the line's safe write path; prints the outcome (exit 1 unless
+    /// written).
+    Write {
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:50053",
+            env = "FIELDLINE_SERVER"
+        )]
+        server: String,
+        /// Tag path `{line}/{device}/{tag}`.
+        tag: String,
+        /// `true`/`false`, an integer or a number; `--string` writes it as text.
+        value: String,
+        #[arg(long)]
+        string: bool,
+        /// Who asks for the write (recorded in the audit trail).
+        #[arg(long, env = "USER")]
+        user: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Give up when not written within this time.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        deadline: Duration,
+        /// The idempotency key; a new one when absent.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Alarms: list them, follow them, or act on one.
+    Alarms {
+        #[arg(
+            long,
+            global = true,
+            default_value = "http://127.0.0.1:50053",
+            env = "FIELDLINE_SERVER"
+        )]
+        server: String,
+        #[command(subcommand)]
+        command: Option<AlarmCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlarmCommand {
+    /// Every alarm with its state (the default).
+    List {
+        /// Only alarms that are not normal.
+        #[arg(long)]
+        active: bool,
+        #[arg(long, default_value = "")]
+        device: String,
+    },
+    /// Print every alarm transition as it happens.
+    Watch {
+        #[arg(long, default_value = "")]
+        device: String,
+    },
+    Ack(client::AlarmArgs),
+    /// Shelve an alarm for a while.
+    Shelve {
+        #[command(flatten)]
+        args: client::AlarmArgs,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        r#for: Duration,
+    },
+    Unshelve(client::AlarmArgs),
+    /// Take an alarm out of service.
+    Disable(client::AlarmArgs),
+    /// Return an alarm to service.
+    Enable(client::AlarmArgs),
 }
 
 #[derive(Subcommand)]
@@ -140,6 +209,47 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Watch(q) => {
             let (server, filter) = q.split();
             client::watch(server, filter).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Write {
+            server,
+            tag,
+            value,
+            string,
+            user,
+            reason,
+            deadline,
+            id,
+        } => {
+            let value = client::parse_value(&value, string);
+            let written = client::write(server, tag, value, user, reason, deadline, id).await?;
+            Ok(if written {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Alarms { server, command } => {
+            match command.unwrap_or(AlarmCommand::List {
+                active: false,
+                device: String::new(),
+            }) {
+                AlarmCommand::List { active, device } => {
+                    client::list_alarms(server, device, active).await?
+                }
+                AlarmCommand::Watch { device } => client::watch_alarms(server, device).await?,
+                AlarmCommand::Ack(a) => client::alarm_action(server, "ack", a, None).await?,
+                AlarmCommand::Shelve { args, r#for } => {
+                    client::alarm_action(server, "shelve", args, Some(r#for)).await?
+                }
+                AlarmCommand::Unshelve(a) => {
+                    client::alarm_action(server, "unshelve", a, None).await?
+                }
+                AlarmCommand::Disable(a) => {
+                    client::alarm_action(server, "disable", a, None).await?
+                }
+                AlarmCommand::Enable(a) => client::alarm_action(server, "enable", a, None).await?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -54,7 +54,9 @@ mqtt:
   address: {mqtt}
 adapter:
   state_dir: {state}
-  grpc_listen: 127.0.0.1:0
+  grpc_listen: {adapter}
+processor:
+  adapter_url: http://{adapter}
 storage:
   grpc_listen: 127.0.0.1:0
   sql:
@@ -72,11 +74,27 @@ devices:
       - {{ name: level, address: "input:0", type: u16, scale: 0.1, unit: "%" }}
       - {{ name: pump_run, address: "coil:0", type: bool, writable: true, description: "Cooling pump" }}
       - {{ name: high_temp, address: "discrete:0", type: bool, description: "Above 80 degC" }}
+device_types:
+  tank-v1:
+    alarms:
+      - {{ name: temp-high, tag: temperature, kind: high, limit: 80, deadband: 2, priority: high, message: "Tank too hot" }}
+      - {{ name: temp-bad, tag: temperature, kind: bad_quality, on_delay: 5s }}
+    rules:
+      # The pump cools: on above 47 degC, off below 43 degC.
+      - {{ kind: hysteresis, name: cooling, input: temperature, output: pump_run, setpoint: 45, band: 2, action: on_above }}
 "#,
+        adapter = free_port_addr()?,
         state = data_dir.join("state").display(),
         db = data_dir.join("fieldline.db").display(),
     );
     LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))
+}
+
+/// A free address on 127.0.0.1 for the demo's adapter, so the processor knows where to send
+/// its writes before the adapter starts.
+fn free_port_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
 }
 
 /// A running `up`.

@@ -128,6 +128,69 @@ async fn up_runs_the_demo_line_into_sqlite_and_stops_cleanly_on_sigterm() -> any
         "temperature should rise with the pump off: {first_value} then {later_value}"
     );
 
+    // The MES commands of the CLI against the running demo: a write through the safe path,
+    // a refused one, and the alarm list.
+    let server = format!("http://{}", addrs[2]);
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &server])
+            .output()
+    };
+    let written = cli(&["write", "demo/tank/setpoint", "42.5", "--user", "tester"])?;
+    let said = String::from_utf8_lossy(&written.stdout);
+    assert!(
+        written.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    assert!(said.contains("written, read back 42.5"), "{said}");
+    let refused = cli(&["write", "demo/tank/setpoint", "95", "--user", "tester"])?;
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        !refused.status.success(),
+        "a write above max must fail: {said}"
+    );
+    assert!(said.contains("refused by max"), "{said}");
+    let read = cli(&["read", "--device", "tank", "temperature"])?;
+    let said = String::from_utf8_lossy(&read.stdout);
+    assert!(read.status.success(), "{said}");
+    assert!(said.starts_with("demo/tank/temperature = "), "{said}");
+    assert!(said.contains("[good]"), "{said}");
+    // `watch` prints the snapshot, then changes, until stopped.
+    let mut watch = Command::new(BIN)
+        .args(["watch", "--device", "tank", "--server", &server, "setpoint"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = watch
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), first).await???;
+    watch.kill()?;
+    watch.wait()?;
+    assert!(first.starts_with("demo/tank/setpoint = "), "{first}");
+    assert!(first.contains("[good]"), "{first}");
+    let alarms = cli(&["alarms", "list"])?;
+    let said = String::from_utf8_lossy(&alarms.stdout);
+    assert!(alarms.status.success());
+    assert!(said.contains("demo/tank/temp-high"), "{said}");
+    let audit: (String, String) = {
+        let pool = sqlx::SqlitePool::connect(&db).await?;
+        let row = sqlx::query_as(
+            "SELECT status, requested_by FROM command_audit WHERE tag = 'setpoint' AND value_text = '42.5'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        pool.close().await;
+        row
+    };
+    assert_eq!(audit, ("verified".to_string(), "tester".to_string()));
+
     let (status, metrics) = kit::http_get(&format!("http://{http}/metrics")).await?;
     assert_eq!(status, 200);
     assert!(
