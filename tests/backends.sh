@@ -7,7 +7,7 @@
 #   bash tests/backends.sh mariadb venv    # only some parts
 #   bash tests/backends.sh stop [PART...]  # stop the servers this script started
 #
-# Parts: tools (mbpoll, socat, curl), mosquitto, mariadb, influxdb, venv.
+# Parts: tools (mbpoll, socat, curl), mosquitto, mariadb, influxdb, victoria-metrics, venv.
 #
 # State (data dirs, configs, logs, pid files, the Python venv) lives in
 #   FIELDLINE_BACKENDS_DIR   default /var/tmp/fieldline-backends
@@ -15,11 +15,12 @@
 #   FIELDLINE_MQTT_PORT      default 1883
 #   FIELDLINE_MARIADB_PORT   default 3306
 #   FIELDLINE_INFLUX_PORT    default 8086 (and FIELDLINE_INFLUX_RPC_PORT, default 8088)
+#   FIELDLINE_VM_PORT        default 8428 (VictoriaMetrics, the InfluxDB v2 write API peer)
 #   FIELDLINE_WAIT_SECS      default 30, how long to wait for a server to answer
 #   FIELDLINE_PYTHON         default python3, the interpreter the venv is made from
 #
 # Exports nothing: tests use the fixed defaults MQTT 127.0.0.1:1883,
-# mysql://root@127.0.0.1:3306/test, http://127.0.0.1:8086 and
+# mysql://root@127.0.0.1:3306/test, http://127.0.0.1:8086, http://127.0.0.1:8428 and
 # $FIELDLINE_BACKENDS_DIR/venv/bin/python.
 set -euo pipefail
 
@@ -31,12 +32,13 @@ MQTT_PORT=${FIELDLINE_MQTT_PORT:-1883}
 MARIADB_PORT=${FIELDLINE_MARIADB_PORT:-3306}
 INFLUX_PORT=${FIELDLINE_INFLUX_PORT:-8086}
 INFLUX_RPC_PORT=${FIELDLINE_INFLUX_RPC_PORT:-8088}
+VM_PORT=${FIELDLINE_VM_PORT:-8428}
 WAIT_SECS=${FIELDLINE_WAIT_SECS:-30}
 PYTHON=${FIELDLINE_PYTHON:-python3}
 REQUIREMENTS="$HERE/peers/requirements.txt"
 VENV="$DIR/venv"
 
-ALL_PARTS=(tools mosquitto mariadb influxdb venv)
+ALL_PARTS=(tools mosquitto mariadb influxdb victoria-metrics venv)
 SUMMARY=()
 
 log() { printf 'backends: %s\n' "$*" >&2; }
@@ -140,6 +142,7 @@ stop_parts() {
         mosquitto) stop_pidfile mosquitto "$DIR/mosquitto.pid" mosquitto ;;
         mariadb) stop_pidfile mariadb "$DIR/mariadbd.pid" mariadbd ;;
         influxdb) stop_pidfile influxdb "$DIR/influxd.pid" influxd ;;
+        victoria-metrics) stop_pidfile victoria-metrics "$DIR/victoria-metrics.pid" victoria-metrics ;;
         tools | venv) ;;
         *) die "unknown part '$part' (parts: ${ALL_PARTS[*]})" ;;
         esac
@@ -355,6 +358,55 @@ EOF
     SUMMARY+=("influxdb   http://127.0.0.1:$INFLUX_PORT (started, pid $(cat "$DIR/influxd.pid" 2>/dev/null || echo ?))")
 }
 
+# ---------------------------------------------------------------- victoria-metrics
+
+vm_health() { [[ $(curl -sf --max-time 2 "http://127.0.0.1:$VM_PORT/health" 2>/dev/null) == OK ]]; }
+
+# VictoriaMetrics takes the InfluxDB v2 write API (/api/v2/write), so it is the v2 peer of
+# the tests. Flags: -search.latencyOffset=0s makes fresh samples readable at once;
+# -dedup.minScrapeInterval=1ms keeps one sample per series and millisecond, so a replayed
+# write stays idempotent as it is on InfluxDB; -retentionPeriod=100y keeps old timestamps.
+setup_victoria_metrics() {
+    local data="$DIR/victoria-metrics" logf="$DIR/victoria-metrics.log"
+    have curl || apt_install curl
+    if vm_health; then
+        SUMMARY+=("victoria   http://127.0.0.1:$VM_PORT (already running, reused)")
+        return 0
+    fi
+    if port_open "$VM_PORT"; then
+        die "something listens on 127.0.0.1:$VM_PORT but does not answer /health like VictoriaMetrics"
+    fi
+    have victoria-metrics || apt_install victoria-metrics
+    have victoria-metrics || die "victoria-metrics is still missing after apt-get install victoria-metrics"
+
+    mkdir -p "$data"
+    log "starting victoria-metrics on 127.0.0.1:$VM_PORT"
+    : >>"$logf"
+    nohup setsid victoria-metrics \
+        -httpListenAddr="127.0.0.1:$VM_PORT" \
+        -storageDataPath="$data" \
+        -retentionPeriod=100y \
+        -search.latencyOffset=0s \
+        -dedup.minScrapeInterval=1ms \
+        </dev/null >>"$logf" 2>&1 &
+    local starter=$!
+    echo "$starter" >"$DIR/victoria-metrics.pid"
+    local deadline=$((SECONDS + WAIT_SECS))
+    until vm_health; do
+        if ! kill -0 "$starter" 2>/dev/null; then
+            rm -f "$DIR/victoria-metrics.pid"
+            tail_log "$logf"
+            die "victoria-metrics exited during start-up (log: $logf)"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail_log "$logf"
+            die "victoria-metrics did not answer http://127.0.0.1:$VM_PORT/health within ${WAIT_SECS}s (log: $logf)"
+        fi
+        sleep 0.3
+    done
+    SUMMARY+=("victoria   http://127.0.0.1:$VM_PORT (started, pid $starter)")
+}
+
 # ---------------------------------------------------------------- venv
 
 setup_venv() {
@@ -403,19 +455,19 @@ main() {
     local parts=() part
     if [[ ${1:-} == stop ]]; then
         shift
-        if (($# == 0)); then parts=(mosquitto mariadb influxdb); else parts=("$@"); fi
+        if (($# == 0)); then parts=(mosquitto mariadb influxdb victoria-metrics); else parts=("$@"); fi
         stop_parts "${parts[@]}"
         return 0
     fi
     if (($# == 0)); then parts=("${ALL_PARTS[@]}"); else parts=("$@"); fi
     for part in "${parts[@]}"; do
         case $part in
-        tools | mosquitto | mariadb | influxdb | venv) ;;
+        tools | mosquitto | mariadb | influxdb | victoria-metrics | venv) ;;
         *) die "unknown part '$part' (parts: ${ALL_PARTS[*]}, or: stop [PART...])" ;;
         esac
     done
     for part in "${parts[@]}"; do
-        "setup_$part"
+        "setup_${part//-/_}"
     done
     printf '%s\n' "${SUMMARY[@]}"
 }
