@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use fieldline_core::config::LineConfig;
+use fieldline_core::config::{DeviceConfig, LineConfig, Protocol};
 use fieldline_proto::v1::adapter_service_server::AdapterServiceServer;
 use fieldline_runtime::{CancellationToken, Health};
 use prometheus_client::registry::Registry;
@@ -82,17 +82,18 @@ pub async fn start(
     let settings = &config.adapter;
     let client_id = format!("fieldline-adapter-{}-{}", config.line, settings.id);
     let options = fieldline_runtime::mqtt::options(&config.mqtt, &client_id)?;
-    // Each device's write queue exists before anything runs, so commands from gRPC and MQTT
-    // can be routed from the first moment.
-    // Devices that share an endpoint share one link (a gateway's TCP connection, an RTU
-    // bus) and one driver task; each link's write queue exists before anything runs, so
-    // commands from gRPC and MQTT can be routed from the first moment.
-    let mut links: Vec<(String, Vec<&fieldline_core::config::DeviceConfig>)> = Vec::new();
+    // Modbus devices that share an endpoint share one link (a gateway's TCP connection, an
+    // RTU bus) and one driver task; every other device has its own. Each task's write queue
+    // exists before anything runs, so commands from gRPC and MQTT can be routed from the
+    // first moment.
+    let mut links: Vec<(String, Vec<&DeviceConfig>)> = Vec::new();
     for device in &config.devices {
-        match links
-            .iter_mut()
-            .find(|(endpoint, _)| *endpoint == device.endpoint)
-        {
+        let shared = device.protocol.is_modbus().then(|| {
+            links.iter_mut().find(|(endpoint, members)| {
+                *endpoint == device.endpoint && members[0].protocol.is_modbus()
+            })
+        });
+        match shared.flatten() {
             Some((_, members)) => members.push(device),
             None => links.push((device.endpoint.clone(), vec![device])),
         }
@@ -142,7 +143,7 @@ pub async fn start(
                 sequence: Arc::new(Mutex::new(sequence)),
             };
             // Fail at start-up, not in the supervisor, when a device cannot be driven.
-            ModbusDevice::new(device.clone()).map_err(|message| Error::Device {
+            check(device).map_err(|message| Error::Device {
                 device: device.name.clone(),
                 message,
             })?;
@@ -183,32 +184,62 @@ pub async fn start(
     })
 }
 
-/// Runs the bus of `devices` until `stop`. A panic in a driver (a bug, or one in a protocol
-/// library) must not silently end polling: it is logged and counted, and the bus is rebuilt
-/// from its configuration and resumes after a pause. Sequence numbers continue.
+/// Whether the driver of `device`'s protocol can drive it; the reason when not.
+fn check(device: &DeviceConfig) -> Result<(), String> {
+    match device.protocol {
+        Protocol::ModbusTcp | Protocol::ModbusRtu => ModbusDevice::new(device.clone()).map(drop),
+        Protocol::SerialLine => drivers::serial_line::check(device),
+        Protocol::Opcua => drivers::opcua::check(device),
+        Protocol::Mqtt => drivers::mqtt::check(device),
+    }
+}
+
+/// Runs the driver of `devices` (a Modbus bus, or one device of another protocol) until
+/// `stop`.
+async fn run_driver(
+    devices: &[(DeviceConfig, DeviceContext)],
+    writes: &mut tokio::sync::mpsc::Receiver<drivers::WriteRequest>,
+    stop: CancellationToken,
+) {
+    let Some((first, cx)) = devices.first() else {
+        return;
+    };
+    match first.protocol {
+        Protocol::ModbusTcp | Protocol::ModbusRtu => {
+            let mut built = Vec::with_capacity(devices.len());
+            for (config, cx) in devices {
+                match ModbusDevice::new(config.clone()) {
+                    Ok(device) => built.push((device, cx.clone())),
+                    Err(message) => {
+                        tracing::error!(device = %config.name, %message, "device cannot be driven");
+                        return;
+                    }
+                }
+            }
+            let Some(kind) = built.first().map(|(d, _)| d.link_kind()) else {
+                return;
+            };
+            ModbusBus::new(kind, built).run(writes, stop).await;
+        }
+        Protocol::SerialLine => {
+            drivers::serial_line::run(first.clone(), cx.clone(), writes, stop).await;
+        }
+        Protocol::Opcua => drivers::opcua::run(first.clone(), cx.clone(), writes, stop).await,
+        Protocol::Mqtt => drivers::mqtt::run(first.clone(), cx.clone(), writes, stop).await,
+    }
+}
+
+/// Runs the driver of `devices` until `stop`. A panic in a driver (a bug, or one in a
+/// protocol library) must not silently end polling: it is logged and counted, and the driver
+/// is rebuilt from its configuration and resumes after a pause. Sequence numbers continue.
 async fn supervise(
-    devices: Vec<(fieldline_core::config::DeviceConfig, DeviceContext)>,
+    devices: Vec<(DeviceConfig, DeviceContext)>,
     mut writes: tokio::sync::mpsc::Receiver<drivers::WriteRequest>,
     stop: CancellationToken,
 ) {
     use futures::FutureExt;
     loop {
-        let mut built = Vec::with_capacity(devices.len());
-        for (config, cx) in &devices {
-            match ModbusDevice::new(config.clone()) {
-                Ok(device) => built.push((device, cx.clone())),
-                Err(message) => {
-                    tracing::error!(device = %config.name, %message, "device cannot be driven");
-                    return;
-                }
-            }
-        }
-        let Some(kind) = built.first().map(|(d, _)| d.link_kind()) else {
-            return;
-        };
-        let run = std::panic::AssertUnwindSafe(
-            ModbusBus::new(kind, built).run(&mut writes, stop.clone()),
-        );
+        let run = std::panic::AssertUnwindSafe(run_driver(&devices, &mut writes, stop.clone()));
         match run.catch_unwind().await {
             Ok(()) => return,
             Err(panic) => {

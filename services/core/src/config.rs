@@ -20,7 +20,16 @@ use crate::{
     codec::{Address, ByteOrder, DataType, TagCodec, WordOrder},
     deadband::DeadbandRule,
     names::name_problem,
+    value_type::ValueType,
 };
+
+pub mod mqtt_ingest;
+pub mod opcua;
+pub mod serial_line;
+
+pub use mqtt_ingest::MqttIngestSettings;
+pub use opcua::OpcuaSettings;
+pub use serial_line::SerialLineSettings;
 
 /// One problem in a configuration document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,6 +553,12 @@ pub enum Protocol {
     ModbusTcp,
     /// A Modbus RTU slave on a serial line; devices on the same port share the bus.
     ModbusRtu,
+    /// A device that speaks lines of text on a serial port (Arduino-style).
+    SerialLine,
+    /// An OPC UA server.
+    Opcua,
+    /// Values published to MQTT topics by someone else (a collector, a Sparkplug B node).
+    Mqtt,
 }
 
 impl Protocol {
@@ -551,7 +566,16 @@ impl Protocol {
         match self {
             Protocol::ModbusTcp => "modbus-tcp",
             Protocol::ModbusRtu => "modbus-rtu",
+            Protocol::SerialLine => "serial-line",
+            Protocol::Opcua => "opcua",
+            Protocol::Mqtt => "mqtt",
         }
+    }
+
+    /// Whether tags are Modbus registers and bits (typed by register layout) rather than
+    /// values the device sends typed or as text.
+    pub fn is_modbus(self) -> bool {
+        matches!(self, Protocol::ModbusTcp | Protocol::ModbusRtu)
     }
 }
 
@@ -616,12 +640,23 @@ pub struct DeviceConfig {
     /// The protocol the device speaks.
     pub protocol: Protocol,
     /// Where the device is: `host:port` for modbus-tcp, a serial port such as `/dev/ttyUSB0`
-    /// for modbus-rtu. Devices with the same endpoint share one connection or bus.
+    /// for modbus-rtu and serial-line, an `opc.tcp://` URL for opcua, the broker's
+    /// `host:port` for mqtt. Modbus devices with the same endpoint share one connection or
+    /// bus.
     pub endpoint: String,
-    /// Serial line settings (modbus-rtu); 9600 8N1 when absent. Every device on a port must
-    /// use the same settings.
+    /// Serial line settings (modbus-rtu, serial-line); 9600 8N1 when absent. Every device on
+    /// a port must use the same settings.
     #[serde(default)]
     pub serial: Option<SerialConfig>,
+    /// Serial-line protocol: request, parser and write templates.
+    #[serde(default)]
+    pub serial_line: Option<SerialLineSettings>,
+    /// OPC UA: security, identity, subscriptions.
+    #[serde(default)]
+    pub opcua: Option<OpcuaSettings>,
+    /// MQTT ingest: topics and payload format.
+    #[serde(default)]
+    pub mqtt: Option<MqttIngestSettings>,
     /// Modbus unit identifier (slave id); gateways route by it.
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
@@ -890,6 +925,124 @@ impl TagConfig {
     }
 }
 
+/// A tag of a device that sends values (serial-line, opcua, mqtt) after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedValueTag {
+    pub name: String,
+    /// Protocol-specific: a key, JSON pointer, regex group, NodeId or metric name.
+    pub address: String,
+    pub value_type: ValueType,
+    pub scale: Option<f64>,
+    pub offset: Option<f64>,
+    pub deadband: DeadbandRule,
+    pub writable: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl ResolvedValueTag {
+    /// Converts what the device sent to the tag's type, then applies scale and offset.
+    pub fn convert(&self, value: crate::sample::Value) -> Result<crate::sample::Value, String> {
+        let value = self.value_type.convert(value)?;
+        if self.scale.is_none() && self.offset.is_none() {
+            return Ok(value);
+        }
+        let raw = value
+            .as_f64()
+            .ok_or_else(|| format!("{} cannot be scaled", value.type_name()))?;
+        let scaled = raw * self.scale.unwrap_or(1.0) + self.offset.unwrap_or(0.0);
+        self.value_type
+            .convert(crate::sample::Value::F64(scaled))
+            .or_else(|_| {
+                // A scaled integer is usually no longer whole: it becomes a float.
+                ValueType::Float(64).convert(crate::sample::Value::F64(scaled))
+            })
+    }
+
+    /// The device's raw value for an engineering value a command asks for (scale and offset
+    /// undone), in the tag's type.
+    pub fn unconvert(&self, value: crate::sample::Value) -> Result<crate::sample::Value, String> {
+        if self.scale.is_none() && self.offset.is_none() {
+            return self.value_type.convert(value);
+        }
+        let x = value
+            .as_f64()
+            .ok_or_else(|| format!("{} cannot be scaled", value.type_name()))?;
+        let raw = (x - self.offset.unwrap_or(0.0)) / self.scale.unwrap_or(1.0);
+        let raw = if matches!(self.value_type, ValueType::Float(_)) {
+            raw
+        } else {
+            raw.round()
+        };
+        self.value_type.convert(crate::sample::Value::F64(raw))
+    }
+}
+
+impl TagConfig {
+    /// Parses the tag as a value tag (serial-line, opcua, mqtt): a non-empty address, a
+    /// value type, and options that fit it.
+    pub fn resolve_value(&self) -> Result<ResolvedValueTag, Vec<(&'static str, String)>> {
+        let mut problems = Vec::new();
+        if self.address.trim().is_empty() {
+            problems.push(("address", "must not be empty".to_string()));
+        }
+        let value_type = match self.data_type.parse::<ValueType>() {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(("type", e));
+                return Err(problems);
+            }
+        };
+        for (field, v) in [("scale", self.scale), ("offset", self.offset)] {
+            if let Some(v) = v {
+                if !value_type.is_numeric() {
+                    problems.push((field, format!("applies to numbers, not to {value_type}")));
+                } else if !v.is_finite() || (field == "scale" && v == 0.0) {
+                    problems.push((field, format!("{v} is not a usable {field}")));
+                }
+            }
+        }
+        for (field, band) in [
+            ("deadband", self.deadband),
+            ("deadband_percent", self.deadband_percent),
+        ] {
+            if let Some(d) = band
+                && !(d.is_finite() && d >= 0.0)
+            {
+                problems.push((field, format!("{d} must be a number of at least 0")));
+            }
+        }
+        if self.heartbeat.is_some_and(|h| h.is_zero()) {
+            problems.push(("heartbeat", "must be more than 0".into()));
+        }
+        if let (Some(min), Some(max)) = (self.min, self.max)
+            && min > max
+        {
+            problems.push(("min", format!("min {min} is above max {max}")));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(ResolvedValueTag {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            value_type,
+            scale: self.scale,
+            offset: self.offset,
+            deadband: DeadbandRule {
+                absolute: self.deadband,
+                percent: self.deadband_percent,
+                heartbeat_ns: self
+                    .heartbeat
+                    .map(|h| i64::try_from(h.as_nanos()).unwrap_or(i64::MAX)),
+            },
+            writable: self.writable,
+            min: self.min,
+            max: self.max,
+        })
+    }
+}
+
 fn describe(address: &Address) -> String {
     match address.bit {
         Some(_) => "bit of a register".into(),
@@ -1020,17 +1173,25 @@ impl LineConfig {
             if device.device_type.is_empty() {
                 err(format!("{at}.type"), "must not be empty".into());
             }
-            validate_modbus(device, &at, &mut err);
+            validate_protocol_sections(device, &at, &mut err);
+            if device.protocol.is_modbus() {
+                validate_modbus(device, &at, &mut err);
+            } else {
+                validate_value_device(device, &at, &mut err);
+            }
         }
         // Devices on one endpoint share a link: one protocol, one serial setting, distinct
         // unit ids.
         for (i, d) in self.devices.iter().enumerate() {
+            if !d.protocol.is_modbus() {
+                continue;
+            }
             if let Some((j, first)) = self
                 .devices
                 .iter()
                 .enumerate()
                 .take(i)
-                .find(|(_, o)| o.endpoint == d.endpoint)
+                .find(|(_, o)| o.endpoint == d.endpoint && o.protocol.is_modbus())
             {
                 let at = format!("devices[{i}]");
                 if first.protocol != d.protocol {
@@ -1164,6 +1325,76 @@ impl LineConfig {
     }
 }
 
+/// Each protocol's own settings section belongs to that protocol only.
+fn validate_protocol_sections(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, String)) {
+    let sections = [
+        (
+            "serial",
+            d.serial.is_some(),
+            [Protocol::ModbusRtu, Protocol::SerialLine].as_slice(),
+        ),
+        (
+            "serial_line",
+            d.serial_line.is_some(),
+            [Protocol::SerialLine].as_slice(),
+        ),
+        ("opcua", d.opcua.is_some(), [Protocol::Opcua].as_slice()),
+        ("mqtt", d.mqtt.is_some(), [Protocol::Mqtt].as_slice()),
+    ];
+    for (field, present, protocols) in sections {
+        if present && !protocols.contains(&d.protocol) {
+            let names: Vec<&str> = protocols.iter().map(|p| p.as_str()).collect();
+            err(
+                format!("{at}.{field}"),
+                format!("applies to {} only", names.join(" and ")),
+            );
+        }
+    }
+}
+
+/// A device that sends values (serial-line, opcua, mqtt): common checks of its tags, then
+/// its protocol's own.
+fn validate_value_device(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, String)) {
+    match d.protocol {
+        Protocol::SerialLine => serial_line::validate(d, at, err),
+        Protocol::Opcua => opcua::validate(d, at, err),
+        Protocol::Mqtt => mqtt_ingest::validate(d, at, err),
+        Protocol::ModbusTcp | Protocol::ModbusRtu => {}
+    }
+    if d.poll_interval < Duration::from_millis(10) {
+        err(
+            format!("{at}.poll_interval"),
+            "must be at least 10ms".into(),
+        );
+    }
+    if d.timeout.is_zero() {
+        err(format!("{at}.timeout"), "must be more than 0".into());
+    }
+    if d.tags.is_empty() {
+        err(
+            format!("{at}.tags"),
+            "a device needs at least one tag".into(),
+        );
+    }
+    let mut tag_names = HashSet::new();
+    for (j, tag) in d.tags.iter().enumerate() {
+        let tat = format!("{at}.tags[{j}]");
+        if let Some(p) = name_problem(&tag.name) {
+            err(format!("{tat}.name"), format!("name {p}"));
+        } else if !tag_names.insert(tag.name.as_str()) {
+            err(
+                format!("{tat}.name"),
+                format!("tag {:?} is defined twice", tag.name),
+            );
+        }
+        if let Err(problems) = tag.resolve_value() {
+            for (field, message) in problems {
+                err(format!("{tat}.{field}"), message);
+            }
+        }
+    }
+}
+
 fn validate_modbus(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, String)) {
     match d.protocol {
         Protocol::ModbusTcp => {
@@ -1176,9 +1407,6 @@ fn validate_modbus(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, Stri
                     format!("{at}.endpoint"),
                     format!("{:?} is not host:port", d.endpoint),
                 );
-            }
-            if d.serial.is_some() {
-                err(format!("{at}.serial"), "applies to modbus-rtu only".into());
             }
         }
         Protocol::ModbusRtu => {
@@ -1208,6 +1436,7 @@ fn validate_modbus(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, Stri
                 err(format!("{at}.serial.stop_bits"), "must be 1 or 2".into());
             }
         }
+        Protocol::SerialLine | Protocol::Opcua | Protocol::Mqtt => {}
     }
     if d.poll_interval < Duration::from_millis(10) {
         err(

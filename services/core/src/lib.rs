@@ -11,5 +11,6 @@ pub mod names;
 pub mod plugin;
 pub mod rules;
 pub mod sample;
+pub mod value_type;
 
 pub use sample::{Quality, QualityReason, Sample, SampleBatch, Value};

@@ -1,12 +1,24 @@
 //! Device drivers, one folder per protocol. A driver owns its device connection, polls on
-//! schedule, turns replies into samples (Bad with a reason when a value cannot be read) and
-//! performs writes handed to it through the adapter's safe write path.
+//! schedule (or subscribes), turns what the device says into samples (Bad with a reason when a
+//! value cannot be read) and performs writes handed to it through the adapter's safe write
+//! path.
 
 pub mod modbus;
+pub mod mqtt;
+pub mod opcua;
+pub mod serial_line;
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
 
+use fieldline_core::{
+    config::ResolvedValueTag,
+    sample::{Sample, SampleBatch, Value},
+};
 use fieldline_proto::v1;
+use fieldline_runtime::now_ns;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{metrics::AdapterMetrics, publisher::BatchSink, sequence::Sequence};
@@ -61,4 +73,190 @@ pub struct DeviceContext {
     pub sink: BatchSink,
     pub metrics: AdapterMetrics,
     pub sequence: Arc<Mutex<Sequence>>,
+}
+
+impl DeviceContext {
+    /// Numbers `samples` as the device's next batch and hands it to the publisher; false
+    /// (logged and counted) when no sequence number could be taken.
+    pub fn publish(&self, device: &str, samples: Vec<Sample>) -> bool {
+        if samples.is_empty() {
+            return true;
+        }
+        // The reservation is written before it is used, so a lock poisoned by a panic
+        // elsewhere cannot leave the numbers inconsistent: it is taken over.
+        let sequence = self
+            .sequence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match sequence {
+            Ok(sequence) => {
+                self.sink.send(SampleBatch {
+                    line: self.line.clone(),
+                    device: device.to_string(),
+                    adapter_id: self.adapter_id.clone(),
+                    sequence,
+                    samples,
+                });
+                true
+            }
+            Err(error) => {
+                self.error(device, "sequence");
+                tracing::error!(device, %error, "cannot number the batch; not published");
+                false
+            }
+        }
+    }
+
+    /// Counts an error of `kind` for `device`.
+    pub fn error(&self, device: &str, kind: &str) {
+        self.metrics
+            .errors
+            .get_or_create(&vec![
+                ("device", device.to_string()),
+                ("kind", kind.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts a write's outcome and logs it.
+    pub fn count_write(
+        &self,
+        device: &str,
+        tag: &str,
+        command: &v1::Command,
+        result: &v1::CommandResult,
+    ) {
+        let outcome = outcome(result);
+        self.metrics
+            .writes
+            .get_or_create(&vec![
+                ("device", device.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        tracing::info!(device, tag, command = %command.id, requested_by = %command.requested_by, outcome, detail = %result.detail, "write");
+    }
+}
+
+/// The outcome of a write as a metric label.
+pub fn outcome(result: &v1::CommandResult) -> &'static str {
+    match v1::CommandStatus::try_from(result.status) {
+        Ok(v1::CommandStatus::Written) => "written",
+        Ok(v1::CommandStatus::Rejected) => "rejected",
+        Ok(v1::CommandStatus::ReadbackMismatch) => "readback_mismatch",
+        _ => "failed",
+    }
+}
+
+/// A command's result.
+pub fn command_result(
+    command: &v1::Command,
+    status: v1::CommandStatus,
+    rejected_by: &str,
+    read_back: Option<Value>,
+    detail: String,
+) -> v1::CommandResult {
+    v1::CommandResult {
+        command_id: command.id.clone(),
+        status: status as i32,
+        rejected_by: rejected_by.to_string(),
+        read_back: read_back.map(Into::into),
+        detail,
+        timestamp_ns: now_ns(),
+    }
+}
+
+/// The checks a command for a value tag (serial-line, opcua, mqtt) passes before anything is
+/// sent: an id, a known writable tag, a value of the right kind within min/max, a deadline
+/// not passed. Returns the tag and the raw value to send (scale and offset undone).
+pub fn check_value_command<'t>(
+    tags: &'t [ResolvedValueTag],
+    device: &str,
+    tag_name: &str,
+    command: &v1::Command,
+) -> Result<(&'t ResolvedValueTag, Value), v1::CommandResult> {
+    let reject = |by: &str, detail: String| {
+        command_result(command, v1::CommandStatus::Rejected, by, None, detail)
+    };
+    if command.id.is_empty() {
+        return Err(reject(
+            "command_id",
+            "a command needs an id (its idempotency key)".into(),
+        ));
+    }
+    let Some(tag) = tags.iter().find(|t| t.name == tag_name) else {
+        return Err(reject(
+            "unknown_tag",
+            format!("device {device} has no tag {tag_name:?}"),
+        ));
+    };
+    if !tag.writable {
+        return Err(reject(
+            "not_writable",
+            format!("tag {tag_name} is not writable"),
+        ));
+    }
+    let value = match command.value.clone().map(Value::try_from) {
+        Some(Ok(v)) => v,
+        _ => return Err(reject("value", "the command carries no value".into())),
+    };
+    if let Some(x) = value.as_f64().filter(|_| !matches!(value, Value::Bool(_))) {
+        if !x.is_finite() {
+            return Err(reject("value", format!("{x} is not a finite number")));
+        }
+        if let Some(min) = tag.min
+            && x < min
+        {
+            return Err(reject("min", format!("{x} is below the minimum {min}")));
+        }
+        if let Some(max) = tag.max
+            && x > max
+        {
+            return Err(reject("max", format!("{x} is above the maximum {max}")));
+        }
+    }
+    if command.deadline_ns > 0 && now_ns() > command.deadline_ns {
+        return Err(reject(
+            "deadline",
+            "the command's deadline passed before it could be written".into(),
+        ));
+    }
+    let raw = tag.unconvert(value).map_err(|e| reject("type", e))?;
+    Ok((tag, raw))
+}
+
+/// How many command ids a device remembers for idempotency.
+pub const REMEMBERED_COMMANDS: usize = 10_000;
+
+/// Results of commands that reached a device, by command id: a command sent again with the
+/// same id gets the earlier result and is not written twice.
+#[derive(Default)]
+pub struct RememberedCommands {
+    results: HashMap<String, v1::CommandResult>,
+    order: VecDeque<String>,
+}
+
+impl RememberedCommands {
+    pub fn get(&self, id: &str) -> Option<&v1::CommandResult> {
+        self.results.get(id)
+    }
+
+    /// Keeps `result` when it touched the device (written, or read back different); a
+    /// rejection or transport failure may succeed when retried with the same id.
+    pub fn keep(&mut self, result: &v1::CommandResult) {
+        if result.command_id.is_empty()
+            || !matches!(outcome(result), "written" | "readback_mismatch")
+        {
+            return;
+        }
+        if self.order.len() >= REMEMBERED_COMMANDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.results.remove(&old);
+        }
+        self.order.push_back(result.command_id.clone());
+        self.results
+            .insert(result.command_id.clone(), result.clone());
+    }
 }

@@ -57,6 +57,12 @@ impl ModbusDevice {
     /// Resolves the tags, forms poll groups and plans their reads. The config was validated,
     /// so errors here mean a caller skipped validation; they are reported, not unwrapped.
     pub fn new(config: DeviceConfig) -> Result<Self, String> {
+        if !config.protocol.is_modbus() {
+            return Err(format!(
+                "{} is not a Modbus protocol",
+                config.protocol.as_str()
+            ));
+        }
         let mut tags = Vec::with_capacity(config.tags.len());
         for tag in &config.tags {
             let resolved = tag.resolve().map_err(|problems| {
@@ -119,13 +125,14 @@ impl ModbusDevice {
 
     /// The link this device is reached through.
     pub fn link_kind(&self) -> LinkKind {
+        // `new` accepts Modbus devices only: RTU on a serial port, the rest over TCP.
         match self.config.protocol {
-            fieldline_core::config::Protocol::ModbusTcp => LinkKind::Tcp {
-                endpoint: self.config.endpoint.clone(),
-            },
             fieldline_core::config::Protocol::ModbusRtu => LinkKind::Rtu {
                 port: self.config.endpoint.clone(),
                 serial: self.config.serial.unwrap_or_default(),
+            },
+            _ => LinkKind::Tcp {
+                endpoint: self.config.endpoint.clone(),
             },
         }
     }
