@@ -7,7 +7,8 @@
 #   bash tests/backends.sh mariadb venv    # only some parts
 #   bash tests/backends.sh stop [PART...]  # stop the servers this script started
 #
-# Parts: tools (mbpoll, socat, curl), mosquitto, mariadb, influxdb, victoria-metrics, venv.
+# Parts: tools (mbpoll, socat, curl), mosquitto, mariadb, influxdb, victoria-metrics, venv,
+# node (node-opcua, from tests/peers/package.json, into $FIELDLINE_BACKENDS_DIR/node).
 #
 # State (data dirs, configs, logs, pid files, the Python venv) lives in
 #   FIELDLINE_BACKENDS_DIR   default /var/tmp/fieldline-backends
@@ -21,7 +22,7 @@
 #
 # Exports nothing: tests use the fixed defaults MQTT 127.0.0.1:1883,
 # mysql://root@127.0.0.1:3306/test, http://127.0.0.1:8086, http://127.0.0.1:8428 and
-# $FIELDLINE_BACKENDS_DIR/venv/bin/python.
+# $FIELDLINE_BACKENDS_DIR/venv/bin/python and $FIELDLINE_BACKENDS_DIR/node/node_modules.
 set -euo pipefail
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -38,7 +39,7 @@ PYTHON=${FIELDLINE_PYTHON:-python3}
 REQUIREMENTS="$HERE/peers/requirements.txt"
 VENV="$DIR/venv"
 
-ALL_PARTS=(tools mosquitto mariadb influxdb victoria-metrics venv)
+ALL_PARTS=(tools mosquitto mariadb influxdb victoria-metrics venv node)
 SUMMARY=()
 
 log() { printf 'backends: %s\n' "$*" >&2; }
@@ -143,7 +144,7 @@ stop_parts() {
         mariadb) stop_pidfile mariadb "$DIR/mariadbd.pid" mariadbd ;;
         influxdb) stop_pidfile influxdb "$DIR/influxd.pid" influxd ;;
         victoria-metrics) stop_pidfile victoria-metrics "$DIR/victoria-metrics.pid" victoria-metrics ;;
-        tools | venv) ;;
+        tools | venv | node) ;;
         *) die "unknown part '$part' (parts: ${ALL_PARTS[*]})" ;;
         esac
     done
@@ -448,6 +449,35 @@ setup_venv() {
     SUMMARY+=("python     $VENV/bin/python (pymodbus $("$VENV/bin/python" -c 'import pymodbus; print(pymodbus.__version__)'), installed)")
 }
 
+# ---------------------------------------------------------------- node
+
+setup_node() {
+    local manifest="$HERE/peers/package.json" dest="$DIR/node"
+    [[ -f $manifest ]] || die "missing $manifest"
+    local want have_hash="" stamp="$dest/.fieldline-package.sha256"
+    want=$(sha256sum "$manifest" | cut -d' ' -f1)
+    [[ -f $stamp ]] && have_hash=$(cat "$stamp")
+    if ! have node || ! have npm; then
+        apt_install nodejs npm
+    fi
+    if [[ $want == "$have_hash" && -d $dest/node_modules/node-opcua ]]; then
+        SUMMARY+=("node       $dest/node_modules (node-opcua, up to date)")
+        return 0
+    fi
+    mkdir -p "$dest"
+    cp "$manifest" "$dest/package.json"
+    log "npm install (node-opcua) into $dest"
+    local t0=$SECONDS
+    rm -f "$stamp"
+    (cd "$dest" && npm install --no-audit --no-fund --omit=dev >"$DIR/npm.log" 2>&1) ||
+        { tail_log "$DIR/npm.log"; die "npm install in $dest failed"; }
+    node -e 'require(process.argv[1])' "$dest/node_modules/node-opcua" >/dev/null 2>&1 ||
+        die "node-opcua does not load from $dest after npm install"
+    echo "$want" >"$stamp"
+    log "npm install took $((SECONDS - t0))s"
+    SUMMARY+=("node       $dest/node_modules (node-opcua, installed)")
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
@@ -462,7 +492,7 @@ main() {
     if (($# == 0)); then parts=("${ALL_PARTS[@]}"); else parts=("$@"); fi
     for part in "${parts[@]}"; do
         case $part in
-        tools | mosquitto | mariadb | influxdb | victoria-metrics | venv) ;;
+        tools | mosquitto | mariadb | influxdb | victoria-metrics | venv | node) ;;
         *) die "unknown part '$part' (parts: ${ALL_PARTS[*]}, or: stop [PART...])" ;;
         esac
     done
