@@ -26,8 +26,9 @@ pub enum RuleConfig {
         #[serde(default)]
         action: HysteresisAction,
     },
-    /// While the input is above `above` (or below `below`), the output is forced to `value`
-    /// and every other write to it is refused; an alarm is raised while it trips.
+    /// While the input is at or above `above` (or at or below `below`), the output is forced
+    /// to `value` and every other write to it is refused; an alarm is raised while it trips
+    /// (active at the same limit).
     Interlock {
         name: String,
         input: String,

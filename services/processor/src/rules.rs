@@ -145,9 +145,10 @@ impl LineRules {
                     ..
                 } => {
                     let trip = match reading {
+                        // At the limit already trips, as its alarm is active at the limit.
                         Some(v) => {
-                            above.is_some_and(|limit| v > limit)
-                                || below.is_some_and(|limit| v < limit)
+                            above.is_some_and(|limit| v >= limit)
+                                || below.is_some_and(|limit| v <= limit)
                         }
                         None => *trip_on_bad,
                     };
@@ -408,6 +409,18 @@ mod tests {
         assert_eq!(asked(&o), vec![("fill".into(), Value::Bool(true))]);
         assert!(!o.trips[0].tripped);
         assert_eq!(r.hold("tank", "pump"), None);
+    }
+
+    #[test]
+    fn an_interlock_trips_at_its_limit_as_its_alarm_activates() {
+        let config = rules();
+        let mut r = LineRules::new([("tank", config.as_slice())]);
+        let o = run(&mut r, vec![pressure(2.999)], Some(true), 0);
+        assert!(o.trips.is_empty(), "{:?}", o.trips);
+        assert_eq!(r.hold("tank", "pump"), None);
+        let o = run(&mut r, vec![pressure(3.0)], Some(true), S);
+        assert_eq!(asked(&o), vec![("overpressure".into(), Value::Bool(false))]);
+        assert!(o.trips[0].tripped);
     }
 
     #[test]
