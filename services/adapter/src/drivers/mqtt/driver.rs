@@ -1,0 +1,324 @@
+//! The MQTT client of an ingest device: connects to the device's broker, subscribes, maps each
+//! message to samples and publishes them as the device's batches. Errors of whole messages
+//! are counted by kind; a lost connection makes every tag Bad (comm_failure) until values
+//! arrive again.
+
+use std::{collections::HashMap, time::Duration};
+
+use fieldline_core::{
+    config::{
+        DeviceConfig,
+        mqtt_ingest::{MqttIngestSettings, PayloadFormat},
+    },
+    deadband::{Deadband, DeadbandRule},
+    sample::{Quality, QualityReason, Sample},
+};
+use fieldline_proto::{sparkplug::Payload, v1};
+use fieldline_runtime::{CancellationToken, backoff::Backoff, now_ns};
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+use super::{json::JsonMapper, sparkplug::Node};
+use crate::drivers::{DeviceContext, WriteRequest, check_value_command, command_result};
+
+/// Largest MQTT packet the client accepts. Messages above `max_payload` but below this are
+/// counted and dropped; a larger packet breaks the connection (and is counted as such).
+const PACKET_LIMIT: usize = 16 * 1024 * 1024;
+
+/// How one device reads its messages.
+enum Reader {
+    Json(JsonMapper),
+    Sparkplug(Node),
+}
+
+/// What the driver needs, built from a validated device.
+struct Built {
+    settings: MqttIngestSettings,
+    options: MqttOptions,
+    reader: Reader,
+    filters: Vec<String>,
+    qos: QoS,
+    rules: HashMap<String, DeadbandRule>,
+}
+
+fn build(device: &DeviceConfig, line: &str) -> Result<Built, String> {
+    let settings = device
+        .mqtt
+        .clone()
+        .ok_or_else(|| format!("{}: an mqtt device needs an mqtt section", device.name))?;
+    let (host, port) = device
+        .endpoint
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .ok_or_else(|| format!("{:?} is not the broker's host:port", device.endpoint))?;
+    let client_id = settings
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("fieldline-{line}-{}", device.name));
+    let mut options = MqttOptions::new(client_id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        // A clean session: after a reconnect, current values matter, not a replay; Sparkplug
+        // nodes are asked for a rebirth.
+        .set_clean_session(true)
+        .set_max_packet_size(PACKET_LIMIT, 1024 * 1024);
+    if let Some(user) = &settings.username {
+        let password = match &settings.password {
+            Some(secret) => secret.resolve()?,
+            None => String::new(),
+        };
+        options.set_credentials(user.clone(), password);
+    }
+    let mut rules = HashMap::new();
+    let mut tags = Vec::with_capacity(device.tags.len());
+    for t in &device.tags {
+        let tag = t
+            .resolve_value()
+            .map_err(|p| format!("tag {}: {p:?}", t.name))?;
+        rules.insert(tag.name.clone(), tag.deadband);
+        tags.push(tag);
+    }
+    let (reader, filters) = match settings.format {
+        PayloadFormat::Json => (
+            Reader::Json(JsonMapper::new(device, &settings)?),
+            JsonMapper::filters(&settings, device),
+        ),
+        PayloadFormat::SparkplugB => {
+            let (Some(group), Some(node)) = (&settings.group_id, &settings.edge_node_id) else {
+                return Err("a sparkplug-b device needs group_id and edge_node_id".into());
+            };
+            let node = Node::new(group, node, settings.device_id.as_deref(), tags);
+            let filter = node.filter();
+            (Reader::Sparkplug(node), vec![filter])
+        }
+    };
+    let qos = match settings.qos {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    };
+    Ok(Built {
+        settings,
+        options,
+        reader,
+        filters,
+        qos,
+        rules,
+    })
+}
+
+/// Whether `device` can be driven; the reason when not.
+pub fn check(device: &DeviceConfig) -> Result<(), String> {
+    build(device, "check").map(drop)
+}
+
+/// Runs the device until `stop`.
+pub async fn run(
+    device: DeviceConfig,
+    cx: DeviceContext,
+    writes: &mut mpsc::Receiver<WriteRequest>,
+    stop: CancellationToken,
+) {
+    let built = match build(&device, &cx.line) {
+        Ok(built) => built,
+        Err(message) => {
+            cx.error(&device.name, "config");
+            tracing::error!(device = %device.name, %message, "device cannot be driven");
+            return;
+        }
+    };
+    let Built {
+        settings,
+        options,
+        mut reader,
+        filters,
+        qos,
+        rules,
+    } = built;
+    let max_payload = usize::try_from(settings.max_payload.0).unwrap_or(usize::MAX);
+    let mut ingest = Ingest {
+        device: &device,
+        cx: &cx,
+        rules,
+        deadbands: HashMap::new(),
+    };
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let mut backoff = Backoff::new(Duration::from_millis(200), device.max_backoff);
+    // Tags are reported Bad once per outage, not on every failed reconnect.
+    let mut down_reported = false;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(request) = writes.recv() => {
+                reject_write(&device, &cx, request);
+                continue;
+            }
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                down_reported = false;
+                tracing::info!(device = %device.name, filters = ?filters, "connected to the device's broker");
+                for filter in &filters {
+                    if let Err(error) = client.try_subscribe(filter.clone(), qos) {
+                        cx.error(&device.name, "subscribe");
+                        tracing::error!(device = %device.name, %filter, %error, "cannot subscribe");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(message))) => {
+                let arrival = now_ns();
+                let payload = message.payload.as_ref();
+                match &mut reader {
+                    Reader::Json(mapper) => match mapper.map(&message.topic, payload, arrival) {
+                        Ok(mapped) => {
+                            if mapped.timestamp_unreadable {
+                                cx.error(&device.name, "timestamp");
+                            }
+                            ingest.publish(mapped.samples);
+                        }
+                        Err(error) => {
+                            cx.error(&device.name, error.metric_label());
+                            tracing::warn!(device = %device.name, topic = %message.topic, %error, "message dropped");
+                        }
+                    },
+                    Reader::Sparkplug(node) => {
+                        if payload.len() > max_payload {
+                            cx.error(&device.name, "payload_too_large");
+                            tracing::warn!(device = %device.name, topic = %message.topic, size = payload.len(), "message dropped: larger than max_payload");
+                            continue;
+                        }
+                        let decoded = Payload::decode(payload).ok();
+                        let outcome = node.handle(&message.topic, decoded.as_ref(), arrival);
+                        for kind in &outcome.errors {
+                            cx.error(&device.name, kind);
+                            tracing::warn!(device = %device.name, topic = %message.topic, problem = kind, "sparkplug");
+                        }
+                        if outcome.rebirth {
+                            request_rebirth(&client, node, &device, &cx);
+                        }
+                        ingest.publish(outcome.samples);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                cx.error(&device.name, "connection");
+                if !down_reported {
+                    down_reported = true;
+                    ingest.all_bad(&format!("broker connection failed: {error}"));
+                    if let Reader::Sparkplug(node) = &mut reader {
+                        // Messages may be missed while away: start again from a birth.
+                        node.reset();
+                    }
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(device = %device.name, %error, retry_in = ?delay, "MQTT ingest connection failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
+/// Publishes the samples that pass their tag's deadband.
+struct Ingest<'a> {
+    device: &'a DeviceConfig,
+    cx: &'a DeviceContext,
+    rules: HashMap<String, DeadbandRule>,
+    deadbands: HashMap<String, Deadband>,
+}
+
+impl Ingest<'_> {
+    fn publish(&mut self, samples: Vec<Sample>) {
+        let name = &self.device.name;
+        let mut reported = Vec::with_capacity(samples.len());
+        for sample in samples {
+            let quality = if sample.quality.is_good() {
+                "good"
+            } else {
+                "bad"
+            };
+            self.cx
+                .metrics
+                .samples_read
+                .get_or_create(&vec![("device", name.clone()), ("quality", quality.into())])
+                .inc();
+            let rule = self.rules.get(&sample.tag).copied().unwrap_or_default();
+            if self
+                .deadbands
+                .entry(sample.tag.clone())
+                .or_default()
+                .should_report(&rule, &sample.value, &sample.quality, sample.timestamp_ns)
+            {
+                reported.push(sample);
+            }
+        }
+        self.cx.publish(name, reported);
+    }
+
+    fn all_bad(&mut self, detail: &str) {
+        let at = now_ns();
+        let samples = self
+            .device
+            .tags
+            .iter()
+            .map(|t| {
+                Sample::bad(
+                    &t.name,
+                    Quality::bad(QualityReason::CommFailure, detail),
+                    at,
+                )
+            })
+            .collect();
+        self.publish(samples);
+    }
+}
+
+/// Asks the edge node to publish its births again (NCMD `Node Control/Rebirth` = true).
+fn request_rebirth(client: &AsyncClient, node: &Node, device: &DeviceConfig, cx: &DeviceContext) {
+    let now_ms = u64::try_from(now_ns() / 1_000_000).unwrap_or(0);
+    let payload = super::sparkplug::rebirth_payload(now_ms).encode_to_vec();
+    let topic = node.ncmd_topic();
+    match client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload) {
+        Ok(()) => {
+            tracing::info!(device = %device.name, %topic, "asked the edge node for a rebirth")
+        }
+        Err(error) => {
+            cx.error(&device.name, "rebirth_request");
+            tracing::error!(device = %device.name, %topic, %error, "cannot ask for a rebirth");
+        }
+    }
+}
+
+/// Values of an ingest device are published by someone else: every write is refused, with
+/// the same checks (and reasons) as other value devices.
+fn reject_write(device: &DeviceConfig, cx: &DeviceContext, request: WriteRequest) {
+    let tags: Vec<_> = device
+        .tags
+        .iter()
+        .filter_map(|t| t.resolve_value().ok())
+        .collect();
+    let result = match check_value_command(&tags, &device.name, &request.tag, &request.command) {
+        Err(result) => result,
+        Ok(_) => command_result(
+            &request.command,
+            v1::CommandStatus::Rejected,
+            "not_writable",
+            None,
+            "mqtt ingest devices are read-only".into(),
+        ),
+    };
+    cx.count_write(&device.name, &request.tag, &request.command, &result);
+    let _ = request.reply.send(result);
+}
