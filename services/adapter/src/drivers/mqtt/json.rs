@@ -76,14 +76,25 @@ impl JsonMapper {
         })
     }
 
-    /// Topic filters to subscribe to: the device's topics and every tag's own filter.
+    /// Topic filters to subscribe to: the device's topics and every tag's own filter, without
+    /// those another filter already covers (the broker would deliver such a message once per
+    /// matching subscription).
     pub fn filters(settings: &MqttIngestSettings, device: &DeviceConfig) -> Vec<String> {
-        let mut filters = settings.topics.clone();
-        for t in &device.tags {
-            if let (Some(topic), _) = split_json_address(&t.address)
-                && !filters.iter().any(|f| f == topic)
-            {
-                filters.push(topic.to_string());
+        let mut candidates: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        candidates.extend(
+            device
+                .tags
+                .iter()
+                .filter_map(|t| split_json_address(&t.address).0),
+        );
+        let mut filters: Vec<String> = Vec::new();
+        for (i, f) in candidates.iter().enumerate() {
+            let covered = candidates
+                .iter()
+                .enumerate()
+                .any(|(j, other)| j != i && rumqttc::matches(f, other) && (f != other || j < i));
+            if !covered {
+                filters.push((*f).to_string());
             }
         }
         filters
@@ -278,6 +289,17 @@ mod tests {
         let out = m.map("x", br#"{"count": -1, "run": 2}"#, 1).unwrap();
         assert_eq!(reason(&out, "count"), Some(QualityReason::OutOfRange));
         assert!(reason(&out, "run").is_some());
+    }
+
+    #[test]
+    fn covered_filters_are_not_subscribed_twice() {
+        let yaml = "line: l\ndevices:\n  - name: cnc\n    type: cnc\n    protocol: mqtt\n    endpoint: \"127.0.0.1:1883\"\n    mqtt: { format: json, topics: [\"cnc/+/status\", \"cnc/1/status\"] }\n    tags:\n      - { name: a, address: \"cnc/1/status#/a\", type: f64 }\n      - { name: b, address: \"other/x#/b\", type: f64 }\n      - { name: c, address: \"other/x#/c\", type: f64 }\n      - { name: d, address: \"other/##/d\", type: f64 }\n      - { name: e, address: \"z/1#/e\", type: f64 }\n";
+        let config = LineConfig::from_yaml(yaml).unwrap();
+        let d = &config.devices[0];
+        assert_eq!(
+            JsonMapper::filters(d.mqtt.as_ref().unwrap(), d),
+            vec!["cnc/+/status", "other/#", "z/1"]
+        );
     }
 
     #[test]
