@@ -29,7 +29,7 @@ const PACKET_LIMIT: usize = 16 * 1024 * 1024;
 /// How one device reads its messages.
 enum Reader {
     Json(JsonMapper),
-    Sparkplug(Node),
+    Sparkplug(Box<Node>),
 }
 
 /// What the driver needs, built from a validated device.
@@ -95,7 +95,7 @@ fn build(device: &DeviceConfig, line: &str) -> Result<Built, String> {
             };
             let node = Node::new(group, node, settings.device_id.as_deref(), tags);
             let filter = node.filter();
-            (Reader::Sparkplug(node), vec![filter])
+            (Reader::Sparkplug(Box::new(node)), vec![filter])
         }
     };
     let qos = match settings.qos {

@@ -226,11 +226,9 @@ impl Node {
                         self.device_birth = Some(Birth::from_metrics(&payload.metrics));
                         out.samples = self.samples(payload, false, arrival_ns).unwrap_or_default();
                     }
-                    Kind::DDeath if ours => {
-                        if self.device_birth.take().is_some() {
-                            out.samples =
-                                self.all_bad("the device went offline (DDEATH)", arrival_ns);
-                        }
+                    // A device that was not born has reported nothing to withdraw.
+                    Kind::DDeath if ours && self.device_birth.take().is_some() => {
+                        out.samples = self.all_bad("the device went offline (DDEATH)", arrival_ns);
                     }
                     Kind::NData | Kind::DData if ours => {
                         let born = if self.device.is_some() {
