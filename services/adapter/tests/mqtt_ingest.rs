@@ -13,7 +13,7 @@ use fieldline_proto::{
 use fieldline_runtime::now_ns;
 use fieldline_testkit as kit;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
     process::{Child, ChildStdin, ChildStdout, Command},
@@ -241,7 +241,9 @@ impl EdgeNode {
             }
         });
         client
-            .subscribe(format!("spBv1.0/{group}/NCMD/#"), QoS::AtLeastOnce)
+            .subscribe_many(["NCMD", "DCMD"].map(|kind| {
+                SubscribeFilter::new(format!("spBv1.0/{group}/{kind}/#"), QoS::AtLeastOnce)
+            }))
             .await?;
         tokio::time::timeout(Duration::from_secs(10), subscribed)
             .await
@@ -328,7 +330,7 @@ async fn sparkplug_births_aliases_gaps_and_deaths() -> anyhow::Result<()> {
     use metric::Value as V;
     let group = kit::unique("plant");
     let device = format!(
-        "  - name: press\n    type: press\n    protocol: mqtt\n    endpoint: \"{mqtt}\"\n    mqtt: {{ format: sparkplug-b, group_id: \"{group}\", edge_node_id: edge1, device_id: press1 }}\n    tags:\n      - {{ name: force, address: Press/Force, type: f64 }}\n      - {{ name: count, address: Count, type: u32 }}\n      - {{ name: temp, address: Temp, type: i16 }}\n",
+        "  - name: press\n    type: press\n    protocol: mqtt\n    endpoint: \"{mqtt}\"\n    mqtt: {{ format: sparkplug-b, group_id: \"{group}\", edge_node_id: edge1, device_id: press1 }}\n    tags:\n      - {{ name: force, address: Press/Force, type: f64, writable: true, min: 0, max: 100 }}\n      - {{ name: count, address: Count, type: u32 }}\n      - {{ name: temp, address: Temp, type: i16 }}\n",
         mqtt = kit::MQTT
     );
     let mut run = common::start("mqtt-spb", &device).await?;
@@ -378,6 +380,46 @@ async fn sparkplug_births_aliases_gaps_and_deaths() -> anyhow::Result<()> {
             good("count", Value::U64(4), 3_000 * MS),
             good("force", Value::F64(11.25), 3_500 * MS),
         ]
+    );
+
+    // Writes go to the device as DCMD, typed by the birth; the usual checks come first.
+    let write = |id: &str, tag: &str, value: Value| v1::Command {
+        id: id.into(),
+        tag: format!("{}/press/{tag}", run.line),
+        value: Some(value.into()),
+        deadline_ns: 0,
+        requested_by: "test".into(),
+        reason: "test".into(),
+    };
+    let (c1, c2, c3) = (
+        write("w1", "force", Value::F64(12.5)),
+        write("w2", "force", Value::F64(250.0)),
+        write("w3", "count", Value::U64(1)),
+    );
+    let result = run.client.write(c1).await?.into_inner();
+    assert_eq!(
+        result.status,
+        v1::CommandStatus::Written as i32,
+        "{result:?}"
+    );
+    let (topic, cmd) = node
+        .command(Duration::from_secs(10))
+        .await
+        .context("no DCMD arrived")?;
+    assert_eq!(topic, format!("spBv1.0/{group}/DCMD/edge1/press1"));
+    assert_eq!(cmd.metrics.len(), 1);
+    assert_eq!(cmd.metrics[0].name.as_deref(), Some("Press/Force"));
+    assert_eq!(cmd.metrics[0].datatype, Some(10));
+    assert_eq!(cmd.metrics[0].value, Some(V::DoubleValue(12.5)));
+    let result = run.client.write(c2).await?.into_inner();
+    assert_eq!(
+        (result.status, result.rejected_by.as_str()),
+        (v1::CommandStatus::Rejected as i32, "max")
+    );
+    let result = run.client.write(c3).await?.into_inner();
+    assert_eq!(
+        (result.status, result.rejected_by.as_str()),
+        (v1::CommandStatus::Rejected as i32, "not_writable")
     );
 
     // A sequence gap: one rebirth request, and data is ignored until the new birth.

@@ -10,6 +10,8 @@
 //!
 //! With `format: sparkplug-b` a tag's `address` is the Sparkplug metric name
 //! (`Spindle/Speed`) of the edge node (`edge_node_id`) or of one of its devices (`device_id`).
+//! Writable tags are written as DCMD (or NCMD for the node's own metrics) with the metric's
+//! name and its datatype from the birth certificate.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -228,11 +230,10 @@ pub(super) fn validate(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, 
         err(format!("{at_m}.client_id"), "must not be empty".into());
     }
     for (j, tag) in d.tags.iter().enumerate() {
-        if tag.writable {
+        if tag.writable && s.format == PayloadFormat::Json {
             err(
                 format!("{at}.tags[{j}].writable"),
-                "mqtt ingest devices are read-only: their values are published by someone else"
-                    .into(),
+                "json devices are read-only (writes go to Sparkplug B devices as DCMD/NCMD)".into(),
             );
         }
     }
@@ -430,7 +431,7 @@ mod tests {
 
     #[test]
     fn sparkplug_devices_validate() {
-        let ok = "  - { name: press, type: press, protocol: mqtt, endpoint: \"127.0.0.1:1883\",\n      mqtt: { format: sparkplug-b, group_id: plant, edge_node_id: edge1, device_id: press1 },\n      tags: [ { name: force, address: Press/Force, type: f64 } ] }\n";
+        let ok = "  - { name: press, type: press, protocol: mqtt, endpoint: \"127.0.0.1:1883\",\n      mqtt: { format: sparkplug-b, group_id: plant, edge_node_id: edge1, device_id: press1 },\n      tags: [ { name: force, address: Press/Force, type: f64, writable: true } ] }\n";
         assert_eq!(problems(ok), Vec::<String>::new());
         let bad = "  - { name: press, type: press, protocol: mqtt, endpoint: \"127.0.0.1:1883\",\n      mqtt: { format: sparkplug-b, edge_node_id: \"a/b\", topics: [x] },\n      tags: [ { name: force, address: Press/Force, type: f64 } ] }\n";
         let p = problems(bad);

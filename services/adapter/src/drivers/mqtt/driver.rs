@@ -1,13 +1,13 @@
 //! The MQTT client of an ingest device: connects to the device's broker, subscribes, maps each
 //! message to samples and publishes them as the device's batches. Errors of whole messages
 //! are counted by kind; a lost connection makes every tag Bad (comm_failure) until values
-//! arrive again.
+//! arrive again. Writes to Sparkplug B tags are sent as DCMD/NCMD.
 
 use std::{collections::HashMap, time::Duration};
 
 use fieldline_core::{
     config::{
-        DeviceConfig,
+        DeviceConfig, ResolvedValueTag,
         mqtt_ingest::{MqttIngestSettings, PayloadFormat},
     },
     deadband::{Deadband, DeadbandRule},
@@ -20,7 +20,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 use super::{json::JsonMapper, sparkplug::Node};
-use crate::drivers::{DeviceContext, WriteRequest, check_value_command, command_result};
+use crate::drivers::{
+    DeviceContext, RememberedCommands, WriteRequest, check_value_command, command_result,
+};
 
 /// Largest MQTT packet the client accepts. Messages above `max_payload` but below this are
 /// counted and dropped; a larger packet breaks the connection (and is counted as such).
@@ -148,6 +150,12 @@ pub async fn run(
         rules,
         deadbands: HashMap::new(),
     };
+    let value_tags: Vec<ResolvedValueTag> = device
+        .tags
+        .iter()
+        .filter_map(|t| t.resolve_value().ok())
+        .collect();
+    let mut remembered = RememberedCommands::default();
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let mut backoff = Backoff::new(Duration::from_millis(200), device.max_backoff);
     // Tags are reported Bad once per outage, not on every failed reconnect.
@@ -156,7 +164,11 @@ pub async fn run(
         let event = tokio::select! {
             _ = stop.cancelled() => break,
             Some(request) = writes.recv() => {
-                reject_write(&device, &cx, request);
+                let node = match &reader {
+                    Reader::Sparkplug(node) => Some(node.as_ref()),
+                    Reader::Json(_) => None,
+                };
+                write(&client, node, &device, &cx, &value_tags, &mut remembered, request);
                 continue;
             }
             event = eventloop.poll() => event,
@@ -301,24 +313,65 @@ fn request_rebirth(client: &AsyncClient, node: &Node, device: &DeviceConfig, cx:
     }
 }
 
-/// Values of an ingest device are published by someone else: every write is refused, with
-/// the same checks (and reasons) as other value devices.
-fn reject_write(device: &DeviceConfig, cx: &DeviceContext, request: WriteRequest) {
-    let tags: Vec<_> = device
-        .tags
-        .iter()
-        .filter_map(|t| t.resolve_value().ok())
-        .collect();
-    let result = match check_value_command(&tags, &device.name, &request.tag, &request.command) {
-        Err(result) => result,
-        Ok(_) => command_result(
-            &request.command,
-            v1::CommandStatus::Rejected,
-            "not_writable",
-            None,
-            "mqtt ingest devices are read-only".into(),
-        ),
+/// Performs a write: Sparkplug tags are sent as DCMD/NCMD with the metric's name and birth
+/// datatype (Sparkplug has no acknowledgement, so the result is "written" once the broker has
+/// the command); json devices are read-only. The usual checks come first.
+fn write(
+    client: &AsyncClient,
+    node: Option<&Node>,
+    device: &DeviceConfig,
+    cx: &DeviceContext,
+    tags: &[ResolvedValueTag],
+    remembered: &mut RememberedCommands,
+    request: WriteRequest,
+) {
+    let command = &request.command;
+    let result = if let Some(earlier) = remembered.get(&command.id) {
+        earlier.clone()
+    } else {
+        match check_value_command(tags, &device.name, &request.tag, command) {
+            Err(result) => result,
+            Ok((tag, raw)) => match node {
+                None => command_result(
+                    command,
+                    v1::CommandStatus::Rejected,
+                    "not_writable",
+                    None,
+                    "json mqtt devices are read-only".into(),
+                ),
+                Some(node) => {
+                    let now_ms = u64::try_from(now_ns() / 1_000_000).unwrap_or(0);
+                    match node.command(&tag.address, &raw, now_ms) {
+                        Err(detail) => {
+                            command_result(command, v1::CommandStatus::Failed, "", None, detail)
+                        }
+                        Ok((topic, payload)) => match client.try_publish(
+                            topic.clone(),
+                            QoS::AtLeastOnce,
+                            false,
+                            payload.encode_to_vec(),
+                        ) {
+                            Ok(()) => command_result(
+                                command,
+                                v1::CommandStatus::Written,
+                                "",
+                                None,
+                                format!("sent on {topic}"),
+                            ),
+                            Err(error) => command_result(
+                                command,
+                                v1::CommandStatus::Failed,
+                                "",
+                                None,
+                                format!("the MQTT client refused the command: {error}"),
+                            ),
+                        },
+                    }
+                }
+            },
+        }
     };
-    cx.count_write(&device.name, &request.tag, &request.command, &result);
+    remembered.keep(&result);
+    cx.count_write(&device.name, &request.tag, command, &result);
     let _ = request.reply.send(result);
 }

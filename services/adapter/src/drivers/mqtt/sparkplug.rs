@@ -341,6 +341,97 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The command writing `value` to metric `name`: its topic (DCMD to the device, NCMD to
+    /// the node) and payload, typed by the metric's datatype from the birth. `Err` when the
+    /// node or device is offline, or the value does not fit the datatype.
+    pub fn command(
+        &self,
+        name: &str,
+        value: &Value,
+        now_ms: u64,
+    ) -> Result<(String, Payload), String> {
+        let birth = self
+            .birth()
+            .filter(|_| self.node_birth.is_some())
+            .ok_or_else(|| {
+                "the edge node or device is offline (no birth certificate)".to_string()
+            })?;
+        let dt = *birth
+            .datatypes
+            .get(name)
+            .ok_or_else(|| format!("the birth certificate has no metric {name:?}"))?;
+        let topic = match &self.device {
+            Some(d) => format!("spBv1.0/{}/DCMD/{}/{d}", self.group, self.node),
+            None => self.ncmd_topic(),
+        };
+        let payload = Payload {
+            timestamp: Some(now_ms),
+            metrics: vec![Metric {
+                name: Some(name.to_string()),
+                timestamp: Some(now_ms),
+                datatype: Some(dt),
+                value: Some(encode(dt, value)?),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Ok((topic, payload))
+    }
+}
+
+/// `value` as a metric value of datatype `dt`.
+fn encode(dt: u32, value: &Value) -> Result<metric::Value, String> {
+    use metric::Value as V;
+    let whole = |min: i128, max: i128| -> Result<i128, String> {
+        let i = match value {
+            Value::I64(v) => i128::from(*v),
+            Value::U64(v) => i128::from(*v),
+            Value::Bool(b) => i128::from(*b),
+            Value::F64(x) if x.fract() == 0.0 && x.is_finite() => *x as i128,
+            other => return Err(format!("{other} is not a whole number")),
+        };
+        if i < min || i > max {
+            return Err(format!("{i} does not fit Sparkplug datatype {dt}"));
+        }
+        Ok(i)
+    };
+    Ok(match dt {
+        datatype::INT8 => V::IntValue(whole(-128, 127)? as i32 as u32),
+        datatype::INT16 => V::IntValue(whole(-32768, 32767)? as i32 as u32),
+        datatype::INT32 => V::IntValue(whole(i32::MIN.into(), i32::MAX.into())? as i32 as u32),
+        datatype::INT64 => V::LongValue(whole(i64::MIN.into(), i64::MAX.into())? as i64 as u64),
+        datatype::UINT8 => V::IntValue(whole(0, 255)? as u32),
+        datatype::UINT16 => V::IntValue(whole(0, 65535)? as u32),
+        datatype::UINT32 => V::IntValue(whole(0, u32::MAX.into())? as u32),
+        datatype::UINT64 | datatype::DATETIME => V::LongValue(whole(0, u64::MAX.into())? as u64),
+        datatype::FLOAT | datatype::DOUBLE => {
+            let x = value
+                .as_f64()
+                .filter(|x| x.is_finite() && !matches!(value, Value::Bool(_)))
+                .ok_or_else(|| format!("{value} is not a finite number"))?;
+            if dt == datatype::FLOAT {
+                V::FloatValue(x as f32)
+            } else {
+                V::DoubleValue(x)
+            }
+        }
+        datatype::BOOLEAN => match value {
+            Value::Bool(b) => V::BooleanValue(*b),
+            _ => V::BooleanValue(whole(0, 1)? == 1),
+        },
+        datatype::STRING | datatype::TEXT | datatype::UUID => match value {
+            Value::String(s) => V::StringValue(s.clone()),
+            other => return Err(format!("{other} is not a string")),
+        },
+        other => {
+            return Err(format!(
+                "writing Sparkplug datatype {other} is not supported"
+            ));
+        }
+    })
+}
+
 fn bd_seq(payload: &Payload) -> Option<u64> {
     payload
         .metrics
@@ -735,6 +826,54 @@ mod tests {
         let out = n.handle("spBv1.0/g/DDATA/n/d", None, 0);
         assert!(out.rebirth);
         assert_eq!(out.errors, vec!["payload_protobuf"]);
+    }
+
+    #[test]
+    fn commands_are_typed_by_the_birth_and_go_to_the_device_or_node() {
+        let mut n = Node::new("g", "n", Some("d"), tags());
+        assert!(n.command("Temp", &Value::I64(1), 1).is_err(), "offline");
+        let (mut n, _) = {
+            n.handle(
+                "spBv1.0/g/NBIRTH/n",
+                Some(&payload(Some(0), vec![bd(1)])),
+                0,
+            );
+            let out = n.handle(
+                "spBv1.0/g/DBIRTH/n/d",
+                Some(&payload(Some(1), dbirth_metrics())),
+                0,
+            );
+            (n, out)
+        };
+        let (topic, p) = n.command("Temp", &Value::I64(-2), 7).unwrap();
+        assert_eq!(topic, "spBv1.0/g/DCMD/n/d");
+        assert_eq!(p.metrics[0].name.as_deref(), Some("Temp"));
+        assert_eq!(p.metrics[0].datatype, Some(datatype::INT16));
+        assert_eq!(p.metrics[0].value, Some(V::IntValue(0xFFFF_FFFE)));
+        let (_, p) = n.command("Spindle/Speed", &Value::F64(2.5), 7).unwrap();
+        assert_eq!(p.metrics[0].value, Some(V::DoubleValue(2.5)));
+        let (_, p) = n.command("Running", &Value::Bool(false), 7).unwrap();
+        assert_eq!(p.metrics[0].value, Some(V::BooleanValue(false)));
+        assert!(n.command("Temp", &Value::I64(40_000), 7).is_err());
+        assert!(n.command("Temp", &Value::F64(1.5), 7).is_err());
+        assert!(n.command("Nope", &Value::I64(1), 7).is_err());
+        n.handle("spBv1.0/g/DDEATH/n/d", Some(&payload(Some(2), vec![])), 0);
+        assert!(
+            n.command("Temp", &Value::I64(1), 7).is_err(),
+            "device offline"
+        );
+        let mut node_only = Node::new("g", "n", None, tags());
+        node_only.handle(
+            "spBv1.0/g/NBIRTH/n",
+            Some(&payload(
+                Some(0),
+                vec![m(Some("Temp"), 2, datatype::UINT8, Some(V::IntValue(1)))],
+            )),
+            0,
+        );
+        let (topic, p) = node_only.command("Temp", &Value::U64(200), 7).unwrap();
+        assert_eq!(topic, "spBv1.0/g/NCMD/n");
+        assert_eq!(p.metrics[0].value, Some(V::IntValue(200)));
     }
 
     #[test]
