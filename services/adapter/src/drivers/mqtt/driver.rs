@@ -220,6 +220,13 @@ pub async fn run(
                     }
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Reader::Sparkplug(node) = &mut reader
+                    && node.subscribed(now_ns())
+                {
+                    request_rebirth(&client, node, &device, &cx);
+                }
+            }
             Ok(_) => {}
             Err(error) => {
                 cx.error(&device.name, "connection");

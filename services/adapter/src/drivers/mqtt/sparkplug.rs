@@ -9,7 +9,10 @@
 //! - Every later message of the node (NDATA, DBIRTH, DDATA, DDEATH) carries `seq`, one more
 //!   than the previous modulo 256. A gap, data before any birth or an alias the birth did not
 //!   bind means the host's picture is incomplete: it asks for a rebirth (NCMD
-//!   `Node Control/Rebirth` = true) and ignores the node's data until the new NBIRTH.
+//!   `Node Control/Rebirth` = true) and ignores the node's data until the new NBIRTH. The
+//!   request is repeated every [`REBIRTH_RETRY`] while data keeps coming without a birth (the
+//!   node may have missed it). A host that has just subscribed asks at once, since births are
+//!   not retained and a node reporting by exception may stay quiet for long.
 //! - NDEATH (the node's MQTT will) carries the session's `bdSeq`; one from an older session is
 //!   stale and ignored. NDEATH and DDEATH make the affected tags Bad (comm_failure).
 
@@ -42,6 +45,9 @@ pub mod datatype {
 
 /// The metric a host writes to ask a node to publish its births again.
 pub const REBIRTH_METRIC: &str = "Node Control/Rebirth";
+
+/// Least time (ns) between two rebirth requests while the node keeps sending data.
+pub const REBIRTH_RETRY: i64 = 5_000_000_000;
 
 /// What the driver should do after a message.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -115,8 +121,8 @@ pub struct Node {
     bd_seq: Option<u64>,
     last_seq: Option<u64>,
     device_birth: Option<Birth>,
-    /// A rebirth was requested; data is ignored until NBIRTH.
-    awaiting_rebirth: bool,
+    /// When a rebirth was last requested; data is ignored until NBIRTH.
+    awaiting_rebirth: Option<i64>,
 }
 
 impl Node {
@@ -130,7 +136,7 @@ impl Node {
             bd_seq: None,
             last_seq: None,
             device_birth: None,
-            awaiting_rebirth: false,
+            awaiting_rebirth: None,
         }
     }
 
@@ -151,7 +157,17 @@ impl Node {
 
     /// Whether a rebirth was asked for and the new birth has not arrived yet.
     pub fn awaiting_rebirth(&self) -> bool {
-        self.awaiting_rebirth
+        self.awaiting_rebirth.is_some()
+    }
+
+    /// Called once the subscription is in place at `now_ns`: true when a rebirth should be
+    /// requested now (the node's state is unknown).
+    pub fn subscribed(&mut self, now_ns: i64) -> bool {
+        let mut out = Outcome::default();
+        if self.node_birth.is_none() {
+            self.request_rebirth(&mut out, now_ns);
+        }
+        out.rebirth
     }
 
     /// Forgets the session (e.g. after the connection to the broker was lost, when messages
@@ -160,7 +176,7 @@ impl Node {
         self.node_birth = None;
         self.device_birth = None;
         self.last_seq = None;
-        self.awaiting_rebirth = false;
+        self.awaiting_rebirth = None;
     }
 
     /// Handles a message on `topic`. `payload` is `None` when it could not be decoded.
@@ -173,7 +189,7 @@ impl Node {
             out.errors.push("payload_protobuf");
             // A message we cannot read may have changed anything: start over from a birth.
             if kind != Kind::NDeath {
-                self.request_rebirth(&mut out);
+                self.request_rebirth(&mut out, arrival_ns);
             }
             return out;
         };
@@ -184,7 +200,7 @@ impl Node {
                 self.bd_seq = bd_seq(payload);
                 self.last_seq = payload.seq;
                 self.device_birth = None;
-                self.awaiting_rebirth = false;
+                self.awaiting_rebirth = None;
                 if self.device.is_none() {
                     out.samples = self.samples(payload, false, arrival_ns).unwrap_or_default();
                 }
@@ -206,18 +222,22 @@ impl Node {
                 out.samples = self.all_bad("the edge node went offline (NDEATH)", arrival_ns);
             }
             Kind::NData | Kind::DBirth | Kind::DData | Kind::DDeath => {
-                if self.awaiting_rebirth {
+                if let Some(asked) = self.awaiting_rebirth {
+                    if arrival_ns.saturating_sub(asked) >= REBIRTH_RETRY {
+                        self.awaiting_rebirth = None;
+                        self.request_rebirth(&mut out, arrival_ns);
+                    }
                     return out;
                 }
                 if self.node_birth.is_none() {
                     out.errors.push("data_before_birth");
-                    self.request_rebirth(&mut out);
+                    self.request_rebirth(&mut out, arrival_ns);
                     return out;
                 }
                 let expected = self.last_seq.map(|s| (s + 1) % 256);
                 if payload.seq.is_none() || payload.seq != expected {
                     out.errors.push("sequence_gap");
-                    self.request_rebirth(&mut out);
+                    self.request_rebirth(&mut out, arrival_ns);
                     return out;
                 }
                 self.last_seq = payload.seq;
@@ -238,14 +258,14 @@ impl Node {
                         };
                         if !born {
                             out.errors.push("data_before_birth");
-                            self.request_rebirth(&mut out);
+                            self.request_rebirth(&mut out, arrival_ns);
                             return out;
                         }
                         match self.samples(payload, true, arrival_ns) {
                             Some(samples) => out.samples = samples,
                             None => {
                                 out.errors.push("unknown_alias");
-                                self.request_rebirth(&mut out);
+                                self.request_rebirth(&mut out, arrival_ns);
                             }
                         }
                     }
@@ -256,9 +276,9 @@ impl Node {
         out
     }
 
-    fn request_rebirth(&mut self, out: &mut Outcome) {
-        if !self.awaiting_rebirth {
-            self.awaiting_rebirth = true;
+    fn request_rebirth(&mut self, out: &mut Outcome, now_ns: i64) {
+        if self.awaiting_rebirth.is_none() {
+            self.awaiting_rebirth = Some(now_ns);
             out.rebirth = true;
         }
     }
@@ -694,6 +714,32 @@ mod tests {
         assert_eq!(out.samples.len(), 3);
         let out = n.handle("spBv1.0/g/DDATA/n/d", Some(&data(2)), 0);
         assert_eq!(values(&out), vec![("speed".into(), Some(Value::F64(1.0)))]);
+    }
+
+    #[test]
+    fn the_request_is_repeated_while_data_comes_without_a_birth() {
+        let mut n = Node::new("g", "n", None, tags());
+        assert!(n.subscribed(0));
+        assert!(!n.subscribed(1), "asked already");
+        let data = payload(Some(3), vec![]);
+        assert!(
+            !n.handle("spBv1.0/g/NDATA/n", Some(&data), REBIRTH_RETRY - 1)
+                .rebirth
+        );
+        assert!(
+            n.handle("spBv1.0/g/NDATA/n", Some(&data), REBIRTH_RETRY)
+                .rebirth
+        );
+        assert!(
+            !n.handle("spBv1.0/g/NDATA/n", Some(&data), REBIRTH_RETRY + 1)
+                .rebirth
+        );
+        n.handle(
+            "spBv1.0/g/NBIRTH/n",
+            Some(&payload(Some(0), vec![bd(1)])),
+            0,
+        );
+        assert!(!n.subscribed(0), "born: nothing to ask");
     }
 
     #[test]
