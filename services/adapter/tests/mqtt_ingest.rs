@@ -475,3 +475,26 @@ async fn sparkplug_births_aliases_gaps_and_deaths() -> anyhow::Result<()> {
     run.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_makes_every_tag_bad() -> anyhow::Result<()> {
+    // A port nothing listens on: the device's broker is down.
+    let addr = kit::free_addr()?;
+    let device = format!(
+        "  - name: cnc\n    type: cnc\n    protocol: mqtt\n    endpoint: \"{addr}\"\n    max_backoff: 200ms\n    mqtt: {{ format: json, topics: [\"cnc/+/status\"] }}\n    tags:\n      - {{ name: speed, address: /spindle/speed, type: f64 }}\n      - {{ name: count, address: /count, type: u16 }}\n"
+    );
+    let mut run = common::start("mqtt-down", &device).await?;
+    let mut stream = run.stream().await?;
+    let samples = next_samples(&mut stream, 2, "").await?;
+    for (s, tag) in samples.iter().zip(["speed", "count"]) {
+        assert_eq!(s.tag, tag);
+        assert_eq!(s.value, None);
+        assert_eq!(reason(s), Some(QualityReason::CommFailure), "{s:?}");
+    }
+    let failures = run
+        .metric("fieldline_adapter_errors_total{device=\"cnc\",kind=\"connection\"} ")
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "connection failures counted: {failures}");
+    run.stop().await;
+    Ok(())
+}

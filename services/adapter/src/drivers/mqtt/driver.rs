@@ -158,8 +158,6 @@ pub async fn run(
     let mut remembered = RememberedCommands::default();
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let mut backoff = Backoff::new(Duration::from_millis(200), device.max_backoff);
-    // Tags are reported Bad once per outage, not on every failed reconnect.
-    let mut down_reported = false;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => break,
@@ -176,7 +174,6 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                down_reported = false;
                 tracing::info!(device = %device.name, filters = ?filters, "connected to the device's broker");
                 for filter in &filters {
                     if let Err(error) = client.try_subscribe(filter.clone(), qos) {
@@ -230,13 +227,13 @@ pub async fn run(
             Ok(_) => {}
             Err(error) => {
                 cx.error(&device.name, "connection");
-                if !down_reported {
-                    down_reported = true;
-                    ingest.all_bad(&format!("broker connection failed: {error}"));
-                    if let Reader::Sparkplug(node) = &mut reader {
-                        // Messages may be missed while away: start again from a birth.
-                        node.reset();
-                    }
+                // Like a device that does not answer its poll, each failed attempt reports
+                // the tags Bad (at most every max_backoff), so consumers that start later
+                // learn it too; deadbands pass only a change or a heartbeat.
+                ingest.all_bad(&format!("broker connection failed: {error}"));
+                if let Reader::Sparkplug(node) = &mut reader {
+                    // Messages may be missed while away: start again from a birth.
+                    node.reset();
                 }
                 let delay = backoff.next_delay();
                 tracing::warn!(device = %device.name, %error, retry_in = ?delay, "MQTT ingest connection failed");

@@ -328,4 +328,34 @@ mod tests {
             .unwrap();
         assert_eq!(out.samples[0].timestamp_ns, 1_714_564_800_000_000_000);
     }
+
+    proptest::proptest! {
+        /// Whatever arrives, the mapper answers (samples or an error) and never panics; a
+        /// sample is Good exactly when it carries a value.
+        #[test]
+        fn any_payload_is_answered(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..200), topic in "[a-z0-9/+#]{0,20}") {
+            let m = mapper("{ format: json, topics: [x], timestamp: /ts, max_payload: 150 }", TAGS);
+            if let Ok(out) = m.map(&topic, &payload, 1) {
+                for s in out.samples {
+                    proptest::prop_assert_eq!(s.value.is_some(), s.quality.is_good());
+                }
+            }
+        }
+
+        #[test]
+        fn any_json_value_is_a_good_typed_value_or_bad(v in proptest::prelude::any::<i64>(), f in proptest::prelude::any::<f64>(), text in ".{0,12}") {
+            let m = mapper("{ format: json, topics: [x] }", TAGS);
+            let doc = serde_json::json!({ "count": v, "spindle": { "speed": f }, "run": text }).to_string();
+            let out = m.map("x", doc.as_bytes(), 1).unwrap();
+            for s in out.samples {
+                match (s.tag.as_str(), &s.value) {
+                    ("count", Some(Value::U64(c))) => proptest::prop_assert!(*c <= 65535 && i64::try_from(*c).ok() == Some(v)),
+                    ("speed", Some(Value::F64(x))) => proptest::prop_assert!(x.is_finite()),
+                    ("run", Some(Value::Bool(_))) => {}
+                    (_, None) => proptest::prop_assert!(s.quality.is_bad()),
+                    other => proptest::prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+        }
+    }
 }

@@ -933,4 +933,31 @@ mod tests {
         assert_eq!(n.ncmd_topic(), "spBv1.0/g/NCMD/n");
         assert_eq!(n.filter(), "spBv1.0/g/+/n/#");
     }
+
+    proptest::proptest! {
+        /// Any bytes on any of the node's topics, in any order: no panic, and every sample is
+        /// Good exactly when it carries a value.
+        #[test]
+        fn any_message_sequence_is_handled(
+            messages in proptest::collection::vec(
+                (0usize..8, proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+                0..20,
+            )
+        ) {
+            use prost::Message;
+            let topics = [
+                "spBv1.0/g/NBIRTH/n", "spBv1.0/g/NDATA/n", "spBv1.0/g/NDEATH/n",
+                "spBv1.0/g/DBIRTH/n/d", "spBv1.0/g/DDATA/n/d", "spBv1.0/g/DDEATH/n/d",
+                "spBv1.0/g/NCMD/n", "spBv1.0/g/DDATA/n/other",
+            ];
+            let mut n = Node::new("g", "n", Some("d"), tags());
+            for (i, (topic, bytes)) in messages.iter().enumerate() {
+                let decoded = Payload::decode(bytes.as_slice()).ok();
+                let out = n.handle(topics[*topic], decoded.as_ref(), i as i64);
+                for s in out.samples {
+                    proptest::prop_assert_eq!(s.value.is_some(), s.quality.is_good());
+                }
+            }
+        }
+    }
 }
