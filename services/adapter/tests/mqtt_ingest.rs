@@ -213,41 +213,56 @@ struct EdgeNode {
     group: String,
 }
 
+/// A client of the test's own subscribed to `filters`, with the messages it receives.
+async fn listen(
+    filters: Vec<String>,
+) -> anyhow::Result<(AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>)>)> {
+    let (_, port) = kit::MQTT.rsplit_once(':').context("broker address")?;
+    let mut options = MqttOptions::new(kit::unique("listener"), "127.0.0.1", port.parse()?);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (tx, messages) = mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    client
+        .subscribe_many(
+            filters
+                .into_iter()
+                .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)),
+        )
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .context("the test's client could not subscribe")??;
+    Ok((client, messages))
+}
+
 impl EdgeNode {
     async fn start(group: &str) -> anyhow::Result<Self> {
-        let (_, port) = kit::MQTT.rsplit_once(':').context("broker address")?;
-        let mut options = MqttOptions::new(kit::unique("edge"), "127.0.0.1", port.parse()?);
-        options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let (tx, commands) = mpsc::unbounded_channel();
-        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-        let mut subscribed_tx = Some(subscribed_tx);
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        client
-            .subscribe_many(["NCMD", "DCMD"].map(|kind| {
-                SubscribeFilter::new(format!("spBv1.0/{group}/{kind}/#"), QoS::AtLeastOnce)
-            }))
-            .await?;
-        tokio::time::timeout(Duration::from_secs(10), subscribed)
-            .await
-            .context("the edge node could not subscribe to its commands")??;
+        let (client, commands) = listen(
+            ["NCMD", "DCMD"]
+                .map(|kind| format!("spBv1.0/{group}/{kind}/#"))
+                .to_vec(),
+        )
+        .await?;
         Ok(Self {
             client,
             commands,
@@ -495,6 +510,90 @@ async fn an_unreachable_broker_makes_every_tag_bad() -> anyhow::Result<()> {
         .metric("fieldline_adapter_errors_total{device=\"cnc\",kind=\"connection\"} ")
         .unwrap_or(0.0);
     assert!(failures >= 1.0, "connection failures counted: {failures}");
+    run.stop().await;
+    Ok(())
+}
+
+fn command(line: &str, device: &str, id: &str, tag: &str, value: Value) -> v1::Command {
+    v1::Command {
+        id: id.into(),
+        tag: format!("{line}/{device}/{tag}"),
+        value: Some(value.into()),
+        deadline_ns: 0,
+        requested_by: "test".into(),
+        reason: "test".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_writes_publish_their_template_once_per_command() -> anyhow::Result<()> {
+    let p = kit::unique("cnc");
+    let device = format!(
+        "  - name: cnc\n    type: cnc\n    protocol: mqtt\n    endpoint: \"{mqtt}\"\n    mqtt:\n      format: json\n      topics: [\"{p}/+/status\"]\n      writes:\n        - {{ tag: setpoint, topic: \"{p}/1/cmd\", template: '{{\"spindle\": {{\"setpoint\": {{value}}}}, \"id\": {{command_id}}}}' }}\n    tags:\n      - {{ name: setpoint, address: /spindle/setpoint, type: f64, writable: true, min: 0, max: 5000 }}\n      - {{ name: speed, address: /spindle/speed, type: f64 }}\n",
+        mqtt = kit::MQTT
+    );
+    let (_listener, mut messages) = listen(vec![format!("{p}/1/cmd")]).await?;
+    let mut run = common::start("mqtt-json-write", &device).await?;
+    let line = run.line.clone();
+    let result = run
+        .client
+        .write(command(&line, "cnc", "j1", "setpoint", Value::F64(1500.5)))
+        .await?
+        .into_inner();
+    assert_eq!(
+        result.status,
+        v1::CommandStatus::Written as i32,
+        "{result:?}"
+    );
+    let (topic, message) = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .context("no write message arrived")?
+        .context("listener stopped")?;
+    assert_eq!(topic, format!("{p}/1/cmd"));
+    assert_eq!(
+        String::from_utf8(message)?,
+        r#"{"spindle": {"setpoint": 1500.5}, "id": "j1"}"#
+    );
+    // The same command again is answered from memory and not sent twice.
+    let again = run
+        .client
+        .write(command(&line, "cnc", "j1", "setpoint", Value::F64(1500.5)))
+        .await?
+        .into_inner();
+    assert_eq!(again.status, v1::CommandStatus::Written as i32);
+    for (id, tag, value, rejected_by) in [
+        ("j2", "setpoint", Value::F64(9000.0), "max"),
+        ("j3", "speed", Value::F64(1.0), "not_writable"),
+    ] {
+        let result = run
+            .client
+            .write(command(&line, "cnc", id, tag, value))
+            .await?
+            .into_inner();
+        assert_eq!(
+            (result.status, result.rejected_by.as_str()),
+            (v1::CommandStatus::Rejected as i32, rejected_by)
+        );
+    }
+    let result = run
+        .client
+        .write(command(&line, "cnc", "j4", "setpoint", Value::F64(0.0)))
+        .await?
+        .into_inner();
+    assert_eq!(
+        result.status,
+        v1::CommandStatus::Written as i32,
+        "{result:?}"
+    );
+    let (_, message) = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .context("no second write message arrived")?
+        .context("listener stopped")?;
+    // The next message is j4's: j1 was not repeated and the rejected ones sent nothing.
+    assert_eq!(
+        String::from_utf8(message)?,
+        r#"{"spindle": {"setpoint": 0.0}, "id": "j4"}"#
+    );
     run.stop().await;
     Ok(())
 }

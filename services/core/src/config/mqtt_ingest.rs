@@ -6,7 +6,8 @@
 //! optionally preceded by the topic filter it applies to and `#`:
 //! `cnc/1/status#/spindle/speed` reads `/spindle/speed` only from messages on topics matching
 //! `cnc/1/status`. A tag without a topic reads every subscribed topic. The driver subscribes to
-//! `topics` and to every tag's own topic filter.
+//! `topics` and to every tag's own topic filter. A writable tag is written by publishing a
+//! message from a template (`writes`).
 //!
 //! With `format: sparkplug-b` a tag's `address` is the Sparkplug metric name
 //! (`Spindle/Speed`) of the edge node (`edge_node_id`) or of one of its devices (`device_id`).
@@ -62,6 +63,36 @@ pub struct MqttIngestSettings {
     /// node's own metrics when absent.
     #[serde(default)]
     pub device_id: Option<String>,
+    /// json: how writable tags are written, one entry per writable tag: a message published
+    /// on `topic` from `template`.
+    #[serde(default)]
+    pub writes: Vec<JsonWrite>,
+}
+
+/// A json device's writable tag: commands publish `template` on `topic` (QoS 1), with
+/// `{value}` replaced by the value as JSON (`21.5`, `true`, `"AUTO"`) and `{command_id}` by the
+/// command's id as a JSON string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonWrite {
+    /// The writable tag's name.
+    pub tag: String,
+    /// The topic to publish on (no wildcards).
+    pub topic: String,
+    /// The message, e.g. `{"setpoint": {value}, "id": {command_id}}`.
+    pub template: String,
+}
+
+impl JsonWrite {
+    /// The message for `value` (already JSON) and `command_id`.
+    pub fn render(&self, value: &serde_json::Value, command_id: &str) -> String {
+        self.template
+            .replace(
+                "{command_id}",
+                &serde_json::Value::from(command_id).to_string(),
+            )
+            .replace("{value}", &value.to_string())
+    }
 }
 
 /// How an MQTT ingest device's payloads are written.
@@ -230,10 +261,16 @@ pub(super) fn validate(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, 
         err(format!("{at_m}.client_id"), "must not be empty".into());
     }
     for (j, tag) in d.tags.iter().enumerate() {
-        if tag.writable && s.format == PayloadFormat::Json {
+        if tag.writable
+            && s.format == PayloadFormat::Json
+            && !s.writes.iter().any(|w| w.tag == tag.name)
+        {
             err(
                 format!("{at}.tags[{j}].writable"),
-                "json devices are read-only (writes go to Sparkplug B devices as DCMD/NCMD)".into(),
+                format!(
+                    "a writable json tag needs an entry in mqtt.writes (tag: {}, topic, template)",
+                    tag.name
+                ),
             );
         }
     }
@@ -253,6 +290,38 @@ fn validate_json(
     for (i, topic) in s.topics.iter().enumerate() {
         if let Some(problem) = topic_filter_problem(topic) {
             err(format!("{at_m}.topics[{i}]"), problem);
+        }
+    }
+    for (i, w) in s.writes.iter().enumerate() {
+        let at_w = format!("{at_m}.writes[{i}]");
+        match d.tags.iter().find(|t| t.name == w.tag) {
+            None => err(
+                format!("{at_w}.tag"),
+                format!("the device has no tag {:?}", w.tag),
+            ),
+            Some(t) if !t.writable => err(
+                format!("{at_w}.tag"),
+                format!("tag {:?} is not writable", w.tag),
+            ),
+            Some(_) => {}
+        }
+        if s.writes[..i].iter().any(|other| other.tag == w.tag) {
+            err(
+                format!("{at_w}.tag"),
+                format!("tag {:?} has two writes", w.tag),
+            );
+        }
+        if w.topic.is_empty() || w.topic.contains(['+', '#', '\0']) {
+            err(
+                format!("{at_w}.topic"),
+                format!("{:?} is not a topic to publish on (no wildcards)", w.topic),
+            );
+        }
+        if !w.template.contains("{value}") {
+            err(
+                format!("{at_w}.template"),
+                "the template must contain {value}".into(),
+            );
         }
     }
     if let Some(pointer) = &s.timestamp
@@ -321,6 +390,7 @@ fn validate_sparkplug(s: &MqttIngestSettings, at_m: &str, err: &mut impl FnMut(S
     for (field, present) in [
         ("topics", !s.topics.is_empty()),
         ("timestamp", s.timestamp.is_some()),
+        ("writes", !s.writes.is_empty()),
     ] {
         if present {
             err(
@@ -345,6 +415,21 @@ mod tests {
         );
         assert_eq!(split_json_address("cnc/##/x"), (Some("cnc/#"), "/x"));
         assert_eq!(split_json_address("speed"), (None, "speed"));
+    }
+
+    #[test]
+    fn write_templates_render_json_values() {
+        let w = JsonWrite {
+            tag: "t".into(),
+            topic: "x".into(),
+            template: r#"{"v": {value}, "id": {command_id}}"#.into(),
+        };
+        assert_eq!(
+            w.render(&json!(21.5), "c\"1"),
+            r#"{"v": 21.5, "id": "c\"1"}"#
+        );
+        assert_eq!(w.render(&json!("A\"B"), "c"), r#"{"v": "A\"B", "id": "c"}"#);
+        assert_eq!(w.render(&json!(true), "c"), r#"{"v": true, "id": "c"}"#);
     }
 
     #[test]
@@ -425,6 +510,20 @@ mod tests {
                 "{expected} in {p:?}"
             );
         }
+        let writes = "  - { name: cnc, type: cnc, protocol: mqtt, endpoint: \"127.0.0.1:1883\",\n      mqtt: { format: json, topics: [a], writes: [ { tag: set, topic: cnc/set, template: \"{\\\"s\\\": {value}}\" }, { tag: speed, topic: \"cnc/+\", template: x }, { tag: nope, topic: t, template: \"{value}\" } ] },\n      tags: [ { name: speed, address: /s, type: f64 }, { name: set, address: /set, type: f64, writable: true } ] }\n";
+        let p = problems(writes);
+        for expected in [
+            "devices[0].mqtt.writes[1].tag: tag \"speed\" is not writable",
+            "devices[0].mqtt.writes[1].topic:",
+            "devices[0].mqtt.writes[1].template:",
+            "devices[0].mqtt.writes[2].tag: the device has no tag",
+        ] {
+            assert!(
+                p.iter().any(|e| e.starts_with(expected)),
+                "{expected} in {p:?}"
+            );
+        }
+        assert_eq!(p.len(), 4, "{p:?}");
         let no_section = "  - { name: cnc, type: cnc, protocol: mqtt, endpoint: \"127.0.0.1:1883\", tags: [ { name: speed, address: /s, type: f64 } ] }\n";
         assert!(problems(no_section)[0].starts_with("devices[0].mqtt:"));
     }

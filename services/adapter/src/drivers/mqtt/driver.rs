@@ -1,17 +1,18 @@
 //! The MQTT client of an ingest device: connects to the device's broker, subscribes, maps each
 //! message to samples and publishes them as the device's batches. Errors of whole messages
 //! are counted by kind; a lost connection makes every tag Bad (comm_failure) until values
-//! arrive again. Writes to Sparkplug B tags are sent as DCMD/NCMD.
+//! arrive again. Writes go out as messages from the tag's template (json) or as DCMD/NCMD
+//! (Sparkplug B).
 
 use std::{collections::HashMap, time::Duration};
 
 use fieldline_core::{
     config::{
         DeviceConfig, ResolvedValueTag,
-        mqtt_ingest::{MqttIngestSettings, PayloadFormat},
+        mqtt_ingest::{JsonWrite, MqttIngestSettings, PayloadFormat},
     },
     deadband::{Deadband, DeadbandRule},
-    sample::{Quality, QualityReason, Sample},
+    sample::{Quality, QualityReason, Sample, Value},
 };
 use fieldline_proto::{sparkplug::Payload, v1};
 use fieldline_runtime::{CancellationToken, backoff::Backoff, now_ns};
@@ -162,11 +163,11 @@ pub async fn run(
         let event = tokio::select! {
             _ = stop.cancelled() => break,
             Some(request) = writes.recv() => {
-                let node = match &reader {
-                    Reader::Sparkplug(node) => Some(node.as_ref()),
-                    Reader::Json(_) => None,
+                let target = match &reader {
+                    Reader::Sparkplug(node) => Target::Sparkplug(node),
+                    Reader::Json(_) => Target::Json(&settings.writes),
                 };
-                write(&client, node, &device, &cx, &value_tags, &mut remembered, request);
+                write(&client, target, &device, &cx, &value_tags, &mut remembered, request);
                 continue;
             }
             event = eventloop.poll() => event,
@@ -317,12 +318,53 @@ fn request_rebirth(client: &AsyncClient, node: &Node, device: &DeviceConfig, cx:
     }
 }
 
+/// Where a device's writes go.
+enum Target<'a> {
+    /// Messages from the device's write templates.
+    Json(&'a [JsonWrite]),
+    /// DCMD/NCMD to the edge node.
+    Sparkplug(&'a Node),
+}
+
+/// The topic and message that write `value` to `tag`.
+fn command_message(
+    target: &Target<'_>,
+    tag: &ResolvedValueTag,
+    value: &Value,
+    command_id: &str,
+) -> Result<(String, Vec<u8>), String> {
+    match target {
+        Target::Sparkplug(node) => {
+            let now_ms = u64::try_from(now_ns() / 1_000_000).unwrap_or(0);
+            let (topic, payload) = node.command(&tag.address, value, now_ms)?;
+            Ok((topic, payload.encode_to_vec()))
+        }
+        Target::Json(writes) => {
+            let w = writes
+                .iter()
+                .find(|w| w.tag == tag.name)
+                .ok_or_else(|| format!("tag {} has no write template", tag.name))?;
+            let json = match value {
+                Value::Bool(b) => serde_json::Value::from(*b),
+                Value::I64(i) => serde_json::Value::from(*i),
+                Value::U64(u) => serde_json::Value::from(*u),
+                Value::F64(x) => serde_json::Number::from_f64(*x)
+                    .map(serde_json::Value::Number)
+                    .ok_or_else(|| format!("{x} is not a finite number"))?,
+                Value::String(text) => serde_json::Value::from(text.as_str()),
+            };
+            Ok((w.topic.clone(), w.render(&json, command_id).into_bytes()))
+        }
+    }
+}
+
 /// Performs a write: Sparkplug tags are sent as DCMD/NCMD with the metric's name and birth
-/// datatype (Sparkplug has no acknowledgement, so the result is "written" once the broker has
-/// the command); json devices are read-only. The usual checks come first.
+/// datatype, json tags as a message from their template. Neither protocol acknowledges a
+/// command, so the result is "written" once the MQTT client has taken the message. The usual
+/// checks come first.
 fn write(
     client: &AsyncClient,
-    node: Option<&Node>,
+    target: Target<'_>,
     device: &DeviceConfig,
     cx: &DeviceContext,
     tags: &[ResolvedValueTag],
@@ -335,41 +377,24 @@ fn write(
     } else {
         match check_value_command(tags, &device.name, &request.tag, command) {
             Err(result) => result,
-            Ok((tag, raw)) => match node {
-                None => command_result(
-                    command,
-                    v1::CommandStatus::Rejected,
-                    "not_writable",
-                    None,
-                    "json mqtt devices are read-only".into(),
-                ),
-                Some(node) => {
-                    let now_ms = u64::try_from(now_ns() / 1_000_000).unwrap_or(0);
-                    match node.command(&tag.address, &raw, now_ms) {
-                        Err(detail) => {
-                            command_result(command, v1::CommandStatus::Failed, "", None, detail)
-                        }
-                        Ok((topic, payload)) => match client.try_publish(
-                            topic.clone(),
-                            QoS::AtLeastOnce,
-                            false,
-                            payload.encode_to_vec(),
-                        ) {
-                            Ok(()) => command_result(
-                                command,
-                                v1::CommandStatus::Written,
-                                "",
-                                None,
-                                format!("sent on {topic}"),
-                            ),
-                            Err(error) => command_result(
-                                command,
-                                v1::CommandStatus::Failed,
-                                "",
-                                None,
-                                format!("the MQTT client refused the command: {error}"),
-                            ),
-                        },
+            Ok((tag, raw)) => match command_message(&target, tag, &raw, &command.id) {
+                Err(detail) => command_result(command, v1::CommandStatus::Failed, "", None, detail),
+                Ok((topic, message)) => {
+                    match client.try_publish(topic.clone(), QoS::AtLeastOnce, false, message) {
+                        Ok(()) => command_result(
+                            command,
+                            v1::CommandStatus::Written,
+                            "",
+                            None,
+                            format!("sent on {topic}"),
+                        ),
+                        Err(error) => command_result(
+                            command,
+                            v1::CommandStatus::Failed,
+                            "",
+                            None,
+                            format!("the MQTT client refused the command: {error}"),
+                        ),
                     }
                 }
             },
