@@ -14,5 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
+    // Sparkplug B payloads, for the MQTT ingest driver (messages only, no services).
+    let sparkplug = protox::compile([root.join("sparkplug/sparkplug_b.proto")], [&root])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(sparkplug)?;
     Ok(())
 }

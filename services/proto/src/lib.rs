@@ -11,6 +11,13 @@ pub mod v1 {
         include_bytes!(concat!(env!("OUT_DIR"), "/fieldline_descriptor.bin"));
 }
 
+/// Sparkplug B payloads (`proto/sparkplug/sparkplug_b.proto`), as published by Sparkplug
+/// edge nodes that the MQTT ingest driver reads.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod sparkplug {
+    tonic::include_proto!("org.eclipse.tahu.protobuf");
+}
+
 mod convert;
 
 pub use convert::ConvertError;

@@ -1,24 +1,10 @@
-//! MQTT ingest driver: values published by others (JSON, Sparkplug B).
+//! MQTT ingest driver: values that others publish to a broker, either as JSON documents on
+//! topics of their choosing (`json.rs`) or as Sparkplug B payloads from an edge node
+//! (`sparkplug.rs`). Both mappings are pure; `driver.rs` owns the MQTT client, subscribes,
+//! and turns each message into a batch of the device's samples.
 
-use fieldline_core::config::DeviceConfig;
-use fieldline_runtime::CancellationToken;
-use tokio::sync::mpsc;
+mod driver;
+pub mod json;
+pub mod sparkplug;
 
-use super::{DeviceContext, WriteRequest};
-
-/// Whether `device` can be driven; the reason when not.
-pub fn check(device: &DeviceConfig) -> Result<(), String> {
-    Err(format!(
-        "{}: the MQTT ingest driver is not built in",
-        device.name
-    ))
-}
-
-/// Runs the device until `stop`.
-pub async fn run(
-    _device: DeviceConfig,
-    _cx: DeviceContext,
-    _writes: &mut mpsc::Receiver<WriteRequest>,
-    _stop: CancellationToken,
-) {
-}
+pub use driver::{check, run};
