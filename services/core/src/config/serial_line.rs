@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::DeviceConfig;
+use super::{DeviceConfig, Protocol};
 
 /// How to talk to a serial-line device and how to read its lines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -387,6 +387,25 @@ pub(super) fn validate(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, 
     }
 }
 
+/// A serial-line device owns its port: no other device of the line may use it.
+pub(super) fn validate_ports(devices: &[DeviceConfig], err: &mut impl FnMut(String, String)) {
+    for (i, d) in devices.iter().enumerate() {
+        let earlier = devices.iter().enumerate().take(i).find(|(_, o)| {
+            o.endpoint == d.endpoint
+                && (o.protocol == Protocol::SerialLine || d.protocol == Protocol::SerialLine)
+        });
+        if let Some((j, _)) = earlier {
+            err(
+                format!("devices[{i}].endpoint"),
+                format!(
+                    "port {:?} is already devices[{j}]; a serial-line device needs a port of its own",
+                    d.endpoint
+                ),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +490,21 @@ mod tests {
         assert_eq!(
             errors_of(&yaml),
             vec!["devices[0].tags[1].address: \"hum\" is not a named group of the pattern"]
+        );
+    }
+
+    #[test]
+    fn a_serial_line_device_needs_a_port_of_its_own() {
+        let one = device(
+            "      mode: stream\n",
+            "      - { name: temp, address: TEMP, type: f32 }\n",
+        );
+        let two = one.replace("devices:\n", "devices:\n  - { name: plc, type: t, protocol: modbus-rtu, endpoint: /dev/ttyACM0, tags: [ { name: a, address: \"holding:0\", type: u16 } ] }\n");
+        assert_eq!(
+            errors_of(&two),
+            vec![
+                "devices[1].endpoint: port \"/dev/ttyACM0\" is already devices[0]; a serial-line device needs a port of its own"
+            ]
         );
     }
 
