@@ -432,3 +432,47 @@ async fn writes_render_their_template_once_and_unsafe_ones_are_refused() -> anyh
     run.inner.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_simulated_board_answers_requests_and_takes_led_writes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pty = kit::PtyPair::new(dir.path()).await?;
+    let stop = fieldline_runtime::CancellationToken::new();
+    let (board, _task) = fieldline_sim::serve_serial(
+        fieldline_sim::SerialSimConfig {
+            port: pty.b.clone(),
+            stream: None,
+        },
+        stop.clone(),
+    )?;
+    let mut run = start(&device(
+        &pty.a,
+        "    poll_interval: 100ms\n    timeout: 500ms\n    serial_line:\n      request: 'READ_SENSORS\\n'\n      writes:\n        led: { template: 'LED,{pin},{value}\\n', params: { pin: \"13\" }, ack: OK }\n        level: { template: 'LED,{pin},{value}\\n', params: { pin: \"9\" }, ack: OK }\n    tags:\n      - { name: temp, address: TEMP, type: f32 }\n      - { name: hum, address: HUM, type: u16 }\n      - { name: led, address: LED, type: bool, writable: true }\n      - { name: level, address: LEVEL, type: i32, writable: true }\n",
+    ))
+    .await?;
+    run.until("a reading", 0, |s| {
+        !good_values(s, "temp").is_empty() && !good_values(s, "hum").is_empty()
+    })
+    .await?;
+    let on = run.write("w1", "led", Value::Bool(true)).await?;
+    assert_eq!(on.status, v1::CommandStatus::Written as i32, "{on:?}");
+    assert_eq!(board.led(13), Some(true));
+    // The board answers ERR to a state it does not know: the write is not confirmed.
+    let refused = run.write("w2", "level", Value::I64(5)).await?;
+    assert_eq!(
+        refused.status,
+        v1::CommandStatus::Failed as i32,
+        "{refused:?}"
+    );
+    assert!(refused.detail.contains("no reply matching"), "{refused:?}");
+    assert_eq!(board.led(9), None);
+    assert!(board.commands().iter().any(|c| c == "LED,9,5"));
+    let from = run.seen.len();
+    run.until("readings after the writes", from, |s| {
+        !good_values(s, "temp").is_empty()
+    })
+    .await?;
+    stop.cancel();
+    run.inner.stop().await;
+    Ok(())
+}

@@ -19,7 +19,7 @@ use fieldline_core::{
 };
 use fieldline_proto::v1;
 use fieldline_runtime::{CancellationToken, backoff::Backoff, now_ns};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::mpsc,
@@ -44,6 +44,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A request waiting for its reply.
 struct Pending {
+    sent: Instant,
     deadline: Instant,
     lines_left: u32,
     readings: Vec<Option<Reading>>,
@@ -66,6 +67,8 @@ pub struct Driver {
     stale: Vec<bool>,
     remembered: RememberedCommands,
     polls: Counter,
+    /// From a request to its complete reply.
+    poll_seconds: Histogram,
     good: Counter,
     bad: Counter,
     last_log: Option<Instant>,
@@ -90,6 +93,11 @@ impl Driver {
             .polls
             .get_or_create(&vec![("device", device.clone())])
             .clone();
+        let poll_seconds = cx
+            .metrics
+            .poll_seconds
+            .get_or_create(&vec![("device", device.clone())])
+            .clone();
         let n = s.tags.len();
         Self {
             framer: Framer::new(s.max_line_length),
@@ -103,6 +111,7 @@ impl Driver {
             stale: vec![false; n],
             remembered: RememberedCommands::default(),
             polls,
+            poll_seconds,
             good,
             bad,
             last_log: None,
@@ -278,6 +287,8 @@ impl Driver {
         let Some(pending) = self.pending.take() else {
             return;
         };
+        self.poll_seconds
+            .observe(pending.sent.elapsed().as_secs_f64());
         let detail = match &pending.unreadable {
             Some(why) => format!("not in the reply; a reply line could not be read: {why}"),
             None => "not in the reply".to_string(),
@@ -342,7 +353,9 @@ impl Driver {
                     self.port_failed(reason);
                     return;
                 }
+                let sent = Instant::now();
                 self.pending = Some(Pending {
+                    sent,
                     deadline: Instant::now() + self.s.timeout,
                     lines_left: self.s.reply_lines,
                     readings: vec![None; self.s.tags.len()],
@@ -467,11 +480,11 @@ impl Driver {
             self.port_failed(reason.clone());
             return failed(reason);
         }
-        if let Some(ack) = ack {
-            if let Err(detail) = self.await_ack(&ack).await {
-                self.cx.error(&self.s.name, "ack");
-                return failed(detail);
-            }
+        if let Some(ack) = ack
+            && let Err(detail) = self.await_ack(&ack).await
+        {
+            self.cx.error(&self.s.name, "ack");
+            return failed(detail);
         }
         command_result(command, v1::CommandStatus::Written, "", None, String::new())
     }

@@ -54,8 +54,9 @@ impl Framer {
                     frames.push(Frame::Line(line));
                 }
             } else if !self.discarding {
-                // One byte of slack for the `\r` of a `\r\n` ending.
-                if self.buf.len() > self.max {
+                // A `\r` may follow a full line: it is part of a `\r\n` ending.
+                let limit = if b == b'\r' { self.max + 1 } else { self.max };
+                if self.buf.len() >= limit {
                     self.buf.clear();
                     self.discarding = true;
                 } else {
@@ -224,6 +225,7 @@ fn classify(e: String) -> (QualityReason, String) {
 mod tests {
     use super::*;
     use fieldline_core::deadband::DeadbandRule;
+    use proptest::prelude::{Just, any};
 
     fn tag(address: &str, t: &str) -> ResolvedValueTag {
         ResolvedValueTag {
@@ -260,12 +262,59 @@ mod tests {
         assert_eq!(f.push(b"half"), vec![]);
         assert!(f.reset(), "a partial line is reported");
         assert!(!f.reset());
-        // Exactly the limit is still a line.
+        // Exactly the limit is still a line, with either ending; one byte more is not.
         let exact = [b'a'; 16];
         assert_eq!(
-            f.push(&[&exact[..], b"\n"].concat()),
-            vec![Frame::Line(exact.to_vec())]
+            f.push(&[&exact[..], b"\n", &exact[..], b"\r\n"].concat()),
+            vec![Frame::Line(exact.to_vec()), Frame::Line(exact.to_vec())]
         );
+        assert_eq!(
+            f.push(&[&exact[..], b"b\n"].concat()),
+            vec![Frame::Overlong]
+        );
+        assert_eq!(
+            f.push(&[&exact[..], b"\rb\n"].concat()),
+            vec![Frame::Overlong]
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes and however they are split, every line is within the limit,
+        /// and input without overlong lines comes out exactly as it went in.
+        #[test]
+        fn framing_is_bounded_and_lossless(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>()],
+                0..400,
+            ),
+            cut in 0usize..400,
+        ) {
+            let mut f = Framer::new(24);
+            let cut = cut.min(bytes.len());
+            let mut frames = f.push(&bytes[..cut]);
+            frames.extend(f.push(&bytes[cut..]));
+            let mut rebuilt = Vec::new();
+            let mut overlong = false;
+            for frame in &frames {
+                match frame {
+                    Frame::Line(l) => {
+                        proptest::prop_assert!(l.len() <= 24);
+                        rebuilt.push(l.clone());
+                    }
+                    Frame::Overlong => overlong = true,
+                }
+            }
+            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let expected: Vec<Vec<u8>> = bytes[..complete.saturating_sub(1)]
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l).to_vec())
+                .collect();
+            if complete == 0 {
+                proptest::prop_assert!(frames.is_empty());
+            } else if !overlong {
+                proptest::prop_assert_eq!(rebuilt, expected);
+            }
+        }
     }
 
     #[test]
