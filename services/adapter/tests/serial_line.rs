@@ -447,7 +447,7 @@ async fn the_simulated_board_answers_requests_and_takes_led_writes() -> anyhow::
     )?;
     let mut run = start(&device(
         &pty.a,
-        "    poll_interval: 100ms\n    timeout: 500ms\n    serial_line:\n      request: 'READ_SENSORS\\n'\n      writes:\n        led: { template: 'LED,{pin},{value}\\n', params: { pin: \"13\" }, ack: OK }\n        level: { template: 'LED,{pin},{value}\\n', params: { pin: \"9\" }, ack: OK }\n    tags:\n      - { name: temp, address: TEMP, type: f32 }\n      - { name: hum, address: HUM, type: u16 }\n      - { name: led, address: LED, type: bool, writable: true }\n      - { name: level, address: LEVEL, type: i32, writable: true }\n",
+        "    poll_interval: 100ms\n    timeout: 500ms\n    serial_line:\n      request: 'READ_SENSORS\\n'\n      writes:\n        led: { template: 'LED,{pin},{value}\\n', params: { pin: \"13\" }, ack: OK }\n        level: { template: 'LED,{pin},{value}\\n', params: { pin: \"9\" }, ack: OK }\n        mute: { template: '{value}', ack: OK }\n    tags:\n      - { name: temp, address: TEMP, type: f32 }\n      - { name: hum, address: HUM, type: u16 }\n      - { name: led, address: LED, type: bool, writable: true }\n      - { name: level, address: LEVEL, type: i32, writable: true }\n      - { name: mute, address: MUTE, type: i32, writable: true }\n",
     ))
     .await?;
     run.until("a reading", 0, |s| {
@@ -464,15 +464,61 @@ async fn the_simulated_board_answers_requests_and_takes_led_writes() -> anyhow::
         v1::CommandStatus::Failed as i32,
         "{refused:?}"
     );
-    assert!(refused.detail.contains("no reply matching"), "{refused:?}");
+    assert!(
+        refused.detail.contains("the device answered \"ERR\""),
+        "{refused:?}"
+    );
     assert_eq!(board.led(9), None);
     assert!(board.commands().iter().any(|c| c == "LED,9,5"));
+    assert_eq!(
+        run.errors("unparsable_line"),
+        0.0,
+        "the refusal is no garbage"
+    );
+    // Without an answer at all, the write is not confirmed either.
+    let silent = run.write("w3", "mute", Value::I64(1)).await?;
+    assert_eq!(
+        silent.status,
+        v1::CommandStatus::Failed as i32,
+        "{silent:?}"
+    );
+    assert!(silent.detail.contains("no reply matching"), "{silent:?}");
     let from = run.seen.len();
     run.until("readings after the writes", from, |s| {
         !good_values(s, "temp").is_empty()
     })
     .await?;
     stop.cancel();
+    run.inner.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_stream_goes_stale_and_recovers() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pty = kit::PtyPair::new(dir.path()).await?;
+    let mut dev = open(&pty.b)?;
+    let mut run = start(&device(
+        &pty.a,
+        "    poll_interval: 100ms\n    stale_after: 2\n    serial_line: { mode: stream }\n    tags:\n      - { name: temp, address: TEMP, type: f32 }\n",
+    ))
+    .await?;
+    dev.write_all(b"TEMP:19.5\n")?;
+    run.until("the reading", 0, |s| {
+        good_values(s, "temp").contains(&Value::F64(19.5))
+    })
+    .await?;
+    let from = run.seen.len();
+    run.until("staleness", from, |s| {
+        s.iter().any(|s| bad(s, v1::QualityReason::Stale))
+    })
+    .await?;
+    let from = run.seen.len();
+    dev.write_all(b"TEMP:19.75\n")?;
+    run.until("the next reading", from, |s| {
+        good_values(s, "temp").contains(&Value::F64(19.75))
+    })
+    .await?;
     run.inner.stop().await;
     Ok(())
 }

@@ -489,7 +489,8 @@ impl Driver {
         command_result(command, v1::CommandStatus::Written, "", None, String::new())
     }
 
-    /// Reads lines until one matches `ack`; other lines are read as data meanwhile.
+    /// Reads lines until one matches `ack` (confirmed) or one that is not data arrives
+    /// (refused); data lines are read as usual meanwhile.
     async fn await_ack(&mut self, ack: &regex::Regex) -> Result<(), String> {
         let deadline = Instant::now() + self.s.timeout;
         let mut buf = vec![0u8; 1024];
@@ -514,18 +515,32 @@ impl Driver {
                 Ok(Ok(n)) => n,
             };
             let now = now_ns();
-            let mut acked = false;
+            let mut outcome = None;
             for frame in self.framer.push(&buf[..n.min(buf.len())]) {
-                let is_ack = !acked
-                    && matches!(&frame, Frame::Line(l) if std::str::from_utf8(l).is_ok_and(|l| ack.is_match(l.trim())));
-                if is_ack {
-                    acked = true;
-                } else {
+                if outcome.is_some() {
                     self.on_frame(frame, now);
+                    continue;
+                }
+                let text = match &frame {
+                    Frame::Line(l) => std::str::from_utf8(l).ok().map(str::trim),
+                    Frame::Overlong => None,
+                };
+                match text {
+                    Some(t) if ack.is_match(t) => outcome = Some(Ok(())),
+                    // A line that is not data is the device's answer to the write: a
+                    // refusal such as `ERR`.
+                    Some(t) if !t.is_empty() && self.s.parser.parse(t).is_err() => {
+                        let shown: String = t.chars().take(80).collect();
+                        outcome = Some(Err(format!(
+                            "the device answered {shown:?}, not {:?}",
+                            ack.as_str()
+                        )));
+                    }
+                    _ => self.on_frame(frame, now),
                 }
             }
-            if acked {
-                return Ok(());
+            if let Some(outcome) = outcome {
+                return outcome;
             }
         }
     }
