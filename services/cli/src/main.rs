@@ -16,6 +16,22 @@ struct Cli {
     command: Command,
 }
 
+/// Simulated devices other than the default Modbus tank.
+#[derive(Subcommand)]
+enum SimDevice {
+    /// An Arduino-style sensor board on a serial port (e.g. one end of a socat pty pair):
+    /// answers `READ_SENSORS`, takes `LED,{pin},{state}`.
+    Serial {
+        /// The serial port path.
+        #[arg(long)]
+        port: PathBuf,
+        /// Send the sensor line this often on its own, e.g. `1s`, instead of waiting to be
+        /// asked.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        stream: Option<Duration>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole pipeline in this process: the demo line by default, or `--config FILE`
@@ -40,8 +56,10 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Serve the simulated tank over Modbus TCP.
+    /// Serve the simulated tank over Modbus TCP (or, with `serial`, another device).
     Sim {
+        #[command(subcommand)]
+        device: Option<SimDevice>,
         #[arg(long, default_value = "127.0.0.1:5020")]
         listen: SocketAddr,
         /// Process model step.
@@ -189,7 +207,26 @@ async fn main() -> anyhow::Result<ExitCode> {
             running.wait().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sim { listen, step } => {
+        Command::Sim {
+            device: Some(SimDevice::Serial { port, stream }),
+            ..
+        } => {
+            telemetry::init();
+            let stop = shutdown::on_signal();
+            let config = fieldline_sim::SerialSimConfig {
+                port: port.clone(),
+                stream,
+            };
+            let (_, board) = fieldline_sim::serve_serial(config, stop)?;
+            println!("simulated sensor board on {}", port.display());
+            let _ = board.await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sim {
+            device: None,
+            listen,
+            step,
+        } => {
             telemetry::init();
             let stop = shutdown::on_signal();
             let state = fieldline_sim::SimState::new();

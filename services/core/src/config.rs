@@ -1180,6 +1180,7 @@ impl LineConfig {
                 validate_value_device(device, &at, &mut err);
             }
         }
+        serial_line::validate_ports(&self.devices, &mut err);
         // Devices on one endpoint share a link: one protocol, one serial setting, distinct
         // unit ids.
         for (i, d) in self.devices.iter().enumerate() {

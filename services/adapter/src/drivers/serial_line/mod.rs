@@ -1,4 +1,14 @@
-//! Serial-line driver: devices that speak lines of text on a serial port.
+//! Serial-line driver: Arduino-style devices that speak lines of text on a serial port.
+//!
+//! `config.rs` turns the device's settings into what the driver needs, `parser.rs` cuts bytes
+//! into bounded lines and reads their fields (pure, unit-tested), `port.rs` opens the port,
+//! and `driver.rs` is the one task that owns the port: it sends requests, reads lines,
+//! performs writes between them, and reopens the port with backoff when it vanishes.
+
+mod config;
+mod driver;
+pub mod parser;
+mod port;
 
 use fieldline_core::config::DeviceConfig;
 use fieldline_runtime::CancellationToken;
@@ -8,17 +18,20 @@ use super::{DeviceContext, WriteRequest};
 
 /// Whether `device` can be driven; the reason when not.
 pub fn check(device: &DeviceConfig) -> Result<(), String> {
-    Err(format!(
-        "{}: the serial-line driver is not built in",
-        device.name
-    ))
+    config::Setup::new(device).map(drop)
 }
 
 /// Runs the device until `stop`.
 pub async fn run(
-    _device: DeviceConfig,
-    _cx: DeviceContext,
-    _writes: &mut mpsc::Receiver<WriteRequest>,
-    _stop: CancellationToken,
+    device: DeviceConfig,
+    cx: DeviceContext,
+    writes: &mut mpsc::Receiver<WriteRequest>,
+    stop: CancellationToken,
 ) {
+    match config::Setup::new(&device) {
+        Ok(setup) => driver::Driver::new(setup, cx).run(writes, stop).await,
+        Err(message) => {
+            tracing::error!(device = %device.name, %message, "device cannot be driven");
+        }
+    }
 }
