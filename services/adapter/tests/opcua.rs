@@ -63,12 +63,14 @@ fn ns(date: (i64, i64, i64), hms: (i64, i64, i64), frac_ns: i64) -> i64 {
     ((days * 24 + hms.0) * 60 + hms.1) * 60 * 1_000_000_000 + hms.2 * 1_000_000_000 + frac_ns
 }
 
-fn quality(s: &v1::Sample) -> (i32, String, String) {
-    s.quality
-        .as_ref()
-        .map_or((0, String::new(), String::new()), |q| {
-            (q.status, format!("{:?}", q.reason), q.detail.clone())
-        })
+fn quality(s: &v1::Sample) -> (i32, i32, String) {
+    s.quality.as_ref().map_or((0, 0, String::new()), |q| {
+        (q.status, q.reason, q.detail.clone())
+    })
+}
+
+fn comm_failure(s: &v1::Sample) -> bool {
+    quality(s).1 == v1::QualityReason::CommFailure as i32
 }
 
 fn is_good(s: &v1::Sample) -> bool {
@@ -396,7 +398,12 @@ async fn user_names_are_checked_by_the_server() -> anyhow::Result<()> {
     let s = stream.wait(0, "accepted", "count", WAIT, is_good).await?;
     assert_eq!(s.value, Some(Value::U64(7).into()));
     let s = stream.wait(0, "refused", "count", WAIT, is_bad).await?;
-    assert!(quality(&s).1.contains("CommFailure"), "{:?}", s.quality);
+    assert!(comm_failure(&s), "{:?}", s.quality);
+    assert!(
+        quality(&s).2.contains("BadUserAccessDenied"),
+        "{:?}",
+        s.quality
+    );
     kit::wait_for(WAIT, "the refused identity to be counted", || async {
         run.metric("fieldline_adapter_errors_total{device=\"refused\",kind=\"identity\"} ")
             .filter(|n| *n >= 1.0)
@@ -426,7 +433,7 @@ async fn a_restarted_server_gets_its_subscriptions_back() -> anyhow::Result<()> 
     let s = stream
         .wait(before_kill, "plc", "count", WAIT, is_bad)
         .await?;
-    assert!(quality(&s).1.contains("CommFailure"), "{:?}", s.quality);
+    assert!(comm_failure(&s), "{:?}", s.quality);
     assert_eq!(s.value, None);
 
     // A fresh server process: no session or subscription of the old one survives.
