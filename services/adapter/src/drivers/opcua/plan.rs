@@ -72,6 +72,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one call of one item is the point
     fn the_smaller_limit_wins() {
         let server = ServerLimits {
             monitored_items_per_subscription: Some(3),
