@@ -295,6 +295,18 @@ devices:
     }
 
     #[test]
+    fn the_example_line_loads() {
+        let config =
+            LineConfig::from_yaml(include_str!("../../../../deploy/examples/opcua-line.yaml"))
+                .unwrap();
+        let press = config.device("press").unwrap().opcua.clone().unwrap();
+        assert_eq!(press.security_policy, SecurityPolicy::Basic256Sha256);
+        assert_eq!(press.mode, ReadMode::Subscribe);
+        let oven = config.device("oven").unwrap().opcua.clone().unwrap();
+        assert_eq!(oven.mode, ReadMode::Poll);
+    }
+
+    #[test]
     fn absent_section_means_defaults() {
         let config = LineConfig::from_yaml(&line("")).unwrap();
         assert_eq!(config.devices[0].opcua, None);
