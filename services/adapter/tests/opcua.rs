@@ -178,7 +178,13 @@ async fn subscribed_and_polled_values_statuses_and_writes() -> anyhow::Result<()
         ),
         "    tags:\n      - { name: temperature, address: \"ns=2;s=Temperature\", type: f64, scale: 2 }\n",
     );
-    let mut run = common::start("opcua", &format!("{sub}{poll}")).await?;
+    let banded = device(
+        "banded",
+        &endpoint,
+        &format!("    opcua: {{ pki_dir: \"{}\" }}\n", pki(&peer, "banded")),
+        "    tags:\n      - { name: temperature, address: \"ns=2;s=Temperature\", type: f64, deadband: 1.0 }\n",
+    );
+    let mut run = common::start("opcua", &format!("{sub}{poll}{banded}")).await?;
     let mut stream = Samples::new(&mut run).await?;
 
     // Every type, with the server's source timestamp exactly (Python keeps microseconds).
@@ -210,6 +216,25 @@ async fn subscribed_and_polled_values_statuses_and_writes() -> anyhow::Result<()
     let s = stream.wait(0, "poll", "temperature", WAIT, is_good).await?;
     assert_eq!(s.value, Some(Value::F64(43.0).into()));
     assert_eq!(s.timestamp_ns, ns((2024, 5, 1), (12, 0, 0), 123_456_000));
+
+    // The deadband is a filter on the server: a move of 0.1 is not reported to the banded
+    // item (it is to the others), the next move of 1.4 is.
+    let s = stream
+        .wait(0, "banded", "temperature", WAIT, is_good)
+        .await?;
+    assert_eq!(s.value, Some(Value::F64(21.5).into()));
+    let mark = stream.mark();
+    assert_eq!(peer.command("set Temperature 21.6").await?, "OK");
+    assert_eq!(peer.command("set Temperature 23.0").await?, "OK");
+    stream
+        .wait(mark, "sub", "temperature", WAIT, |s| {
+            s.value == Some(Value::F64(21.6).into())
+        })
+        .await?;
+    let s = stream
+        .wait(mark, "banded", "temperature", WAIT, is_good)
+        .await?;
+    assert_eq!(s.value, Some(Value::F64(23.0).into()));
 
     // A change arrives with its own source timestamp.
     assert_eq!(
