@@ -82,3 +82,47 @@ async fn browse_prints_tags_for_a_line_document() -> anyhow::Result<()> {
     peer.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn browse_over_an_encrypted_endpoint_needs_the_server_trusted() -> anyhow::Result<()> {
+    let spec = json!({"variables": [{"name": "Speed", "type": "Float", "value": 1.5}]});
+    let peer = OpcuaPeer::start(
+        &spec,
+        OpcuaOptions {
+            secure: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let browse = |pki: &str, trust: Option<std::path::PathBuf>| {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .args(["opcua", "browse", &peer.endpoint()])
+            .args(["--security-policy", "aes128-sha256-rsaoaep"])
+            .args(["--security-mode", "sign-and-encrypt", "--pki-dir"])
+            .arg(peer.dir().join(pki));
+        if let Some(cert) = trust {
+            command.arg("--trust").arg(cert);
+        }
+        command.output()
+    };
+    let refused = browse("pki-untrusting", None).await?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "an unknown server is refused");
+    assert!(stderr.contains("BadCertificateUntrusted"), "{stderr}");
+    assert!(refused.stdout.is_empty());
+
+    let out = browse("pki-trusting", Some(peer.server_certificate())).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("  - { name: speed, address: \"ns=2;s=Speed\", type: f32 }\n"),
+        "{stdout}"
+    );
+    peer.stop().await;
+    Ok(())
+}
