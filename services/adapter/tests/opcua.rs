@@ -166,8 +166,12 @@ async fn subscribed_and_polled_values_statuses_and_writes() -> anyhow::Result<()
     let sub = device(
         "sub",
         &endpoint,
-        &format!("    opcua: {{ pki_dir: \"{}\" }}\n", pki(&peer, "sub")),
-        TAGS,
+        // Seven monitored items in subscriptions of at most two.
+        &format!(
+            "    opcua: {{ pki_dir: \"{}\", max_items_per_subscription: 2 }}\n",
+            pki(&peer, "sub")
+        ),
+        &format!("{TAGS}      - {{ name: missing, address: \"ns=2;s=Nope\", type: f64 }}\n"),
     );
     let poll = device(
         "poll",
@@ -212,6 +216,18 @@ async fn subscribed_and_polled_values_statuses_and_writes() -> anyhow::Result<()
         assert_eq!(s.value, Some(value.into()), "{tag}");
         assert_eq!(s.timestamp_ns, ts, "{tag} keeps the source timestamp");
     }
+    // A node the server does not have: Bad, with the server's reason.
+    let s = stream.wait(0, "sub", "missing", WAIT, is_bad).await?;
+    assert!(
+        quality(&s).2.contains("BadNodeIdUnknown"),
+        "{:?}",
+        s.quality
+    );
+    assert_eq!(
+        run.metric("fieldline_adapter_errors_total{device=\"sub\",kind=\"monitored_item\"} "),
+        Some(1.0)
+    );
+
     // Polled and scaled.
     let s = stream.wait(0, "poll", "temperature", WAIT, is_good).await?;
     assert_eq!(s.value, Some(Value::F64(43.0).into()));
