@@ -105,10 +105,8 @@ impl Driver {
         let base = (self.device.timeout * 2).max(Duration::from_millis(500));
         let mut backoff = Backoff::new(base, self.device.max_backoff);
         loop {
-            let outcome = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.session(&mut setup, writes, &stop) => r,
-            };
+            // The session watches `stop` itself, so that it can close cleanly.
+            let outcome = self.session(&mut setup, writes, &stop).await;
             let why = match outcome {
                 Ok(Ended::Stop) => return,
                 Ok(Ended::Lost(why)) => {
@@ -200,15 +198,18 @@ impl Driver {
         stop: &CancellationToken,
     ) -> Result<Ended, String> {
         let name = self.name().to_string();
-        let (session, event_loop) = setup
+        let connect = setup
             .client
-            .connect_to_matching_endpoint(setup.endpoint.clone(), setup.identity.clone())
-            .await
-            .map_err(|e| {
-                self.cx.error(&name, "connect");
-                tracing::warn!(device = %name, error = %e, "cannot reach the OPC UA server's endpoint");
-                format!("cannot reach the server's endpoint: {e}")
-            })?;
+            .connect_to_matching_endpoint(setup.endpoint.clone(), setup.identity.clone());
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return Ok(Ended::Stop),
+            r = connect => r,
+        };
+        let (session, event_loop) = connected.map_err(|e| {
+            self.cx.error(&name, "connect");
+            tracing::warn!(device = %name, error = %e, "cannot reach the OPC UA server's endpoint");
+            format!("cannot reach the server's endpoint: {e}")
+        })?;
         // The event loop runs beside the driver; what matters to the driver (connected, lost,
         // failed) comes back over a channel.
         let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -229,7 +230,11 @@ impl Driver {
             let _ = events_tx.send(Event::Ended);
         });
         let _abort = AbortOnDrop(events_task);
-        match events.recv().await {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return Ok(Ended::Stop),
+            e = events.recv() => e,
+        };
+        match first {
             Some(Event::Connected) => {}
             Some(Event::Failed(code) | Event::Lost(code)) => {
                 let kind = failure_kind(code);
