@@ -166,10 +166,11 @@ async fn subscribed_and_polled_values_statuses_and_writes() -> anyhow::Result<()
     let sub = device(
         "sub",
         &endpoint,
-        // Seven monitored items in subscriptions of at most two.
+        // Seven monitored items in subscriptions of at most two. The three devices share a
+        // PKI folder (and so one client certificate).
         &format!(
             "    opcua: {{ pki_dir: \"{}\", max_items_per_subscription: 2 }}\n",
-            pki(&peer, "sub")
+            pki(&peer, "shared")
         ),
         &format!("{TAGS}      - {{ name: missing, address: \"ns=2;s=Nope\", type: f64 }}\n"),
     );
@@ -178,14 +179,14 @@ async fn subscribed_and_polled_values_statuses_and_writes() -> anyhow::Result<()
         &endpoint,
         &format!(
             "    opcua: {{ mode: poll, pki_dir: \"{}\" }}\n",
-            pki(&peer, "poll")
+            pki(&peer, "shared")
         ),
         "    tags:\n      - { name: temperature, address: \"ns=2;s=Temperature\", type: f64, scale: 2 }\n",
     );
     let banded = device(
         "banded",
         &endpoint,
-        &format!("    opcua: {{ pki_dir: \"{}\" }}\n", pki(&peer, "banded")),
+        &format!("    opcua: {{ pki_dir: \"{}\" }}\n", pki(&peer, "shared")),
         "    tags:\n      - { name: temperature, address: \"ns=2;s=Temperature\", type: f64, deadband: 1.0 }\n",
     );
     let mut run = common::start("opcua", &format!("{sub}{poll}{banded}")).await?;

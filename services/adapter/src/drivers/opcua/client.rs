@@ -48,15 +48,22 @@ pub fn mode(m: SecurityMode) -> MessageSecurityMode {
     }
 }
 
-/// Builds the client for the server at `endpoint`: creates the PKI folder (and the client's certificate when it
-/// has none), adds the configured server certificates to the trust list and resolves the
-/// identity (reading the password secret).
+/// Devices of one adapter often share a PKI folder: the first creates the key pair, the
+/// others must find it complete rather than write their own over it.
+static PKI_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Builds the client for the server at `endpoint`: creates the PKI folder (and the client's
+/// certificate when it has none), adds the configured server certificates to the trust list
+/// and resolves the identity (reading the password secret).
 pub fn setup(
     endpoint: &str,
     timeout: Duration,
     settings: &OpcuaSettings,
     application_name: &str,
 ) -> Result<Setup, SetupError> {
+    let _pki = PKI_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let pki = &settings.pki_dir;
     for sub in ["trusted", "rejected", "own", "private"] {
         std::fs::create_dir_all(pki.join(sub)).map_err(|e| SetupError::Pki {
