@@ -5,4 +5,5 @@
 
 pub mod broker;
 pub mod client;
+pub mod opcua;
 pub mod up;

@@ -97,6 +97,11 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// OPC UA servers: browse one for its variables.
+    Opcua {
+        #[command(subcommand)]
+        command: OpcuaCommand,
+    },
     /// Alarms: list them, follow them, or act on one.
     Alarms {
         #[arg(
@@ -139,6 +144,12 @@ enum AlarmCommand {
     Disable(client::AlarmArgs),
     /// Return an alarm to service.
     Enable(client::AlarmArgs),
+}
+
+#[derive(Subcommand)]
+enum OpcuaCommand {
+    /// List the variables below Objects and print a `tags:` section for a line document.
+    Browse(fieldline::opcua::BrowseArgs),
 }
 
 #[derive(Subcommand)]
@@ -265,6 +276,12 @@ async fn main() -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Opcua {
+            command: OpcuaCommand::Browse(args),
+        } => {
+            fieldline::opcua::browse(args).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Alarms { server, command } => {
             match command.unwrap_or(AlarmCommand::List {

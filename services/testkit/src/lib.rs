@@ -3,6 +3,8 @@
 //! (pymodbus). A missing backend fails the test with the command that starts it; nothing here
 //! ever skips a test.
 
+pub mod opcua;
+
 use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,

@@ -1,0 +1,508 @@
+//! The OPC UA driver against a real server we did not write (asyncua): subscribed values of
+//! several types with their source timestamps, status codes as qualities, polling, secure
+//! endpoints with a trust list, user identities, a server restart while subscribed, and writes.
+
+use std::time::Duration;
+
+use fieldline_core::Value;
+use fieldline_proto::v1;
+use fieldline_testkit::{
+    self as kit,
+    opcua::{OpcuaOptions, OpcuaPeer},
+    serde_json::json,
+};
+
+mod common;
+
+fn spec() -> kit::serde_json::Value {
+    json!({
+        "folder": "Line",
+        "variables": [
+            {"name": "Temperature", "type": "Double", "value": 21.5,
+             "source_timestamp": "2024-05-01T12:00:00.123456Z"},
+            {"name": "Count", "type": "UInt32", "value": 7,
+             "source_timestamp": "2024-05-01T12:00:01Z"},
+            {"name": "Label", "type": "String", "value": "batch-1",
+             "source_timestamp": "2024-05-01T12:00:02Z"},
+            {"name": "Running", "type": "Boolean", "value": true,
+             "source_timestamp": "2024-05-01T12:00:03Z"},
+            {"name": "Level", "type": "Int16", "value": -5, "writable": true,
+             "source_timestamp": "2024-05-01T12:00:04Z"},
+            {"name": "Locked", "type": "Int32", "value": 1}
+        ]
+    })
+}
+
+const TAGS: &str = "    tags:
+      - { name: temperature, address: \"ns=2;s=Temperature\", type: f64 }
+      - { name: count, address: \"ns=2;s=Count\", type: u32 }
+      - { name: label, address: \"ns=2;s=Label\", type: string }
+      - { name: running, address: \"ns=2;s=Running\", type: bool }
+      - { name: level, address: \"ns=2;s=Level\", type: i16, writable: true, min: -100, max: 100 }
+      - { name: locked, address: \"ns=2;s=Locked\", type: i32, writable: true }
+";
+
+fn device(name: &str, endpoint: &str, opcua: &str, tags: &str) -> String {
+    format!(
+        "  - name: {name}\n    type: t\n    protocol: opcua\n    endpoint: \"{endpoint}\"\n    poll_interval: 100ms\n    timeout: 5s\n    max_backoff: 1s\n{opcua}{tags}"
+    )
+}
+
+/// Nanoseconds since the Unix epoch of an RFC 3339 time in UTC with up to 7 fraction digits,
+/// computed here independently of the driver.
+fn ns(date: (i64, i64, i64), hms: (i64, i64, i64), frac_ns: i64) -> i64 {
+    let (y, m, d) = date;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + hms.0) * 60 + hms.1) * 60 * 1_000_000_000 + hms.2 * 1_000_000_000 + frac_ns
+}
+
+fn quality(s: &v1::Sample) -> (i32, i32, String) {
+    s.quality.as_ref().map_or((0, 0, String::new()), |q| {
+        (q.status, q.reason, q.detail.clone())
+    })
+}
+
+fn comm_failure(s: &v1::Sample) -> bool {
+    quality(s).1 == v1::QualityReason::CommFailure as i32
+}
+
+fn is_good(s: &v1::Sample) -> bool {
+    quality(s).0 == v1::QualityStatus::Good as i32
+}
+
+fn is_bad(s: &v1::Sample) -> bool {
+    quality(s).0 == v1::QualityStatus::Bad as i32
+}
+
+/// Every sample the adapter streamed so far, in order, with its device.
+struct Samples {
+    stream: tonic::Streaming<v1::SampleBatch>,
+    seen: Vec<(String, v1::Sample)>,
+}
+
+impl Samples {
+    async fn new(run: &mut common::TestAdapter) -> anyhow::Result<Self> {
+        Ok(Self {
+            stream: run.stream().await?,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Where the samples received from now on start.
+    fn mark(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The first sample of `device`/`tag` at or after `from` that satisfies `pred`, waiting
+    /// up to `within` for it.
+    async fn wait(
+        &mut self,
+        from: usize,
+        device: &str,
+        tag: &str,
+        within: Duration,
+        pred: impl Fn(&v1::Sample) -> bool,
+    ) -> anyhow::Result<v1::Sample> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut checked = from;
+        loop {
+            let hit = self.seen[checked.min(self.seen.len())..]
+                .iter()
+                .find(|(d, s)| {
+                    d == device && (s.tag == tag || s.tag.ends_with(&format!("/{tag}"))) && pred(s)
+                });
+            if let Some((_, s)) = hit {
+                return Ok(s.clone());
+            }
+            checked = self.seen.len().max(from);
+            let batch = tokio::time::timeout_at(deadline, self.stream.message())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no matching sample of {device}/{tag} in {within:?}; seen: {:?}",
+                        self.seen
+                            .iter()
+                            .filter(|(d, _)| d == device)
+                            .map(|(_, s)| s)
+                            .collect::<Vec<_>>()
+                    )
+                })??
+                .ok_or_else(|| anyhow::anyhow!("the sample stream ended"))?;
+            for s in batch.samples {
+                self.seen.push((batch.device.clone(), s));
+            }
+        }
+    }
+}
+
+fn command(line: &str, device: &str, id: &str, tag: &str, value: Value) -> v1::Command {
+    v1::Command {
+        id: id.into(),
+        tag: format!("{line}/{device}/{tag}"),
+        value: Some(value.into()),
+        deadline_ns: 0,
+        requested_by: "test".into(),
+        reason: "test".into(),
+    }
+}
+
+fn pki(peer: &OpcuaPeer, name: &str) -> String {
+    peer.dir().join(format!("pki-{name}")).display().to_string()
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn subscribed_and_polled_values_statuses_and_writes() -> anyhow::Result<()> {
+    let mut peer = OpcuaPeer::start(&spec(), OpcuaOptions::default()).await?;
+    let endpoint = peer.endpoint();
+    let sub = device(
+        "sub",
+        &endpoint,
+        // Seven monitored items in subscriptions of at most two. The three devices share a
+        // PKI folder (and so one client certificate).
+        &format!(
+            "    opcua: {{ pki_dir: \"{}\", max_items_per_subscription: 2 }}\n",
+            pki(&peer, "shared")
+        ),
+        &format!("{TAGS}      - {{ name: missing, address: \"ns=2;s=Nope\", type: f64 }}\n"),
+    );
+    let poll = device(
+        "poll",
+        &endpoint,
+        &format!(
+            "    opcua: {{ mode: poll, pki_dir: \"{}\" }}\n",
+            pki(&peer, "shared")
+        ),
+        "    tags:\n      - { name: temperature, address: \"ns=2;s=Temperature\", type: f64, scale: 2 }\n",
+    );
+    let banded = device(
+        "banded",
+        &endpoint,
+        &format!("    opcua: {{ pki_dir: \"{}\" }}\n", pki(&peer, "shared")),
+        "    tags:\n      - { name: temperature, address: \"ns=2;s=Temperature\", type: f64, deadband: 1.0 }\n",
+    );
+    let mut run = common::start("opcua", &format!("{sub}{poll}{banded}")).await?;
+    let mut stream = Samples::new(&mut run).await?;
+
+    // Every type, with the server's source timestamp exactly (Python keeps microseconds).
+    let expected = [
+        (
+            "temperature",
+            Value::F64(21.5),
+            ns((2024, 5, 1), (12, 0, 0), 123_456_000),
+        ),
+        ("count", Value::U64(7), ns((2024, 5, 1), (12, 0, 1), 0)),
+        (
+            "label",
+            Value::String("batch-1".into()),
+            ns((2024, 5, 1), (12, 0, 2), 0),
+        ),
+        (
+            "running",
+            Value::Bool(true),
+            ns((2024, 5, 1), (12, 0, 3), 0),
+        ),
+        ("level", Value::I64(-5), ns((2024, 5, 1), (12, 0, 4), 0)),
+    ];
+    for (tag, value, ts) in expected {
+        let s = stream.wait(0, "sub", tag, WAIT, is_good).await?;
+        assert_eq!(s.value, Some(value.into()), "{tag}");
+        assert_eq!(s.timestamp_ns, ts, "{tag} keeps the source timestamp");
+    }
+    // A node the server does not have: Bad, with the server's reason.
+    let s = stream.wait(0, "sub", "missing", WAIT, is_bad).await?;
+    assert!(
+        quality(&s).2.contains("BadNodeIdUnknown"),
+        "{:?}",
+        s.quality
+    );
+    assert_eq!(
+        run.metric("fieldline_adapter_errors_total{device=\"sub\",kind=\"monitored_item\"} "),
+        Some(1.0)
+    );
+
+    // Polled and scaled.
+    let s = stream.wait(0, "poll", "temperature", WAIT, is_good).await?;
+    assert_eq!(s.value, Some(Value::F64(43.0).into()));
+    assert_eq!(s.timestamp_ns, ns((2024, 5, 1), (12, 0, 0), 123_456_000));
+
+    // The deadband is a filter on the server: a move of 0.1 is not reported to the banded
+    // item (it is to the others), the next move of 1.4 is.
+    let s = stream
+        .wait(0, "banded", "temperature", WAIT, is_good)
+        .await?;
+    assert_eq!(s.value, Some(Value::F64(21.5).into()));
+    let mark = stream.mark();
+    assert_eq!(peer.command("set Temperature 21.6").await?, "OK");
+    assert_eq!(peer.command("set Temperature 23.0").await?, "OK");
+    stream
+        .wait(mark, "sub", "temperature", WAIT, |s| {
+            s.value == Some(Value::F64(21.6).into())
+        })
+        .await?;
+    let s = stream
+        .wait(mark, "banded", "temperature", WAIT, is_good)
+        .await?;
+    assert_eq!(s.value, Some(Value::F64(23.0).into()));
+
+    // A change arrives with its own source timestamp.
+    assert_eq!(
+        peer.command("set Count 12 2024-06-01T00:00:00.5Z").await?,
+        "OK"
+    );
+    let s = stream
+        .wait(0, "sub", "count", WAIT, |s| {
+            s.value == Some(Value::U64(12).into())
+        })
+        .await?;
+    assert_eq!(s.timestamp_ns, ns((2024, 6, 1), (0, 0, 0), 500_000_000));
+
+    // A Bad status code is a Bad sample without a value, its name in the detail.
+    assert_eq!(peer.command("status Count BadSensorFailure").await?, "OK");
+    let s = stream.wait(0, "sub", "count", WAIT, is_bad).await?;
+    assert_eq!(s.value, None);
+    assert!(
+        quality(&s).2.contains("BadSensorFailure"),
+        "{:?}",
+        s.quality
+    );
+
+    // A write reaches the server, is read back and answered Written.
+    let line = run.line.clone();
+    let result = run
+        .client
+        .write(command(&line, "sub", "w1", "level", Value::I64(42)))
+        .await?
+        .into_inner();
+    assert_eq!(
+        result.status,
+        v1::CommandStatus::Written as i32,
+        "{result:?}"
+    );
+    assert_eq!(result.read_back, Some(Value::I64(42).into()));
+    assert_eq!(
+        peer.written(Duration::from_secs(10)).await,
+        vec!["Level 42"]
+    );
+    assert_eq!(peer.command("get Level").await?, "VALUE 42");
+
+    // Rejected by the adapter (above max): nothing reaches the server.
+    let result = run
+        .client
+        .write(command(&line, "sub", "w2", "level", Value::I64(1000)))
+        .await?
+        .into_inner();
+    assert_eq!(
+        result.status,
+        v1::CommandStatus::Rejected as i32,
+        "{result:?}"
+    );
+    assert_eq!(result.rejected_by, "max");
+    // Refused by the server (the variable is read-only there): Failed, value unchanged.
+    let result = run
+        .client
+        .write(command(&line, "sub", "w3", "locked", Value::I64(9)))
+        .await?
+        .into_inner();
+    assert_eq!(
+        result.status,
+        v1::CommandStatus::Failed as i32,
+        "{result:?}"
+    );
+    assert!(result.detail.contains("Bad"), "{result:?}");
+    assert_eq!(peer.command("get Locked").await?, "VALUE 1");
+    assert_eq!(peer.command("get Level").await?, "VALUE 42");
+    assert_eq!(peer.written(Duration::ZERO).await, vec!["Level 42"]);
+    assert_eq!(
+        run.metric("fieldline_adapter_writes_total{device=\"sub\",outcome=\"written\"} "),
+        Some(1.0)
+    );
+
+    run.stop().await;
+    peer.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn secure_endpoints_need_a_trusted_server_certificate() -> anyhow::Result<()> {
+    let peer = OpcuaPeer::start(
+        &spec(),
+        OpcuaOptions {
+            secure: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let endpoint = peer.endpoint();
+    let cert = peer.server_certificate().display().to_string();
+    let tags =
+        "    tags:\n      - { name: temperature, address: \"ns=2;s=Temperature\", type: f64 }\n";
+    let basic = device(
+        "basic",
+        &endpoint,
+        &format!(
+            "    opcua: {{ security_policy: basic256sha256, security_mode: sign-and-encrypt, pki_dir: \"{}\", trusted_server_certificates: [\"{cert}\"] }}\n",
+            pki(&peer, "basic")
+        ),
+        tags,
+    );
+    let aes = device(
+        "aes",
+        &endpoint,
+        &format!(
+            "    opcua: {{ security_policy: aes128-sha256-rsaoaep, security_mode: sign-and-encrypt, pki_dir: \"{}\", trusted_server_certificates: [\"{cert}\"] }}\n",
+            pki(&peer, "aes")
+        ),
+        tags,
+    );
+    let untrusted = device(
+        "untrusted",
+        &endpoint,
+        &format!(
+            "    opcua: {{ security_policy: basic256sha256, security_mode: sign-and-encrypt, pki_dir: \"{}\" }}\n",
+            pki(&peer, "untrusted")
+        ),
+        tags,
+    );
+    let mut run = common::start("opcua-sec", &format!("{basic}{aes}{untrusted}")).await?;
+    let mut stream = Samples::new(&mut run).await?;
+    for name in ["basic", "aes"] {
+        let s = stream.wait(0, name, "temperature", WAIT, is_good).await?;
+        assert_eq!(s.value, Some(Value::F64(21.5).into()), "{name}");
+    }
+    // The untrusted server is refused: counted, reported Bad with the reason, never a value.
+    kit::wait_for(WAIT, "the untrusted server to be counted", || async {
+        run.metric(
+            "fieldline_adapter_errors_total{device=\"untrusted\",kind=\"untrusted_server\"} ",
+        )
+        .filter(|n| *n >= 1.0)
+    })
+    .await?;
+    let batches = run.batches(Duration::from_secs(2)).await?;
+    assert!(
+        batches
+            .iter()
+            .filter(|b| b.device == "untrusted")
+            .flat_map(|b| &b.samples)
+            .all(|s| s.value.is_none()),
+        "no value from an untrusted server"
+    );
+    // The refused certificate was put aside for an administrator to review.
+    let rejected = std::fs::read_dir(peer.dir().join("pki-untrusted/rejected"))?.count();
+    assert!(rejected >= 1, "the server certificate lands in rejected/");
+    run.stop().await;
+    peer.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn user_names_are_checked_by_the_server() -> anyhow::Result<()> {
+    let peer = OpcuaPeer::start(
+        &spec(),
+        OpcuaOptions {
+            users: vec![("operator".into(), "s3cret".into())],
+            ..Default::default()
+        },
+    )
+    .await?;
+    let endpoint = peer.endpoint();
+    let right = peer.dir().join("right-password");
+    let wrong = peer.dir().join("wrong-password");
+    std::fs::write(&right, "s3cret\n")?;
+    std::fs::write(&wrong, "guess\n")?;
+    let tags = "    tags:\n      - { name: count, address: \"ns=2;s=Count\", type: u32 }\n";
+    let user = |name: &str, password: &std::path::Path| {
+        device(
+            name,
+            &endpoint,
+            &format!(
+                "    opcua: {{ pki_dir: \"{}\", identity: {{ kind: username, username: operator, password: {{ file: \"{}\" }} }} }}\n",
+                pki(&peer, name),
+                password.display()
+            ),
+            tags,
+        )
+    };
+    let mut run = common::start(
+        "opcua-user",
+        &format!("{}{}", user("accepted", &right), user("refused", &wrong)),
+    )
+    .await?;
+    let mut stream = Samples::new(&mut run).await?;
+    let s = stream.wait(0, "accepted", "count", WAIT, is_good).await?;
+    assert_eq!(s.value, Some(Value::U64(7).into()));
+    let s = stream.wait(0, "refused", "count", WAIT, is_bad).await?;
+    assert!(comm_failure(&s), "{:?}", s.quality);
+    assert!(
+        quality(&s).2.contains("BadUserAccessDenied"),
+        "{:?}",
+        s.quality
+    );
+    kit::wait_for(WAIT, "the refused identity to be counted", || async {
+        run.metric("fieldline_adapter_errors_total{device=\"refused\",kind=\"identity\"} ")
+            .filter(|n| *n >= 1.0)
+    })
+    .await?;
+    run.stop().await;
+    peer.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_server_gets_its_subscriptions_back() -> anyhow::Result<()> {
+    let mut peer = OpcuaPeer::start(&spec(), OpcuaOptions::default()).await?;
+    let endpoint = peer.endpoint();
+    let dev = device(
+        "plc",
+        &endpoint,
+        &format!("    opcua: {{ pki_dir: \"{}\" }}\n", pki(&peer, "plc")),
+        "    tags:\n      - { name: count, address: \"ns=2;s=Count\", type: u32 }\n",
+    );
+    let mut run = common::start("opcua-restart", &dev).await?;
+    let mut stream = Samples::new(&mut run).await?;
+    stream.wait(0, "plc", "count", WAIT, is_good).await?;
+
+    let before_kill = stream.mark();
+    peer.kill().await;
+    let s = stream
+        .wait(before_kill, "plc", "count", WAIT, is_bad)
+        .await?;
+    assert!(comm_failure(&s), "{:?}", s.quality);
+    assert_eq!(s.value, None);
+
+    // A fresh server process: no session or subscription of the old one survives.
+    let before_restart = stream.mark();
+    peer.restart().await?;
+    let s = stream
+        .wait(
+            before_restart,
+            "plc",
+            "count",
+            Duration::from_secs(120),
+            is_good,
+        )
+        .await?;
+    assert_eq!(s.value, Some(Value::U64(7).into()));
+    // The monitored item is live on the new server, not just read once.
+    assert_eq!(peer.command("set Count 99").await?, "OK");
+    stream
+        .wait(0, "plc", "count", WAIT, |s| {
+            s.value == Some(Value::U64(99).into())
+        })
+        .await?;
+    assert!(
+        run.metric("fieldline_adapter_errors_total{device=\"plc\",kind=\"connection_lost\"} ")
+            .is_some_and(|n| n >= 1.0)
+    );
+    run.stop().await;
+    peer.stop().await;
+    Ok(())
+}
