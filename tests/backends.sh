@@ -7,7 +7,7 @@
 #   bash tests/backends.sh mariadb venv    # only some parts
 #   bash tests/backends.sh stop [PART...]  # stop the servers this script started
 #
-# Parts: tools (mbpoll, socat, curl), mosquitto, mariadb, influxdb, victoria-metrics, venv,
+# Parts: tools (mbpoll, socat, curl, openssl), mosquitto, mariadb, influxdb, victoria-metrics, venv,
 # node (node-opcua, from tests/peers/package.json, into $FIELDLINE_BACKENDS_DIR/node).
 #
 # State (data dirs, configs, logs, pid files, the Python venv) lives in
@@ -157,8 +157,9 @@ setup_tools() {
     have mbpoll || missing+=(mbpoll)
     have socat || missing+=(socat)
     have curl || missing+=(curl)
+    have openssl || missing+=(openssl)
     apt_install "${missing[@]}"
-    SUMMARY+=("tools      mbpoll socat curl: $(command -v mbpoll) $(command -v socat) $(command -v curl)")
+    SUMMARY+=("tools      mbpoll socat curl openssl: $(command -v mbpoll) $(command -v socat) $(command -v curl) $(command -v openssl)")
 }
 
 # ---------------------------------------------------------------- mosquitto

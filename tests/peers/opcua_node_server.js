@@ -13,11 +13,20 @@
 // line: "set NAME JSON_VALUE" -> "ok", "get NAME" -> the value as JSON, "bad NAME" (status
 // BadSensorFailure) -> "ok". Security: None, Basic256Sha256 and Aes128_Sha256_RsaOaep, Sign
 // and SignAndEncrypt; any client certificate is accepted (the test of server trust is the
-// client's job).
+// client's job). The server certificate (DIR/server/own/certs/certificate.pem, made once
+// with openssl) names urn:fieldline:test:node-opcua as its first subject alternative name
+// and 127.0.0.1, as strict clients expect.
 "use strict";
 const path = require("path");
 const fs = require("fs");
 const readline = require("readline");
+// Standard output carries only READY and the replies to commands: node-opcua's warnings go
+// to standard error, its chatter nowhere.
+const util = require("util");
+console.warn = (...args) => process.stderr.write(`${util.format(...args)}\n`);
+for (const level of ["log", "info", "debug"]) {
+    console[level] = () => {};
+}
 const opcua = require("node-opcua");
 
 function arg(name, fallback) {
@@ -50,6 +59,8 @@ async function main() {
     const updateMs = Number(arg("--update-ms", "1000"));
     const user = arg("--user");
 
+    const applicationUri = "urn:fieldline:test:node-opcua";
+    const { certificateFile, privateKeyFile } = ownCertificate(pki, applicationUri);
     const serverCertificateManager = new opcua.OPCUACertificateManager({
         rootFolder: path.join(pki, "server"),
         automaticallyAcceptUnknownCertificate: true,
@@ -63,8 +74,14 @@ async function main() {
     const server = new opcua.OPCUAServer({
         port: port === 0 ? await freePort() : port,
         host: "127.0.0.1",
+        // Endpoint URLs and the self-signed certificate name 127.0.0.1, where the server is.
+        hostname: "127.0.0.1",
+        alternateHostname: ["127.0.0.1"],
         serverCertificateManager,
         userCertificateManager: serverCertificateManager,
+        certificateFile,
+        privateKeyFile,
+        serverInfo: { applicationUri, productUri: "urn:fieldline:test", applicationName: { text: "node-opcua test peer" } },
         securityPolicies: [
             opcua.SecurityPolicy.None,
             opcua.SecurityPolicy.Basic256Sha256,
@@ -186,6 +203,32 @@ function variant(dataType, value) {
         });
     }
     return { dataType, value };
+}
+
+/// The server's certificate and key, made with openssl on first use and kept in the PKI folder
+/// (so a restarted server has the same certificate).
+function ownCertificate(pki, applicationUri) {
+    const dir = path.join(pki, "server", "own");
+    const certificateFile = path.join(dir, "certs", "certificate.pem");
+    const privateKeyFile = path.join(dir, "private", "private_key.pem");
+    if (!fs.existsSync(certificateFile) || !fs.existsSync(privateKeyFile)) {
+        fs.mkdirSync(path.dirname(certificateFile), { recursive: true });
+        fs.mkdirSync(path.dirname(privateKeyFile), { recursive: true });
+        require("child_process").execFileSync(
+            "openssl",
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "365",
+                "-keyout", privateKeyFile, "-out", certificateFile,
+                "-subj", "/CN=Fieldline node-opcua test peer",
+                "-addext", `subjectAltName=URI:${applicationUri},IP:127.0.0.1,DNS:localhost`,
+                "-addext", "keyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment,dataEncipherment,keyCertSign",
+                "-addext", "extendedKeyUsage=serverAuth,clientAuth",
+                "-addext", "basicConstraints=critical,CA:FALSE",
+            ],
+            { stdio: ["ignore", "ignore", "pipe"] },
+        );
+    }
+    return { certificateFile, privateKeyFile };
 }
 
 function freePort() {

@@ -1,6 +1,7 @@
-//! The OPC UA driver against a real server we did not write (asyncua): subscribed values of
-//! several types with their source timestamps, status codes as qualities, polling, secure
-//! endpoints with a trust list, user identities, a server restart while subscribed, and writes.
+//! The OPC UA driver against real servers we did not write (asyncua, and node-opcua for a
+//! second implementation): subscribed values of several types with their source timestamps,
+//! status codes as qualities, polling, secure endpoints with a trust list, user identities, a
+//! server restart while subscribed, and writes.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use fieldline_core::Value;
 use fieldline_proto::v1;
 use fieldline_testkit::{
     self as kit,
-    opcua::{OpcuaOptions, OpcuaPeer},
+    opcua::{OpcuaOptions, OpcuaPeer, OpcuaServer},
     serde_json::json,
 };
 
@@ -505,4 +506,174 @@ async fn a_restarted_server_gets_its_subscriptions_back() -> anyhow::Result<()> 
     run.stop().await;
     peer.stop().await;
     Ok(())
+}
+
+/// The same driver against node-opcua: values of several types, encrypted sessions with both
+/// policies when the server certificate is trusted and none when it is not, a Bad status, a
+/// write read back from the server, and a killed and restarted server while subscribed
+/// (encrypted sessions included).
+#[tokio::test]
+async fn node_opcua_values_encryption_writes_and_a_restart() -> anyhow::Result<()> {
+    let spec = json!({
+        "variables": [
+            {"name": "temperature", "type": "Double", "value": 21.5, "writable": true},
+            {"name": "count", "type": "Int64", "value": 7},
+            {"name": "running", "type": "Boolean", "value": true},
+            {"name": "label", "type": "String", "value": "batch-1"}
+        ]
+    });
+    let mut peer = OpcuaPeer::start(
+        &spec,
+        OpcuaOptions {
+            server: OpcuaServer::NodeOpcua,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let endpoint = peer.endpoint();
+    let cert = peer.server_certificate().display().to_string();
+    let plain = device(
+        "plain",
+        &endpoint,
+        &format!("    opcua: {{ pki_dir: \"{}\" }}\n", pki(&peer, "plain")),
+        "    tags:
+      - { name: temperature, address: \"ns=1;s=temperature\", type: f64, writable: true, min: 0, max: 100 }
+      - { name: count, address: \"ns=1;s=count\", type: i64 }
+      - { name: running, address: \"ns=1;s=running\", type: bool }
+      - { name: label, address: \"ns=1;s=label\", type: string }
+",
+    );
+    let temperature =
+        "    tags:\n      - { name: temperature, address: \"ns=1;s=temperature\", type: f64 }\n";
+    let secure = |name: &str, policy: &str, trusted: bool| {
+        let trust = if trusted {
+            format!(", trusted_server_certificates: [\"{cert}\"]")
+        } else {
+            String::new()
+        };
+        device(
+            name,
+            &endpoint,
+            &format!(
+                "    opcua: {{ security_policy: {policy}, security_mode: sign-and-encrypt, pki_dir: \"{}\"{trust} }}\n",
+                pki(&peer, name)
+            ),
+            temperature,
+        )
+    };
+    let devices = format!(
+        "{plain}{}{}{}",
+        secure("basic", "basic256sha256", true),
+        secure("aes", "aes128-sha256-rsaoaep", true),
+        secure("untrusted", "basic256sha256", false)
+    );
+    let mut run = common::start("opcua-node", &devices).await?;
+    let mut stream = Samples::new(&mut run).await?;
+    for (tag, value) in [
+        ("temperature", Value::F64(21.5)),
+        ("count", Value::I64(7)),
+        ("running", Value::Bool(true)),
+        ("label", Value::String("batch-1".into())),
+    ] {
+        let s = stream.wait(0, "plain", tag, WAIT, is_good).await?;
+        assert_eq!(s.value, Some(value.into()), "{tag}");
+    }
+    for name in ["basic", "aes"] {
+        let s = stream.wait(0, name, "temperature", WAIT, is_good).await?;
+        assert_eq!(s.value, Some(Value::F64(21.5).into()), "{name}");
+    }
+    kit::wait_for(WAIT, "the untrusted server to be counted", || async {
+        run.metric(
+            "fieldline_adapter_errors_total{device=\"untrusted\",kind=\"untrusted_server\"} ",
+        )
+        .filter(|n| *n >= 1.0)
+    })
+    .await?;
+
+    // A change on the server reaches every session, encrypted or not.
+    let mark = stream.mark();
+    assert_eq!(peer.command("set temperature 22.25").await?, "ok");
+    for name in ["plain", "basic", "aes"] {
+        stream
+            .wait(mark, name, "temperature", WAIT, |s| {
+                s.value == Some(Value::F64(22.25).into())
+            })
+            .await?;
+    }
+    // A Bad status code: Bad, no value, its name in the detail.
+    let mark = stream.mark();
+    assert_eq!(peer.command("bad count").await?, "ok");
+    let s = stream.wait(mark, "plain", "count", WAIT, is_bad).await?;
+    assert_eq!(s.value, None);
+    assert!(
+        quality(&s).2.contains("BadSensorFailure"),
+        "{:?}",
+        s.quality
+    );
+
+    // A write reaches the server and is read back.
+    let line = run.line.clone();
+    let result = run
+        .client
+        .write(command(
+            &line,
+            "plain",
+            "n1",
+            "temperature",
+            Value::F64(30.5),
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        result.status,
+        v1::CommandStatus::Written as i32,
+        "{result:?}"
+    );
+    assert_eq!(result.read_back, Some(Value::F64(30.5).into()));
+    assert_eq!(peer.command("get temperature").await?, "30.5");
+
+    // Killed and restarted on the same port with the same certificate: Bad while it is gone,
+    // then every session (the encrypted ones too) subscribes again and sees new changes.
+    let mark = stream.mark();
+    peer.kill().await;
+    for name in ["plain", "basic", "aes"] {
+        let s = stream.wait(mark, name, "temperature", WAIT, is_bad).await?;
+        assert!(comm_failure(&s), "{name}: {:?}", s.quality);
+    }
+    let mark = stream.mark();
+    peer.restart().await?;
+    for name in ["plain", "basic", "aes"] {
+        stream
+            .wait(mark, name, "temperature", Duration::from_secs(120), is_good)
+            .await?;
+    }
+    let mark = stream.mark();
+    assert_eq!(peer.command("set temperature 23.75").await?, "ok");
+    for name in ["plain", "basic", "aes"] {
+        stream
+            .wait(mark, name, "temperature", WAIT, |s| {
+                s.value == Some(Value::F64(23.75).into())
+            })
+            .await?;
+    }
+    assert!(
+        batches_without_values(&mut run, "untrusted").await?,
+        "no value from an untrusted server"
+    );
+    run.stop().await;
+    peer.stop().await;
+    Ok(())
+}
+
+/// Whether every batch of `device` in the next two seconds is without values.
+async fn batches_without_values(
+    run: &mut common::TestAdapter,
+    device: &str,
+) -> anyhow::Result<bool> {
+    let batches = run.batches(Duration::from_secs(2)).await?;
+    Ok(batches
+        .iter()
+        .filter(|b| b.device == device)
+        .flat_map(|b| &b.samples)
+        .all(|s| s.value.is_none()))
 }

@@ -1,4 +1,5 @@
-//! An asyncua OPC UA server (`tests/peers/opcua_server.py`) for driver and CLI tests.
+//! OPC UA servers we did not write, for driver and CLI tests: asyncua
+//! (`tests/peers/opcua_server.py`) and node-opcua (`tests/peers/opcua_node_server.js`).
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -11,9 +12,22 @@ use tokio::{
 
 use crate::{python, repo_root, unique};
 
+/// Which server implementation a peer runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OpcuaServer {
+    /// Python asyncua: variables in `ns=2` under the spec's folder, commands `set`, `status`,
+    /// `get`, writes reported.
+    #[default]
+    Asyncua,
+    /// node-opcua: variables `ns=1;s=<name>`, commands `set NAME JSON`, `bad NAME`, `get
+    /// NAME`; always offers None, Basic256Sha256 and Aes128_Sha256_RsaOaep endpoints.
+    NodeOpcua,
+}
+
 /// How to start the peer.
 #[derive(Debug, Clone, Default)]
 pub struct OpcuaOptions {
+    pub server: OpcuaServer,
     /// Offer Basic256Sha256 and Aes128_Sha256_RsaOaep endpoints with a server certificate
     /// generated in the peer's folder (see [`OpcuaPeer::server_certificate`]).
     pub secure: bool,
@@ -56,14 +70,22 @@ impl OpcuaPeer {
         })
     }
 
-    /// `opc.tcp://127.0.0.1:PORT/fieldline/`.
+    /// `opc.tcp://127.0.0.1:PORT/fieldline/` (asyncua), `opc.tcp://127.0.0.1:PORT`
+    /// (node-opcua).
     pub fn endpoint(&self) -> String {
-        format!("opc.tcp://127.0.0.1:{}/fieldline/", self.port)
+        match self.options.server {
+            OpcuaServer::Asyncua => format!("opc.tcp://127.0.0.1:{}/fieldline/", self.port),
+            OpcuaServer::NodeOpcua => format!("opc.tcp://127.0.0.1:{}", self.port),
+        }
     }
 
-    /// The server certificate (DER) of a secure peer, to put in a trust list.
+    /// The server certificate of a secure peer (DER for asyncua, PEM for node-opcua), to put
+    /// in a trust list.
     pub fn server_certificate(&self) -> PathBuf {
-        self.dir.join("certs/server.der")
+        match self.options.server {
+            OpcuaServer::Asyncua => self.dir.join("certs/server.der"),
+            OpcuaServer::NodeOpcua => self.dir.join("pki/server/own/certs/certificate.pem"),
+        }
     }
 
     /// A folder of the peer's own for the test's files (PKI folders, secrets).
@@ -143,17 +165,32 @@ async fn spawn(
     options: &OpcuaOptions,
     port: u16,
 ) -> anyhow::Result<(Child, ChildStdin, mpsc::UnboundedReceiver<String>, u16)> {
-    let script = repo_root().join("tests/peers/opcua_server.py");
-    let mut command = Command::new(python()?);
+    let (mut command, script) = match options.server {
+        OpcuaServer::Asyncua => {
+            let script = repo_root().join("tests/peers/opcua_server.py");
+            let mut command = Command::new(python()?);
+            command.arg(&script);
+            if options.secure {
+                command.arg("--cert-dir").arg(dir.join("certs"));
+            }
+            (command, script)
+        }
+        OpcuaServer::NodeOpcua => {
+            let script = repo_root().join("tests/peers/opcua_node_server.js");
+            let mut command = Command::new("node");
+            command
+                .arg(&script)
+                .arg("--pki")
+                .arg(dir.join("pki"))
+                .env("NODE_PATH", node_modules());
+            (command, script)
+        }
+    };
     command
-        .arg(&script)
         .arg("--port")
         .arg(port.to_string())
         .arg("--spec")
         .arg(dir.join("spec.json"));
-    if options.secure {
-        command.arg("--cert-dir").arg(dir.join("certs"));
-    }
     for (user, password) in &options.users {
         command.arg("--user").arg(format!("{user}:{password}"));
     }
@@ -165,24 +202,30 @@ async fn spawn(
         .spawn()
         .with_context(|| {
             format!(
-                "starting {} (is asyncua installed? `bash tests/backends.sh` installs tests/peers/requirements.txt)",
+                "starting {} (`bash tests/backends.sh` installs asyncua from tests/peers/requirements.txt and node-opcua from tests/peers/package.json)",
                 script.display()
             )
         })?;
     let stdin = child.stdin.take().context("peer stdin")?;
     let mut stdout = BufReader::new(child.stdout.take().context("peer stdout")?);
-    let mut line = String::new();
-    let read = tokio::time::timeout(START_TIMEOUT, stdout.read_line(&mut line))
+    // node-opcua prints notices before it is ready; the READY line says the port.
+    let ready = async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stdout.read_line(&mut line).await? == 0 {
+                bail!("the OPC UA server exited before it was ready (see its stderr above)");
+            }
+            if let Some(port) = line.trim().strip_prefix("READY ") {
+                return port
+                    .parse::<u16>()
+                    .with_context(|| format!("unexpected READY line: {line:?}"));
+            }
+        }
+    };
+    let port = tokio::time::timeout(START_TIMEOUT, ready)
         .await
-        .context("the asyncua server did not print READY in time")??;
-    if read == 0 {
-        bail!("the asyncua server exited before it was ready (see its stderr above)");
-    }
-    let port: u16 = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("unexpected first line from the asyncua server: {line:?}"))?;
+        .context("the OPC UA server did not print READY in time")??;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut line = String::new();
@@ -199,4 +242,9 @@ async fn spawn(
         }
     });
     Ok((child, stdin, rx, port))
+}
+
+/// Where tests/backends.sh installs node-opcua.
+fn node_modules() -> PathBuf {
+    crate::backends_dir().join("node/node_modules")
 }
