@@ -3,11 +3,13 @@
 //! RSS, work done in a fixed window) and report the ratio.
 //!
 //! - `modbus`: Modbus TCP polling published to MQTT (`fieldline-adapter`).
+//! - `opcua`: OPC UA subscriptions published to MQTT (`fieldline-adapter`).
 //! - `storage`: sample batches into InfluxDB and MariaDB (`fieldline-storage`).
 //! - `processor`: the processor's per-batch work on one core (no Python counterpart).
 
 mod measure;
 mod modbus;
+mod opcua;
 mod processor;
 mod storage;
 
@@ -18,6 +20,8 @@ use clap::Parser;
 enum Bench {
     /// Modbus TCP polling published to MQTT.
     Modbus(modbus::ModbusArgs),
+    /// OPC UA subscriptions published to MQTT.
+    Opcua(opcua::OpcuaArgs),
     /// Sample batches over StorageService.Ingest into InfluxDB and MariaDB.
     Storage(storage::StorageArgs),
     /// The processor's per-batch work (plugins, alarms, rules) on one core.
@@ -28,6 +32,7 @@ enum Bench {
 async fn main() -> anyhow::Result<()> {
     match Bench::parse() {
         Bench::Modbus(args) => modbus::run(args).await,
+        Bench::Opcua(args) => opcua::run(args).await,
         Bench::Storage(args) => storage::run(args).await,
         Bench::Processor(args) => processor::run(args),
     }

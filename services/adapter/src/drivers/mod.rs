@@ -139,6 +139,41 @@ impl DeviceContext {
     }
 }
 
+/// The device's `samples_read{quality}` counters, looked up once (a driver counts every
+/// reading).
+#[derive(Clone)]
+pub struct SampleMeters {
+    good: prometheus_client::metrics::counter::Counter,
+    bad: prometheus_client::metrics::counter::Counter,
+}
+
+impl SampleMeters {
+    pub fn new(cx: &DeviceContext, device: &str) -> Self {
+        let counter = |quality: &str| {
+            cx.metrics
+                .samples_read
+                .get_or_create(&vec![
+                    ("device", device.to_string()),
+                    ("quality", quality.to_string()),
+                ])
+                .clone()
+        };
+        Self {
+            good: counter("good"),
+            bad: counter("bad"),
+        }
+    }
+
+    /// Counts one reading of `quality` (Uncertain counts as bad: not fit for use as is).
+    pub fn count(&self, quality: &fieldline_core::sample::Quality) {
+        if quality.is_good() {
+            self.good.inc();
+        } else {
+            self.bad.inc();
+        }
+    }
+}
+
 /// The outcome of a write as a metric label.
 pub fn outcome(result: &v1::CommandResult) -> &'static str {
     match v1::CommandStatus::try_from(result.status) {

@@ -28,7 +28,8 @@ use super::{
     plan::{self, ServerLimits},
 };
 use crate::drivers::{
-    DeviceContext, RememberedCommands, WriteRequest, check_value_command, command_result,
+    DeviceContext, RememberedCommands, SampleMeters, WriteRequest, check_value_command,
+    command_result,
 };
 
 /// Why a session ended.
@@ -48,6 +49,7 @@ pub struct Driver {
     /// Tags whose deadband the server applies (a data change filter it accepted).
     server_band: Vec<bool>,
     remembered: RememberedCommands,
+    meters: SampleMeters,
     /// Whether the tags were last reported Bad for a lost connection (reported once per
     /// outage).
     marked_down: bool,
@@ -61,7 +63,9 @@ impl Driver {
         nodes: Vec<NodeId>,
     ) -> Self {
         let n = tags.len();
+        let meters = SampleMeters::new(&cx, &device.name);
         Self {
+            meters,
             settings: device.opcua.clone().unwrap_or_default(),
             device,
             cx,
@@ -468,6 +472,7 @@ impl Driver {
     fn sample(&mut self, i: usize, dv: &DataValue, now: i64) -> Option<Sample> {
         let tag = self.tags.get(i)?;
         let sample = convert::sample(tag, dv, now);
+        self.meters.count(&sample.quality);
         if sample.quality.is_bad() {
             tracing::debug!(device = %self.device.name, tag = %tag.name, quality = %sample.quality, "bad value");
         }
