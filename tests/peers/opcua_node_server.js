@@ -3,9 +3,12 @@
 //
 //   node opcua_node_server.js --pki DIR [--port 0] [--spec spec.json]
 //                             [--generate N --update-ms MS] [--user NAME:PASSWORD]
+//                             [--user-cert PEM]...
 //
 // spec.json: {"variables": [{"name": "temperature", "type": "Double", "value": 21.5,
 //             "writable": true}, ...]}; each variable's NodeId is ns=1;s=<name>.
+// --user accepts that user name and password instead of anonymous clients; --user-cert accepts
+// X509 user identities with that certificate (and no other, and no anonymous clients).
 // --generate N adds N Double variables ns=1;s=v0 … v<N-1>, all changed every MS ms (a
 // benchmark load); each change is a new value, so every monitored item notifies.
 //
@@ -58,6 +61,9 @@ async function main() {
     const generate = Number(arg("--generate", "0"));
     const updateMs = Number(arg("--update-ms", "1000"));
     const user = arg("--user");
+    const userCerts = process.argv.flatMap((a, i) =>
+        a === "--user-cert" && i + 1 < process.argv.length ? [process.argv[i + 1]] : [],
+    );
 
     const applicationUri = "urn:fieldline:test:node-opcua";
     const { certificateFile, privateKeyFile } = ownCertificate(pki, applicationUri);
@@ -66,6 +72,16 @@ async function main() {
         automaticallyAcceptUnknownCertificate: true,
     });
     await serverCertificateManager.initialize();
+    // User certificates are trusted only when given: a separate trust list from the one for
+    // the certificates of client applications.
+    const userCertificateManager = new opcua.OPCUACertificateManager({
+        rootFolder: path.join(pki, "users"),
+        automaticallyAcceptUnknownCertificate: false,
+    });
+    await userCertificateManager.initialize();
+    for (const file of userCerts) {
+        await userCertificateManager.trustCertificate(require("node-opcua-crypto").readCertificate(file));
+    }
     const userManager = user
         ? {
               isValidUser: (name, password) => `${name}:${password}` === user,
@@ -78,7 +94,7 @@ async function main() {
         hostname: "127.0.0.1",
         alternateHostname: ["127.0.0.1"],
         serverCertificateManager,
-        userCertificateManager: serverCertificateManager,
+        userCertificateManager: userCerts.length > 0 ? userCertificateManager : serverCertificateManager,
         certificateFile,
         privateKeyFile,
         serverInfo: { applicationUri, productUri: "urn:fieldline:test", applicationName: { text: "node-opcua test peer" } },
@@ -92,7 +108,7 @@ async function main() {
             opcua.MessageSecurityMode.Sign,
             opcua.MessageSecurityMode.SignAndEncrypt,
         ],
-        allowAnonymous: !user,
+        allowAnonymous: !user && userCerts.length === 0,
         userManager,
         serverCapabilities: {
             maxSessions: 50,

@@ -677,3 +677,80 @@ async fn batches_without_values(
         .flat_map(|b| &b.samples)
         .all(|s| s.value.is_none()))
 }
+
+/// A user certificate and its key made with openssl in `dir`, as `(cert.pem, key.pem)`.
+fn user_certificate(dir: &std::path::Path, name: &str) -> anyhow::Result<(String, String)> {
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256"])
+        .args(["-days", "30", "-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "openssl could not make a certificate for {name}"
+    );
+    Ok((cert.display().to_string(), key.display().to_string()))
+}
+
+/// X509 user identities against node-opcua, which trusts one user certificate and takes no
+/// anonymous clients: the session of the trusted user gets values, the other is refused.
+#[tokio::test]
+async fn a_certificate_identity_is_accepted_only_when_the_server_trusts_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (operator_cert, operator_key) = user_certificate(dir.path(), "operator")?;
+    let (intruder_cert, intruder_key) = user_certificate(dir.path(), "intruder")?;
+    let spec = json!({"variables": [{"name": "count", "type": "Int32", "value": 42}]});
+    let peer = OpcuaPeer::start(
+        &spec,
+        OpcuaOptions {
+            server: OpcuaServer::NodeOpcua,
+            user_certificates: vec![operator_cert.clone().into()],
+            ..Default::default()
+        },
+    )
+    .await?;
+    let endpoint = peer.endpoint();
+    let server_cert = peer.server_certificate().display().to_string();
+    let user = |name: &str, cert: &str, key: &str| {
+        device(
+            name,
+            &endpoint,
+            &format!(
+                "    opcua: {{ security_policy: basic256sha256, security_mode: sign-and-encrypt, pki_dir: \"{}\", trusted_server_certificates: [\"{server_cert}\"], identity: {{ kind: certificate, cert: \"{cert}\", key: \"{key}\" }} }}\n",
+                pki(&peer, name)
+            ),
+            "    tags:\n      - { name: count, address: \"ns=1;s=count\", type: i32 }\n",
+        )
+    };
+    let devices = format!(
+        "{}{}",
+        user("operator", &operator_cert, &operator_key),
+        user("intruder", &intruder_cert, &intruder_key)
+    );
+    let mut run = common::start("opcua-x509", &devices).await?;
+    let mut stream = Samples::new(&mut run).await?;
+    let s = stream.wait(0, "operator", "count", WAIT, is_good).await?;
+    assert_eq!(s.value, Some(Value::I64(42).into()));
+    let s = stream.wait(0, "intruder", "count", WAIT, is_bad).await?;
+    assert!(comm_failure(&s), "{:?}", s.quality);
+    assert_eq!(s.value, None);
+    kit::wait_for(WAIT, "the refused identity to be counted", || async {
+        run.metric("fieldline_adapter_errors_total{device=\"intruder\",kind=\"identity\"} ")
+            .filter(|n| *n >= 1.0)
+    })
+    .await?;
+    assert!(
+        batches_without_values(&mut run, "intruder").await?,
+        "no value for a refused identity"
+    );
+    run.stop().await;
+    peer.stop().await;
+    Ok(())
+}

@@ -33,6 +33,9 @@ pub struct OpcuaOptions {
     pub secure: bool,
     /// Accept only these users (user name tokens only) instead of anonymous clients.
     pub users: Vec<(String, String)>,
+    /// node-opcua only: accept X509 user identities with these certificates (PEM), and no
+    /// other and no anonymous clients.
+    pub user_certificates: Vec<PathBuf>,
 }
 
 /// The asyncua server, killed when dropped. Its folder (spec, server certificate) stays
@@ -193,6 +196,9 @@ async fn spawn(
         .arg(dir.join("spec.json"));
     for (user, password) in &options.users {
         command.arg("--user").arg(format!("{user}:{password}"));
+    }
+    for cert in &options.user_certificates {
+        command.arg("--user-cert").arg(cert);
     }
     let mut child = command
         .stdin(Stdio::piped())

@@ -13,11 +13,13 @@ use fieldline_proto::v1;
 use fieldline_runtime::{CancellationToken, backoff::Backoff, now_ns};
 use futures::StreamExt;
 use opcua::{
-    client::{DataChangeCallback, MonitoredItem, Session, SessionPollResult},
+    client::{Client, DataChangeCallback, MonitoredItem, Session, SessionPollResult},
+    crypto::SecurityPolicy,
     types::{
-        AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject,
-        MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
-        StatusCode, TimestampsToReturn, VariableId, Variant, WriteValue,
+        AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType,
+        EndpointDescription, ExtensionObject, MonitoredItemCreateRequest, MonitoringMode,
+        MonitoringParameters, NodeId, ReadValueId, StatusCode, TimestampsToReturn, VariableId,
+        Variant, WriteValue,
     },
 };
 use tokio::sync::mpsc;
@@ -202,9 +204,34 @@ impl Driver {
         stop: &CancellationToken,
     ) -> Result<Ended, String> {
         let name = self.name().to_string();
-        let connect = setup
-            .client
-            .connect_to_matching_endpoint(setup.endpoint.clone(), setup.identity.clone());
+        let connect = async {
+            let url = setup.endpoint.endpoint_url.as_ref().to_string();
+            let endpoints = setup
+                .client
+                .get_server_endpoints_from_url(url.as_str())
+                .await?;
+            let policy = SecurityPolicy::from_uri(setup.endpoint.security_policy_uri.as_ref());
+            let mut endpoint = Client::find_matching_endpoint(
+                &endpoints,
+                &url,
+                policy,
+                setup.endpoint.security_mode,
+            )
+            .ok_or_else(|| {
+                opcua::types::Error::new(
+                    StatusCode::BadSecurityPolicyRejected,
+                    format!(
+                        "the server offers no endpoint with {} and {:?}",
+                        setup.endpoint.security_policy_uri.as_ref(),
+                        setup.endpoint.security_mode
+                    ),
+                )
+            })?;
+            user_tokens_use_channel_policy(&mut endpoint);
+            setup
+                .client
+                .connect_to_endpoint_directly(endpoint, setup.identity.clone())
+        };
         let connected = tokio::select! {
             _ = stop.cancelled() => return Ok(Ended::Stop),
             r = connect => r,
@@ -618,6 +645,19 @@ fn is_filter_refusal(status: StatusCode) -> bool {
     ]
     .iter()
     .any(|n| name.starts_with(n))
+}
+
+/// A user token policy without a security policy of its own means the secure channel's (OPC UA
+/// Part 4, 7.41). The client library reads an empty one as None, and would then send an X509
+/// identity unsigned (servers refuse it: BadUserSignatureInvalid) and a password without the
+/// channel's encryption; so the channel's policy is written in before connecting.
+fn user_tokens_use_channel_policy(endpoint: &mut EndpointDescription) {
+    let channel = endpoint.security_policy_uri.clone();
+    for token in endpoint.user_identity_tokens.iter_mut().flatten() {
+        if token.security_policy_uri.is_empty() {
+            token.security_policy_uri = channel.clone();
+        }
+    }
 }
 
 /// The server's limits, as far as it publishes them.
