@@ -644,6 +644,7 @@ async fn drive(
                         ..Default::default()
                     }),
                     timestamp_ns: ts,
+                    server_timestamp_ns: None,
                 })
                 .collect();
             next_id += 1;

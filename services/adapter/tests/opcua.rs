@@ -213,10 +213,22 @@ async fn subscribed_and_polled_values_statuses_and_writes() -> anyhow::Result<()
         ),
         ("level", Value::I64(-5), ns((2024, 5, 1), (12, 0, 4), 0)),
     ];
+    let test_started_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos(),
+    )? - 600 * 1_000_000_000;
     for (tag, value, ts) in expected {
         let s = stream.wait(0, "sub", tag, WAIT, is_good).await?;
         assert_eq!(s.value, Some(value.into()), "{tag}");
         assert_eq!(s.timestamp_ns, ts, "{tag} keeps the source timestamp");
+        // The server stamps the value when it takes it (at its start, long after 2024): kept
+        // beside the source timestamp.
+        assert!(
+            s.server_timestamp_ns.is_some_and(|t| t > test_started_ns),
+            "{tag}: server timestamp {:?}",
+            s.server_timestamp_ns
+        );
     }
     // A node the server does not have: Bad, with the server's reason.
     let s = stream.wait(0, "sub", "missing", WAIT, is_bad).await?;

@@ -178,8 +178,12 @@ pub struct Sample {
     pub tag: String,
     pub value: Option<Value>,
     pub quality: Quality,
-    /// Nanoseconds since the Unix epoch.
+    /// Nanoseconds since the Unix epoch: the source timestamp (the device's own, else when
+    /// the reading completed).
     pub timestamp_ns: i64,
+    /// The server's timestamp where a device reports one beside the source timestamp (an OPC
+    /// UA server).
+    pub server_timestamp_ns: Option<i64>,
 }
 
 impl Sample {
@@ -189,6 +193,7 @@ impl Sample {
             value: Some(value),
             quality: Quality::Good,
             timestamp_ns,
+            server_timestamp_ns: None,
         }
     }
 
@@ -199,6 +204,7 @@ impl Sample {
             value: None,
             quality,
             timestamp_ns,
+            server_timestamp_ns: None,
         }
     }
 }

@@ -123,6 +123,7 @@ impl From<Sample> for v1::Sample {
             value: s.value.map(Into::into),
             quality: Some(s.quality.into()),
             timestamp_ns: s.timestamp_ns,
+            server_timestamp_ns: s.server_timestamp_ns,
         }
     }
 }
@@ -164,6 +165,7 @@ impl TryFrom<v1::Sample> for Sample {
             value,
             quality,
             timestamp_ns: s.timestamp_ns,
+            server_timestamp_ns: s.server_timestamp_ns,
         })
     }
 }

@@ -802,6 +802,7 @@ fn publish(slave: &mut Slave, readings: Vec<Option<Reading>>) {
                 value,
                 quality,
                 timestamp_ns: ts,
+                server_timestamp_ns: None,
             });
         }
     }

@@ -172,19 +172,24 @@ fn reason(name: &str) -> QualityReason {
 }
 
 /// The sample for one data value of `tag`. The source timestamp is the sample's time; the
-/// server timestamp stands in when there is none, and `now_ns` when neither is set. A value
-/// that cannot be converted (null, NaN, wrong type, out of range) makes a Bad sample.
+/// server timestamp stands in when there is none, and `now_ns` when neither is set. The server
+/// timestamp is kept beside it. A value that cannot be converted (null, NaN, wrong type, out
+/// of range) makes a Bad sample.
 pub fn sample(tag: &ResolvedValueTag, dv: &DataValue, now_ns: i64) -> Sample {
+    let server_timestamp_ns = dv.server_timestamp.as_ref().and_then(unix_ns);
     let timestamp_ns = dv
         .source_timestamp
         .as_ref()
         .and_then(unix_ns)
-        .or_else(|| dv.server_timestamp.as_ref().and_then(unix_ns))
+        .or(server_timestamp_ns)
         .unwrap_or(now_ns);
     let status = dv.status.unwrap_or(StatusCode::Good);
     let quality = quality(status);
     if quality.is_bad() {
-        return Sample::bad(&tag.name, quality, timestamp_ns);
+        return Sample {
+            server_timestamp_ns,
+            ..Sample::bad(&tag.name, quality, timestamp_ns)
+        };
     }
     let converted = dv
         .value
@@ -198,6 +203,7 @@ pub fn sample(tag: &ResolvedValueTag, dv: &DataValue, now_ns: i64) -> Sample {
             value: Some(value),
             quality,
             timestamp_ns,
+            server_timestamp_ns,
         },
         Err(e) => {
             let reason = if e.contains("outside the range") {
@@ -205,7 +211,10 @@ pub fn sample(tag: &ResolvedValueTag, dv: &DataValue, now_ns: i64) -> Sample {
             } else {
                 QualityReason::DecodeError
             };
-            Sample::bad(&tag.name, Quality::bad(reason, e), timestamp_ns)
+            Sample {
+                server_timestamp_ns,
+                ..Sample::bad(&tag.name, Quality::bad(reason, e), timestamp_ns)
+            }
         }
     }
 }
@@ -343,6 +352,7 @@ mod tests {
         assert_eq!(s.value, Some(Value::F64(21.5)));
         assert_eq!(s.quality, Quality::Good);
         assert_eq!(s.timestamp_ns, 1_714_564_800_000_000_000);
+        assert_eq!(s.server_timestamp_ns, Some(1_714_564_801_000_000_000));
 
         value.source_timestamp = None;
         assert_eq!(

@@ -435,6 +435,7 @@ impl Driver {
                     value,
                     quality,
                     timestamp_ns: ts,
+                    server_timestamp_ns: None,
                 });
             }
         }

@@ -563,6 +563,7 @@ fn unusable_values_hold_the_condition_and_say_why() {
                 value: None,
                 quality: Quality::Good,
                 timestamp_ns: T0 + 3 * S,
+                server_timestamp_ns: None,
             },
             "temperature: sample has no value though its quality is good",
         ),
@@ -590,6 +591,7 @@ fn uncertain_values_are_evaluated() {
             detail: String::new(),
         },
         timestamp_ns: 0,
+        server_timestamp_ns: None,
     };
     assert_eq!(moves(&m.on_sample(&sample).transitions), [(N, UA, None)]);
 }
@@ -613,6 +615,7 @@ fn bad_quality_alarms_annunciate_bad_samples() {
             detail: String::new(),
         },
         timestamp_ns: 12 * S,
+        server_timestamp_ns: None,
     };
     let cleared = m.on_sample(&uncertain).transitions;
     assert_eq!(at(&cleared), [(UA, RU, 12 * S)]);
