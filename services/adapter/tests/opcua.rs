@@ -82,16 +82,17 @@ fn is_bad(s: &v1::Sample) -> bool {
     quality(s).0 == v1::QualityStatus::Bad as i32
 }
 
-/// Every sample the adapter streamed so far, in order, with its device.
+/// Every sample the adapter published so far (from its start, through the broker), in order,
+/// with its device.
 struct Samples {
-    stream: tonic::Streaming<v1::SampleBatch>,
+    stream: tokio::sync::mpsc::UnboundedReceiver<v1::SampleBatch>,
     seen: Vec<(String, v1::Sample)>,
 }
 
 impl Samples {
     async fn new(run: &mut common::TestAdapter) -> anyhow::Result<Self> {
         Ok(Self {
-            stream: run.stream().await?,
+            stream: run.take_bus()?,
             seen: Vec::new(),
         })
     }
@@ -123,7 +124,7 @@ impl Samples {
                 return Ok(s.clone());
             }
             checked = self.seen.len().max(from);
-            let batch = tokio::time::timeout_at(deadline, self.stream.message())
+            let batch = tokio::time::timeout_at(deadline, self.stream.recv())
                 .await
                 .map_err(|_| {
                     anyhow::anyhow!(
@@ -134,7 +135,7 @@ impl Samples {
                             .map(|(_, s)| s)
                             .collect::<Vec<_>>()
                     )
-                })??
+                })?
                 .ok_or_else(|| anyhow::anyhow!("the sample stream ended"))?;
             for s in batch.samples {
                 self.seen.push((batch.device.clone(), s));
@@ -762,6 +763,70 @@ async fn a_certificate_identity_is_accepted_only_when_the_server_trusts_it() -> 
         batches_without_values(&mut run, "intruder").await?,
         "no value for a refused identity"
     );
+    run.stop().await;
+    peer.stop().await;
+    Ok(())
+}
+
+/// A percent deadband on a variable without an engineering range: node-opcua refuses the
+/// filter, so the adapter monitors the tag without it and applies the deadband itself. A
+/// change within the band is not reported, one beyond it is.
+#[tokio::test]
+async fn a_refused_percent_deadband_is_applied_by_the_adapter() -> anyhow::Result<()> {
+    let spec = json!({
+        "variables": [
+            {"name": "temperature", "type": "Double", "value": 20.0},
+            {"name": "marker", "type": "Int32", "value": 0}
+        ]
+    });
+    let mut peer = OpcuaPeer::start(
+        &spec,
+        OpcuaOptions {
+            server: OpcuaServer::NodeOpcua,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let endpoint = peer.endpoint();
+    let dev = device(
+        "band",
+        &endpoint,
+        &format!("    opcua: {{ pki_dir: \"{}\" }}\n", pki(&peer, "band")),
+        "    tags:
+      - { name: temperature, address: \"ns=1;s=temperature\", type: f64, deadband_percent: 10 }
+      - { name: marker, address: \"ns=1;s=marker\", type: i32 }
+",
+    );
+    let mut run = common::start("opcua-band", &dev).await?;
+    let mut stream = Samples::new(&mut run).await?;
+    let s = stream.wait(0, "band", "temperature", WAIT, is_good).await?;
+    assert_eq!(s.value, Some(Value::F64(20.0).into()));
+    stream.wait(0, "band", "marker", WAIT, is_good).await?;
+
+    // 5 % from the last reported value: inside the band. The marker changes after it, so by
+    // the time the marker's sample is here the temperature's would have been too.
+    let mark = stream.mark();
+    assert_eq!(peer.command("set temperature 21.0").await?, "ok");
+    assert_eq!(peer.command("set marker 1").await?, "ok");
+    stream
+        .wait(mark, "band", "marker", WAIT, |s| {
+            s.value == Some(Value::I64(1).into())
+        })
+        .await?;
+    assert!(
+        !stream.seen[mark..]
+            .iter()
+            .any(|(d, s)| d == "band" && s.tag == "temperature"),
+        "a change within the band was reported: {:?}",
+        &stream.seen[mark..]
+    );
+    // 25 % from 20: beyond the band, reported.
+    assert_eq!(peer.command("set temperature 25.0").await?, "ok");
+    stream
+        .wait(mark, "band", "temperature", WAIT, |s| {
+            s.value == Some(Value::F64(25.0).into())
+        })
+        .await?;
     run.stop().await;
     peer.stop().await;
     Ok(())

@@ -8,9 +8,15 @@ use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
 use fieldline_runtime::{CancellationToken, Health};
 use fieldline_testkit as kit;
 use prometheus_client::registry::Registry;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
 
 pub struct TestAdapter {
     pub adapter: fieldline_adapter::RunningAdapter,
+    /// Every batch the adapter published to the broker, from before its first one (see
+    /// [`TestAdapter::take_bus`]).
+    bus: Option<mpsc::UnboundedReceiver<v1::SampleBatch>>,
     pub registry: Registry,
     pub stop: CancellationToken,
     pub client: AdapterServiceClient<tonic::transport::Channel>,
@@ -32,6 +38,9 @@ pub async fn start(prefix: &str, devices: &str) -> anyhow::Result<TestAdapter> {
         dir = state.path().display()
     );
     let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Subscribed before the adapter starts, so that nothing it publishes is missed (a value
+    // that never changes is published once).
+    let bus = tap(&line).await?;
     let stop = CancellationToken::new();
     let mut registry = Registry::default();
     let health = Health::default();
@@ -45,6 +54,7 @@ pub async fn start(prefix: &str, devices: &str) -> anyhow::Result<TestAdapter> {
     let client = AdapterServiceClient::connect(format!("http://{}", adapter.grpc_addr)).await?;
     Ok(TestAdapter {
         adapter,
+        bus: Some(bus),
         registry,
         stop,
         client,
@@ -63,7 +73,16 @@ impl TestAdapter {
             .find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
     }
 
-    /// Live batches of every device.
+    /// Every batch the adapter has published to the broker since it started, in order (QoS 1:
+    /// a batch may come twice). Can be taken once.
+    #[allow(dead_code)]
+    pub fn take_bus(&mut self) -> anyhow::Result<mpsc::UnboundedReceiver<v1::SampleBatch>> {
+        self.bus
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the bus was taken already"))
+    }
+
+    /// Live batches of every device (from the moment of the call).
     #[allow(dead_code)]
     pub async fn stream(&mut self) -> anyhow::Result<tonic::Streaming<v1::SampleBatch>> {
         Ok(self
@@ -98,4 +117,49 @@ pub async fn collect(
         out.push(b);
     }
     out
+}
+
+/// A client of the test's own subscribed to the line's sample topics, with the batches it
+/// receives, decoded.
+async fn tap(line: &str) -> anyhow::Result<mpsc::UnboundedReceiver<v1::SampleBatch>> {
+    let (host, port) = kit::MQTT
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("broker address {}", kit::MQTT))?;
+    let mut options = MqttOptions::new(kit::unique("tap"), host, port.parse()?);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(16 << 20, 16 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let filter = format!("fieldline/v1/{line}/+/samples");
+    // Queued now, sent once the event loop runs.
+    client.subscribe(filter.as_str(), QoS::AtLeastOnce).await?;
+    let (tx, batches) = mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    tokio::spawn(async move {
+        // The client lives as long as its event loop.
+        let _client = client;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Ok(batch) = v1::SampleBatch::decode(p.payload.as_ref()) else {
+                        continue;
+                    };
+                    if tx.send(batch).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .map_err(|_| anyhow::anyhow!("the test's client could not subscribe to {filter}"))??;
+    Ok(batches)
 }

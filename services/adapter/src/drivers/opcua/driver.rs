@@ -232,10 +232,14 @@ impl Driver {
                 .client
                 .connect_to_endpoint_directly(endpoint, setup.identity.clone())
         };
+        // A server that takes the connection but never answers must not hold the driver: the
+        // attempt fails after this long and is retried with backoff.
+        let limit = (self.device.timeout * 4).max(Duration::from_secs(15));
         let connected = tokio::select! {
             _ = stop.cancelled() => return Ok(Ended::Stop),
-            r = connect => r,
+            r = tokio::time::timeout(limit, connect) => r,
         };
+        let connected = connected.map_err(|_| self.no_answer(limit))?;
         let (session, event_loop) = connected.map_err(|e| {
             self.cx.error(&name, "connect");
             tracing::warn!(device = %name, error = %e, "cannot reach the OPC UA server's endpoint");
@@ -263,8 +267,9 @@ impl Driver {
         let _abort = AbortOnDrop(events_task);
         let first = tokio::select! {
             _ = stop.cancelled() => return Ok(Ended::Stop),
-            e = events.recv() => e,
+            e = tokio::time::timeout(limit, events.recv()) => e,
         };
+        let first = first.map_err(|_| self.no_answer(limit))?;
         match first {
             Some(Event::Connected) => {}
             Some(Event::Failed(code) | Event::Lost(code)) => {
@@ -455,6 +460,13 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Counts and logs a connection attempt the server did not complete within `limit`.
+    fn no_answer(&self, limit: Duration) -> String {
+        self.cx.error(self.name(), "timeout");
+        tracing::warn!(device = %self.name(), ?limit, "the OPC UA server did not complete the connection in time");
+        format!("the server did not complete the connection within {limit:?}")
     }
 
     fn failed_call(&self, kind: &str, message: String) -> String {
