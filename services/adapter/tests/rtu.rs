@@ -205,17 +205,26 @@ async fn a_vanished_port_is_reopened_when_it_comes_back() -> anyhow::Result<()> 
     );
     pty.restart().await?;
     let peer = kit::ModbusPeer::start_rtu(&spec, &pty.b, 1, 19200).await?;
-    let back = run.collect(Duration::from_secs(8)).await;
-    let value = back
-        .iter()
-        .flat_map(|b| &b.samples)
-        .rev()
-        .find(|s| s.tag == "temp")
-        .and_then(|s| s.value.clone());
+    // The port is reopened with backoff: wait (up to 30 s) for a Good reading of the value.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let good = loop {
+        let batches = run.collect(Duration::from_secs(1)).await;
+        seen.extend(batches.into_iter().flat_map(|b| b.samples));
+        if let Some(s) = seen
+            .iter()
+            .find(|s| s.tag == "temp" && is(s, v1::QualityStatus::Good))
+        {
+            break Some(s.clone());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break None;
+        }
+    };
     assert_eq!(
-        value,
+        good.and_then(|s| s.value),
         Some(fieldline_core::Value::F64(3.5).into()),
-        "reads again once the port is back"
+        "reads again once the port is back; seen: {seen:?}"
     );
     run.stop().await;
     peer.stop().await;
