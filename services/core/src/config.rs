@@ -825,6 +825,54 @@ pub struct ResolvedModbusTag {
 }
 
 impl TagConfig {
+    /// Checks the options every protocol shares: scale and offset (numbers only, finite,
+    /// scale not 0), deadbands, heartbeat, and min not above max.
+    fn check_value_options(
+        &self,
+        numeric: bool,
+        type_name: &dyn fmt::Display,
+        problems: &mut Vec<(&'static str, String)>,
+    ) {
+        for (field, v) in [("scale", self.scale), ("offset", self.offset)] {
+            if let Some(v) = v {
+                if !numeric {
+                    problems.push((field, format!("applies to numbers, not to {type_name}")));
+                } else if !v.is_finite() || (field == "scale" && v == 0.0) {
+                    problems.push((field, format!("{v} is not a usable {field}")));
+                }
+            }
+        }
+        for (field, band) in [
+            ("deadband", self.deadband),
+            ("deadband_percent", self.deadband_percent),
+        ] {
+            if let Some(d) = band
+                && !(d.is_finite() && d >= 0.0)
+            {
+                problems.push((field, format!("{d} must be a number of at least 0")));
+            }
+        }
+        if self.heartbeat.is_some_and(|h| h.is_zero()) {
+            problems.push(("heartbeat", "must be more than 0".into()));
+        }
+        if let (Some(min), Some(max)) = (self.min, self.max)
+            && min > max
+        {
+            problems.push(("min", format!("min {min} is above max {max}")));
+        }
+    }
+
+    /// The tag's report-by-exception settings.
+    fn deadband_rule(&self) -> DeadbandRule {
+        DeadbandRule {
+            absolute: self.deadband,
+            percent: self.deadband_percent,
+            heartbeat_ns: self
+                .heartbeat
+                .map(|h| i64::try_from(h.as_nanos()).unwrap_or(i64::MAX)),
+        }
+    }
+
     /// Parses the tag as a Modbus tag, checking that address, type and options fit together.
     pub fn resolve(&self) -> Result<ResolvedModbusTag, Vec<(&'static str, String)>> {
         let mut problems = Vec::new();
@@ -857,28 +905,7 @@ impl TagConfig {
                 format!("{data_type} at {address} runs past register 65535"),
             ));
         }
-        for (field, v) in [("scale", self.scale), ("offset", self.offset)] {
-            if let Some(v) = v {
-                if !data_type.is_numeric() {
-                    problems.push((field, format!("applies to numbers, not to {data_type}")));
-                } else if !v.is_finite() || (field == "scale" && v == 0.0) {
-                    problems.push((field, format!("{v} is not a usable {field}")));
-                }
-            }
-        }
-        for (field, band) in [
-            ("deadband", self.deadband),
-            ("deadband_percent", self.deadband_percent),
-        ] {
-            if let Some(d) = band
-                && !(d.is_finite() && d >= 0.0)
-            {
-                problems.push((field, format!("{d} must be a number of at least 0")));
-            }
-        }
-        if self.heartbeat.is_some_and(|h| h.is_zero()) {
-            problems.push(("heartbeat", "must be more than 0".into()));
-        }
+        self.check_value_options(data_type.is_numeric(), &data_type, &mut problems);
         if self
             .poll_interval
             .is_some_and(|p| p < Duration::from_millis(10))
@@ -890,11 +917,6 @@ impl TagConfig {
                 "writable",
                 format!("{}s are read-only in Modbus", address.table),
             ));
-        }
-        if let (Some(min), Some(max)) = (self.min, self.max)
-            && min > max
-        {
-            problems.push(("min", format!("min {min} is above max {max}")));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -910,13 +932,7 @@ impl TagConfig {
                 scale: self.scale,
                 offset: self.offset,
             },
-            deadband: DeadbandRule {
-                absolute: self.deadband,
-                percent: self.deadband_percent,
-                heartbeat_ns: self
-                    .heartbeat
-                    .map(|h| i64::try_from(h.as_nanos()).unwrap_or(i64::MAX)),
-            },
+            deadband: self.deadband_rule(),
             poll_interval: self.poll_interval,
             writable: self.writable,
             min: self.min,
@@ -993,33 +1009,7 @@ impl TagConfig {
                 return Err(problems);
             }
         };
-        for (field, v) in [("scale", self.scale), ("offset", self.offset)] {
-            if let Some(v) = v {
-                if !value_type.is_numeric() {
-                    problems.push((field, format!("applies to numbers, not to {value_type}")));
-                } else if !v.is_finite() || (field == "scale" && v == 0.0) {
-                    problems.push((field, format!("{v} is not a usable {field}")));
-                }
-            }
-        }
-        for (field, band) in [
-            ("deadband", self.deadband),
-            ("deadband_percent", self.deadband_percent),
-        ] {
-            if let Some(d) = band
-                && !(d.is_finite() && d >= 0.0)
-            {
-                problems.push((field, format!("{d} must be a number of at least 0")));
-            }
-        }
-        if self.heartbeat.is_some_and(|h| h.is_zero()) {
-            problems.push(("heartbeat", "must be more than 0".into()));
-        }
-        if let (Some(min), Some(max)) = (self.min, self.max)
-            && min > max
-        {
-            problems.push(("min", format!("min {min} is above max {max}")));
-        }
+        self.check_value_options(value_type.is_numeric(), &value_type, &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -1029,13 +1019,7 @@ impl TagConfig {
             value_type,
             scale: self.scale,
             offset: self.offset,
-            deadband: DeadbandRule {
-                absolute: self.deadband,
-                percent: self.deadband_percent,
-                heartbeat_ns: self
-                    .heartbeat
-                    .map(|h| i64::try_from(h.as_nanos()).unwrap_or(i64::MAX)),
-            },
+            deadband: self.deadband_rule(),
             writable: self.writable,
             min: self.min,
             max: self.max,
