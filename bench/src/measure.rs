@@ -237,3 +237,38 @@ impl Reported {
             .with_context(|| format!("{what} did not start"))
     }
 }
+
+/// Starts the release `fieldline-adapter` beside the bench binary with `config`, logging
+/// warnings only.
+pub fn spawn_adapter(config: &std::path::Path) -> anyhow::Result<Child> {
+    let binary = std::env::current_exe()?.with_file_name("fieldline-adapter");
+    if !binary.exists() {
+        anyhow::bail!(
+            "{} not found; build it with `cargo build --release -p fieldline-adapter -p fieldline-bench`",
+            binary.display()
+        );
+    }
+    tokio::process::Command::new(&binary)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Good samples the adapter has read so far, from its `/metrics` at `url`.
+pub async fn adapter_points(url: &str) -> Option<f64> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.starts_with("fieldline_adapter_samples_read_total{")
+                    && l.contains("quality=\"good\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>(),
+    )
+}

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use fieldline_runtime::CancellationToken;
 use fieldline_sim::SimState;
 use tokio::process::Command;
@@ -127,35 +127,9 @@ async fn run_adapter(args: &ModbusArgs, devices: &[SocketAddr]) -> anyhow::Resul
     }
     let config = dir.path().join("bench.yaml");
     std::fs::write(&config, yaml)?;
-    let binary = std::env::current_exe()?.with_file_name("fieldline-adapter");
-    if !binary.exists() {
-        bail!(
-            "{} not found; build it with `cargo build --release -p fieldline-adapter -p fieldline-bench`",
-            binary.display()
-        );
-    }
-    let mut child = Command::new(&binary)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut child = measure::spawn_adapter(&config)?;
     let metrics = format!("http://{http}/metrics");
-    let points = || async {
-        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
-        Some(
-            text.lines()
-                .filter(|l| {
-                    l.starts_with("fieldline_adapter_samples_read_total{")
-                        && l.contains("quality=\"good\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>(),
-        )
-    };
+    let points = || measure::adapter_points(&metrics);
     let warmed = async {
         loop {
             if points().await.is_some_and(|p| p > 0.0) {
