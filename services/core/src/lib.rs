@@ -7,10 +7,12 @@ pub mod alarm;
 pub mod codec;
 pub mod config;
 pub mod deadband;
+pub mod error;
 pub mod names;
 pub mod plugin;
 pub mod rules;
 pub mod sample;
 pub mod value_type;
 
+pub use error::{Error, Result};
 pub use sample::{Quality, QualityReason, Sample, SampleBatch, Value};

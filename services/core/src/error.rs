@@ -1,0 +1,31 @@
+//! The errors of the core library. Each has a short [`Error::kind`] that the services use as
+//! the `kind` label of their `errors_total` metrics, so a dashboard tells a value that did not
+//! fit its tag from a document that did not validate.
+
+use crate::config::ConfigErrors;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A line document with problems, every one with its path.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// A value that does not fit its tag: wrong type, out of range, not finite.
+    #[error("{0}")]
+    Value(String),
+    /// Text that is not what it should be: an address, a type name, a tag path, a size.
+    #[error("{0}")]
+    Parse(String),
+}
+
+impl Error {
+    /// The `kind` label of this error in metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Value(_) => "value",
+            Error::Parse(_) => "parse",
+        }
+    }
+}
