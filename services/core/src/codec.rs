@@ -64,13 +64,13 @@ pub struct Address {
 }
 
 impl FromStr for Address {
-    type Err = String;
+    type Err = crate::Error;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> crate::Result<Self> {
         let Some((table, rest)) = s.split_once(':') else {
-            return Err(format!(
+            return Err(crate::Error::Parse(format!(
                 "{s:?} is not an address; write table:offset, e.g. holding:0 or coil:3"
-            ));
+            )));
         };
         let table = match table {
             "coil" => Table::Coil,
@@ -78,26 +78,32 @@ impl FromStr for Address {
             "input" => Table::Input,
             "holding" => Table::Holding,
             other => {
-                return Err(format!(
+                return Err(crate::Error::Parse(format!(
                     "unknown table {other:?}; use coil, discrete, input or holding"
-                ));
+                )));
             }
         };
         let (offset, bit) = match rest.split_once('.') {
             Some((offset, bit)) => (offset, Some(bit)),
             None => (rest, None),
         };
-        let offset: u16 = offset
-            .parse()
-            .map_err(|_| format!("offset {offset:?} is not a number from 0 to 65535"))?;
+        let offset: u16 = offset.parse().map_err(|_| {
+            crate::Error::Parse(format!("offset {offset:?} is not a number from 0 to 65535"))
+        })?;
         let bit = match bit {
             None => None,
             Some(_) if table.is_bits() => {
-                return Err(format!("a bit index applies to registers, not to {table}s"));
+                return Err(crate::Error::Parse(format!(
+                    "a bit index applies to registers, not to {table}s"
+                )));
             }
             Some(b) => match b.parse::<u8>() {
                 Ok(n) if n < 16 => Some(n),
-                _ => return Err(format!("bit {b:?} is not a number from 0 to 15")),
+                _ => {
+                    return Err(crate::Error::Parse(format!(
+                        "bit {b:?} is not a number from 0 to 15"
+                    )));
+                }
             },
         };
         Ok(Address { table, offset, bit })
@@ -146,9 +152,9 @@ impl DataType {
 }
 
 impl FromStr for DataType {
-    type Err = String;
+    type Err = crate::Error;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> crate::Result<Self> {
         Ok(match s {
             "bool" | "bit" => DataType::Bool,
             "u16" => DataType::U16,
@@ -163,14 +169,14 @@ impl FromStr for DataType {
                 if let Some(n) = s.strip_prefix("string(").and_then(|r| r.strip_suffix(')')) {
                     return match n.parse::<u16>() {
                         Ok(n @ 1..=125) => Ok(DataType::String(n)),
-                        _ => Err(format!(
+                        _ => Err(crate::Error::Parse(format!(
                             "string length {n:?} must be a number of registers from 1 to 125"
-                        )),
+                        ))),
                     };
                 }
-                return Err(format!(
+                return Err(crate::Error::Parse(format!(
                     "unknown type {s:?}; use bool, u16, i16, u32, i32, u64, i64, f32, f64 or string(N)"
-                ));
+                )));
             }
         })
     }
@@ -713,7 +719,10 @@ mod tests {
             })
         );
         let err = "holdng:0".parse::<Address>().unwrap_err();
-        assert!(err.contains("unknown table \"holdng\""), "{err}");
+        assert!(
+            err.to_string().contains("unknown table \"holdng\""),
+            "{err}"
+        );
         assert!("holding:70000".parse::<Address>().is_err());
         assert!("holding:1.16".parse::<Address>().is_err());
         assert!("coil:1.2".parse::<Address>().is_err());

@@ -11,9 +11,15 @@ pub enum Error {
     /// A line document with problems, every one with its path.
     #[error(transparent)]
     Config(#[from] ConfigErrors),
-    /// A value that does not fit its tag: wrong type, out of range, not finite.
+    /// A value that does not fit its tag's type.
     #[error("{0}")]
     Value(String),
+    /// A number outside the range of its tag's type.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// NaN or an infinity where a number is needed.
+    #[error("{0} is not a finite number")]
+    NotFinite(f64),
     /// Text that is not what it should be: an address, a type name, a tag path, a size.
     #[error("{0}")]
     Parse(String),
@@ -25,6 +31,8 @@ impl Error {
         match self {
             Error::Config(_) => "config",
             Error::Value(_) => "value",
+            Error::OutOfRange(_) => "out_of_range",
+            Error::NotFinite(_) => "not_finite",
             Error::Parse(_) => "parse",
         }
     }

@@ -42,16 +42,18 @@ impl TagPath {
     }
 
     /// Parses `line/device/tag`, checking each name.
-    pub fn parse(path: &str) -> Result<Self, String> {
+    pub fn parse(path: &str) -> crate::Result<Self> {
         let parts: Vec<&str> = path.split('/').collect();
         let [line, device, tag] = parts.as_slice() else {
-            return Err(format!(
+            return Err(crate::Error::Parse(format!(
                 "tag path {path:?} is not of the form line/device/tag"
-            ));
+            )));
         };
         for (what, name) in [("line", line), ("device", device), ("tag", tag)] {
             if let Some(problem) = name_problem(name) {
-                return Err(format!("tag path {path:?}: {what} name {problem}"));
+                return Err(crate::Error::Parse(format!(
+                    "tag path {path:?}: {what} name {problem}"
+                )));
             }
         }
         Ok(Self::new(*line, *device, *tag))

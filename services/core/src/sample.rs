@@ -74,10 +74,10 @@ impl QualityReason {
 }
 
 impl std::str::FromStr for QualityReason {
-    type Err = String;
+    type Err = crate::Error;
 
     /// Parses what [`QualityReason::code`] writes.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> crate::Result<Self> {
         Ok(match s {
             "comm_failure" => QualityReason::CommFailure,
             "decode_error" => QualityReason::DecodeError,
@@ -89,7 +89,9 @@ impl std::str::FromStr for QualityReason {
                     .strip_prefix("device_exception(")
                     .and_then(|r| r.strip_suffix(')'))
                     .and_then(|c| c.parse::<u8>().ok())
-                    .ok_or_else(|| format!("unknown quality reason {other:?}"))?;
+                    .ok_or_else(|| {
+                        crate::Error::Parse(format!("unknown quality reason {other:?}"))
+                    })?;
                 QualityReason::DeviceException(code)
             }
         })
@@ -137,10 +139,10 @@ impl Quality {
 }
 
 impl std::str::FromStr for Quality {
-    type Err = String;
+    type Err = crate::Error;
 
     /// Parses what [`Quality::code`] writes; the detail is not part of the code and is empty.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> crate::Result<Self> {
         if s == "good" {
             return Ok(Quality::Good);
         }
@@ -153,7 +155,7 @@ impl std::str::FromStr for Quality {
                 reason: reason.parse()?,
                 detail: String::new(),
             }),
-            _ => Err(format!("unknown quality {s:?}")),
+            _ => Err(crate::Error::Parse(format!("unknown quality {s:?}"))),
         }
     }
 }

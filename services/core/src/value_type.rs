@@ -20,9 +20,9 @@ pub enum ValueType {
 }
 
 impl std::str::FromStr for ValueType {
-    type Err = String;
+    type Err = crate::Error;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> crate::Result<Self> {
         Ok(match s {
             "bool" => ValueType::Bool,
             "i16" => ValueType::Signed(16),
@@ -35,9 +35,9 @@ impl std::str::FromStr for ValueType {
             "f64" => ValueType::Float(64),
             "string" => ValueType::String,
             _ => {
-                return Err(format!(
+                return Err(crate::Error::Parse(format!(
                     "unknown type {s:?}; use bool, i16, i32, i64, u16, u32, u64, f32, f64 or string"
-                ));
+                )));
             }
         })
     }
@@ -66,7 +66,7 @@ impl ValueType {
     /// Converts `value` to this type. Integers must fit their range exactly, a float goes to
     /// an integer type only when it is a whole number in range, NaN and infinities are
     /// refused, and nothing becomes a string except a string.
-    pub fn convert(self, value: Value) -> Result<Value, String> {
+    pub fn convert(self, value: Value) -> crate::Result<Value> {
         match (self, value) {
             (ValueType::Bool, Value::Bool(b)) => Ok(Value::Bool(b)),
             (ValueType::Bool, Value::I64(v @ (0 | 1))) => Ok(Value::Bool(v == 1)),
@@ -77,17 +77,24 @@ impl ValueType {
                     Some(x) if x.is_finite() => {
                         Ok(Value::F64(if bits == 32 { narrow_f32(x) } else { x }))
                     }
-                    Some(x) => Err(format!("{x} is not a finite number")),
-                    None => Err(format!("{} is not a number", describe(&v))),
+                    Some(x) => Err(crate::Error::NotFinite(x)),
+                    None => Err(crate::Error::Value(format!(
+                        "{} is not a number",
+                        describe(&v)
+                    ))),
                 }
             }
             (ValueType::Signed(bits), v) => {
                 let (min, max) = signed_range(bits);
                 let i = whole(&v)?;
                 if i < i128::from(min) || i > i128::from(max) {
-                    return Err(format!("{i} is outside the range of i{bits}"));
+                    return Err(crate::Error::OutOfRange(format!(
+                        "{i} is outside the range of i{bits}"
+                    )));
                 }
-                Ok(Value::I64(i64::try_from(i).map_err(|e| e.to_string())?))
+                Ok(Value::I64(
+                    i64::try_from(i).map_err(|e| crate::Error::Value(e.to_string()))?,
+                ))
             }
             (ValueType::Unsigned(bits), v) => {
                 let max = if bits >= 64 {
@@ -97,23 +104,30 @@ impl ValueType {
                 };
                 let i = whole(&v)?;
                 if i < 0 || i > i128::from(max) {
-                    return Err(format!("{i} is outside the range of u{bits}"));
+                    return Err(crate::Error::OutOfRange(format!(
+                        "{i} is outside the range of u{bits}"
+                    )));
                 }
-                Ok(Value::U64(u64::try_from(i).map_err(|e| e.to_string())?))
+                Ok(Value::U64(
+                    u64::try_from(i).map_err(|e| crate::Error::Value(e.to_string()))?,
+                ))
             }
-            (t, v) => Err(format!("{} does not fit a {t} tag", describe(&v))),
+            (t, v) => Err(crate::Error::Value(format!(
+                "{} does not fit a {t} tag",
+                describe(&v)
+            ))),
         }
     }
 
     /// Parses text sent by a device (`21.5`, `-3`, `true`, `ON`) as this type.
-    pub fn parse_text(self, text: &str) -> Result<Value, String> {
+    pub fn parse_text(self, text: &str) -> crate::Result<Value> {
         let text = text.trim();
         match self {
             ValueType::String => Ok(Value::String(text.to_string())),
             ValueType::Bool => match text.to_ascii_lowercase().as_str() {
                 "1" | "true" | "on" | "yes" | "high" => Ok(Value::Bool(true)),
                 "0" | "false" | "off" | "no" | "low" => Ok(Value::Bool(false)),
-                _ => Err(format!("{text:?} is not a bool")),
+                _ => Err(crate::Error::Value(format!("{text:?} is not a bool"))),
             },
             ValueType::Signed(_) | ValueType::Unsigned(_) => {
                 if let Ok(i) = text.parse::<i64>() {
@@ -121,12 +135,12 @@ impl ValueType {
                 } else if let Ok(u) = text.parse::<u64>() {
                     self.convert(Value::U64(u))
                 } else {
-                    Err(format!("{text:?} is not an integer"))
+                    Err(crate::Error::Value(format!("{text:?} is not an integer")))
                 }
             }
             ValueType::Float(_) => match text.parse::<f64>() {
                 Ok(x) => self.convert(Value::F64(x)),
-                Err(_) => Err(format!("{text:?} is not a number")),
+                Err(_) => Err(crate::Error::Value(format!("{text:?} is not a number"))),
             },
         }
     }
@@ -148,7 +162,7 @@ fn signed_range(bits: u8) -> (i64, i64) {
 }
 
 /// An integer value, or a float that is a whole number.
-fn whole(v: &Value) -> Result<i128, String> {
+fn whole(v: &Value) -> crate::Result<i128> {
     match v {
         Value::I64(i) => Ok(i128::from(*i)),
         Value::U64(u) => Ok(i128::from(*u)),
@@ -156,8 +170,11 @@ fn whole(v: &Value) -> Result<i128, String> {
             // In range of i128 by the check above; exact for whole floats.
             Ok(*x as i128)
         }
-        Value::F64(x) => Err(format!("{x} is not a whole number")),
-        other => Err(format!("{} is not a number", describe(other))),
+        Value::F64(x) => Err(crate::Error::Value(format!("{x} is not a whole number"))),
+        other => Err(crate::Error::Value(format!(
+            "{} is not a number",
+            describe(other)
+        ))),
     }
 }
 

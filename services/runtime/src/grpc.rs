@@ -16,8 +16,7 @@ pub async fn serve(
 ) -> crate::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fieldline_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| crate::Error::Reflection(e.to_string()))?;
+        .build_v1()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| crate::Error::Bind { addr, source })?;

@@ -1,5 +1,5 @@
 //! Plumbing every Fieldline service shares, so the adapter, processor and storage binaries
-//! stay thin: loading the line document, tracing, the `/healthz`, `/readyz` and `/metrics`
+//! stay thin: loading the line document and its secrets, tracing, the `/healthz`, `/readyz` and `/metrics`
 //! endpoint, graceful shutdown on SIGTERM and Ctrl-C, MQTT client options and backoff.
 
 pub mod backoff;
@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod mqtt;
+pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
@@ -26,16 +27,16 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("secret: {0}")]
-    Secret(String),
+    Secret(#[from] secret::SecretError),
     #[error("MQTT address {0:?} is not host:port")]
     MqttAddress(String),
     #[error("building gRPC reflection: {0}")]
-    Reflection(String),
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 impl Error {
     /// Short kind for the `errors_total{kind}` metric.
-    pub fn metric_label(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Error::Config(_) => "config",
             Error::Bind { .. } => "bind",

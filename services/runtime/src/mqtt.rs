@@ -25,7 +25,7 @@ pub fn options(config: &MqttConfig, client_id: &str) -> crate::Result<MqttOption
         .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
     if let Some(user) = &config.username {
         let password = match &config.password {
-            Some(secret) => secret.resolve().map_err(crate::Error::Secret)?,
+            Some(secret) => crate::secret::resolve(secret)?,
             None => String::new(),
         };
         options.set_credentials(user.clone(), password);

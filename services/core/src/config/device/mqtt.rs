@@ -14,10 +14,34 @@
 //! Writable tags are written as DCMD (or NCMD for the node's own metrics) with the metric's
 //! name and its datatype from the birth certificate.
 
+use std::time::Duration;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, DeviceConfig, SecretRef};
+use super::{modbus::is_host_port, validate_tags};
+use crate::config::{ByteSize, Problems, SecretRef, TagConfig};
+
+/// Values that others publish to MQTT topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttDeviceConfig {
+    /// Device name, `[a-z0-9_-]`, unique within the line.
+    pub name: String,
+    /// Device type; selects plugins, alarms and control rules.
+    #[serde(rename = "type")]
+    pub device_type: String,
+    /// `host:port` of the broker the values are published to.
+    pub endpoint: String,
+    /// Topics and payload format.
+    pub mqtt: MqttIngestSettings,
+    /// Longest pause between reconnect attempts (the backoff doubles up to this).
+    #[serde(default = "super::default_max_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_backoff: Duration,
+    /// The tags to read; each `address` is a JSON pointer or a Sparkplug metric name.
+    pub tags: Vec<TagConfig>,
+}
 
 /// Which topics to subscribe to and how to read their payloads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -222,66 +246,64 @@ pub fn topic_filter_problem(filter: &str) -> Option<String> {
     None
 }
 
-/// Checks what only an MQTT-ingest device needs.
-pub(super) fn validate(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, String)) {
-    if !d
-        .endpoint
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-    {
-        err(
-            format!("{at}.endpoint"),
-            format!("{:?} is not the broker's host:port", d.endpoint),
-        );
-    }
-    let Some(s) = &d.mqtt else {
-        err(
-            format!("{at}.mqtt"),
-            "an mqtt device needs an mqtt section with at least its `format`".into(),
-        );
-        return;
-    };
-    let at_m = format!("{at}.mqtt");
-    if s.qos > 2 {
-        err(format!("{at_m}.qos"), format!("{} is not 0, 1 or 2", s.qos));
-    }
-    if s.max_payload.0 == 0 {
-        err(format!("{at_m}.max_payload"), "must be more than 0".into());
-    }
-    if let Some(problem) = s.password.as_ref().and_then(SecretRef::problem) {
-        err(format!("{at_m}.password"), problem.into());
-    }
-    if s.password.is_some() && s.username.is_none() {
-        err(
-            format!("{at_m}.password"),
-            "a password needs a username".into(),
-        );
-    }
-    if s.client_id.as_deref().is_some_and(str::is_empty) {
-        err(format!("{at_m}.client_id"), "must not be empty".into());
-    }
-    for (j, tag) in d.tags.iter().enumerate() {
-        if tag.writable
-            && s.format == PayloadFormat::Json
-            && !s.writes.iter().any(|w| w.tag == tag.name)
-        {
-            err(
-                format!("{at}.tags[{j}].writable"),
-                format!(
-                    "a writable json tag needs an entry in mqtt.writes (tag: {}, topic, template)",
-                    tag.name
-                ),
+impl MqttDeviceConfig {
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        if !is_host_port(&self.endpoint) {
+            problems.push(
+                format!("{at}.endpoint"),
+                format!("{:?} is not the broker's host:port", self.endpoint),
             );
         }
+        self.validate_settings(at, &mut |path, message| problems.push(path, message));
+        validate_tags(&self.tags, at, problems, TagConfig::resolve_value);
     }
-    match s.format {
-        PayloadFormat::Json => validate_json(d, s, at, &at_m, err),
-        PayloadFormat::SparkplugB => validate_sparkplug(s, &at_m, err),
+
+    /// Checks the `mqtt` section, and the tags against its format and writes.
+    fn validate_settings(&self, at: &str, err: &mut impl FnMut(String, String)) {
+        let d = self;
+        let s = &self.mqtt;
+        let at_m = format!("{at}.mqtt");
+        if s.qos > 2 {
+            err(format!("{at_m}.qos"), format!("{} is not 0, 1 or 2", s.qos));
+        }
+        if s.max_payload.0 == 0 {
+            err(format!("{at_m}.max_payload"), "must be more than 0".into());
+        }
+        if let Some(problem) = s.password.as_ref().and_then(SecretRef::problem) {
+            err(format!("{at_m}.password"), problem.into());
+        }
+        if s.password.is_some() && s.username.is_none() {
+            err(
+                format!("{at_m}.password"),
+                "a password needs a username".into(),
+            );
+        }
+        if s.client_id.as_deref().is_some_and(str::is_empty) {
+            err(format!("{at_m}.client_id"), "must not be empty".into());
+        }
+        for (j, tag) in d.tags.iter().enumerate() {
+            if tag.writable
+                && s.format == PayloadFormat::Json
+                && !s.writes.iter().any(|w| w.tag == tag.name)
+            {
+                err(
+                    format!("{at}.tags[{j}].writable"),
+                    format!(
+                        "a writable json tag needs an entry in mqtt.writes (tag: {}, topic, template)",
+                        tag.name
+                    ),
+                );
+            }
+        }
+        match s.format {
+            PayloadFormat::Json => validate_json(d, s, at, &at_m, err),
+            PayloadFormat::SparkplugB => validate_sparkplug(s, &at_m, err),
+        }
     }
 }
 
 fn validate_json(
-    d: &DeviceConfig,
+    d: &MqttDeviceConfig,
     s: &MqttIngestSettings,
     at: &str,
     at_m: &str,

@@ -6,7 +6,39 @@ use std::{path::PathBuf, time::Duration};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceConfig, SecretRef};
+use super::{validate_tags, validate_timing};
+use crate::config::{Problems, SecretRef, TagConfig};
+
+/// An OPC UA server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaDeviceConfig {
+    /// Device name, `[a-z0-9_-]`, unique within the line.
+    pub name: String,
+    /// Device type; selects plugins, alarms and control rules.
+    #[serde(rename = "type")]
+    pub device_type: String,
+    /// The server's `opc.tcp://host:port/path` endpoint URL.
+    pub endpoint: String,
+    /// Security, identity, subscriptions.
+    #[serde(default)]
+    pub opcua: OpcuaSettings,
+    /// How often to read the tags in `mode: poll`, e.g. `500ms`; the sampling interval when
+    /// subscribing unless `opcua.sampling_interval` sets one.
+    #[serde(default = "super::default_poll_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub poll_interval: Duration,
+    /// Time limit for connecting and for each request.
+    #[serde(default = "super::default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Longest pause between reconnect attempts (the backoff doubles up to this).
+    #[serde(default = "super::default_max_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_backoff: Duration,
+    /// The tags to read; each `address` is a NodeId.
+    pub tags: Vec<TagConfig>,
+}
 
 /// How to connect to an OPC UA server and what to ask of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -157,91 +189,98 @@ impl Default for Identity {
     }
 }
 
-/// Checks what only an OPC UA device needs.
-pub(super) fn validate(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, String)) {
-    if !d.endpoint.starts_with("opc.tcp://") {
-        err(
-            format!("{at}.endpoint"),
-            format!("{:?} is not an opc.tcp:// endpoint URL", d.endpoint),
-        );
-    }
-    let Some(s) = &d.opcua else {
-        return;
-    };
-    let at = format!("{at}.opcua");
-    match (s.security_policy, s.security_mode) {
-        (SecurityPolicy::None, SecurityMode::None) => {}
-        (SecurityPolicy::None, _) => err(
-            format!("{at}.security_mode"),
-            "security policy none allows security mode none only".into(),
-        ),
-        (_, SecurityMode::None) => err(
-            format!("{at}.security_mode"),
-            "a security policy other than none needs sign or sign-and-encrypt".into(),
-        ),
-        _ => {}
-    }
-    match &s.identity {
-        Identity::Anonymous {} => {}
-        Identity::Username { username, password } => {
-            if username.trim().is_empty() {
-                err(
-                    format!("{at}.identity.username"),
-                    "must not be empty".into(),
-                );
-            }
-            if let Some(problem) = password.problem() {
-                err(format!("{at}.identity.password"), problem.into());
-            }
+impl OpcuaDeviceConfig {
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        if !self.endpoint.starts_with("opc.tcp://") {
+            problems.push(
+                format!("{at}.endpoint"),
+                format!("{:?} is not an opc.tcp:// endpoint URL", self.endpoint),
+            );
         }
-        Identity::Certificate { cert, key } => {
-            for (field, path) in [("cert", cert), ("key", key)] {
-                if path.as_os_str().is_empty() {
+        self.opcua.validate(&format!("{at}.opcua"), problems);
+        validate_timing(self.poll_interval, self.timeout, at, problems);
+        validate_tags(&self.tags, at, problems, TagConfig::resolve_value);
+    }
+}
+
+impl OpcuaSettings {
+    fn validate(&self, at: &str, problems: &mut Problems) {
+        let s = self;
+        let mut err = |path: String, message: String| problems.push(path, message);
+        match (s.security_policy, s.security_mode) {
+            (SecurityPolicy::None, SecurityMode::None) => {}
+            (SecurityPolicy::None, _) => err(
+                format!("{at}.security_mode"),
+                "security policy none allows security mode none only".into(),
+            ),
+            (_, SecurityMode::None) => err(
+                format!("{at}.security_mode"),
+                "a security policy other than none needs sign or sign-and-encrypt".into(),
+            ),
+            _ => {}
+        }
+        match &s.identity {
+            Identity::Anonymous {} => {}
+            Identity::Username { username, password } => {
+                if username.trim().is_empty() {
                     err(
-                        format!("{at}.identity.{field}"),
-                        "must be a file path".into(),
+                        format!("{at}.identity.username"),
+                        "must not be empty".into(),
                     );
+                }
+                if let Some(problem) = password.problem() {
+                    err(format!("{at}.identity.password"), problem.into());
+                }
+            }
+            Identity::Certificate { cert, key } => {
+                for (field, path) in [("cert", cert), ("key", key)] {
+                    if path.as_os_str().is_empty() {
+                        err(
+                            format!("{at}.identity.{field}"),
+                            "must be a file path".into(),
+                        );
+                    }
                 }
             }
         }
-    }
-    if !s.application_uri.contains(':') {
-        err(
-            format!("{at}.application_uri"),
-            format!("{:?} is not a URI", s.application_uri),
-        );
-    }
-    if s.pki_dir.as_os_str().is_empty() {
-        err(format!("{at}.pki_dir"), "must be a folder path".into());
-    }
-    for (i, path) in s.trusted_server_certificates.iter().enumerate() {
-        let known = path.extension().is_some_and(|e| e == "der" || e == "pem");
-        if !known {
+        if !s.application_uri.contains(':') {
             err(
-                format!("{at}.trusted_server_certificates[{i}]"),
-                format!("{} is not a .der or .pem file", path.display()),
+                format!("{at}.application_uri"),
+                format!("{:?} is not a URI", s.application_uri),
             );
         }
-    }
-    if s.publishing_interval
-        .is_some_and(|p| p < Duration::from_millis(10))
-    {
-        err(
-            format!("{at}.publishing_interval"),
-            "must be at least 10ms".into(),
-        );
-    }
-    if s.max_items_per_subscription == 0 {
-        err(
-            format!("{at}.max_items_per_subscription"),
-            "must be at least 1".into(),
-        );
+        if s.pki_dir.as_os_str().is_empty() {
+            err(format!("{at}.pki_dir"), "must be a folder path".into());
+        }
+        for (i, path) in s.trusted_server_certificates.iter().enumerate() {
+            let known = path.extension().is_some_and(|e| e == "der" || e == "pem");
+            if !known {
+                err(
+                    format!("{at}.trusted_server_certificates[{i}]"),
+                    format!("{} is not a .der or .pem file", path.display()),
+                );
+            }
+        }
+        if s.publishing_interval
+            .is_some_and(|p| p < Duration::from_millis(10))
+        {
+            err(
+                format!("{at}.publishing_interval"),
+                "must be at least 10ms".into(),
+            );
+        }
+        if s.max_items_per_subscription == 0 {
+            err(
+                format!("{at}.max_items_per_subscription"),
+                "must be at least 1".into(),
+            );
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::config::LineConfig;
+    use crate::config::{DeviceConfig, LineConfig};
 
     use super::*;
 
@@ -278,7 +317,7 @@ devices:
       max_items_per_subscription: 50",
         ))
         .unwrap();
-        let s = config.devices[0].opcua.clone().unwrap();
+        let s = settings(&config.devices[0]);
         assert_eq!(s.security_policy, SecurityPolicy::Aes128Sha256RsaOaep);
         assert_eq!(s.security_mode, SecurityMode::SignAndEncrypt);
         assert_eq!(
@@ -294,22 +333,30 @@ devices:
         assert!(!s.trust_unknown_servers);
     }
 
+    fn settings(device: &DeviceConfig) -> OpcuaSettings {
+        match device {
+            DeviceConfig::Opcua(d) => d.opcua.clone(),
+            other => panic!("{} is not an opcua device", other.name()),
+        }
+    }
+
     #[test]
     fn the_example_line_loads() {
-        let config =
-            LineConfig::from_yaml(include_str!("../../../../deploy/examples/opcua-line.yaml"))
-                .unwrap();
-        let press = config.device("press").unwrap().opcua.clone().unwrap();
+        let config = LineConfig::from_yaml(include_str!(
+            "../../../../../deploy/examples/opcua-line.yaml"
+        ))
+        .unwrap();
+        let press = settings(config.device("press").unwrap());
         assert_eq!(press.security_policy, SecurityPolicy::Basic256Sha256);
         assert_eq!(press.mode, ReadMode::Subscribe);
-        let oven = config.device("oven").unwrap().opcua.clone().unwrap();
+        let oven = settings(config.device("oven").unwrap());
         assert_eq!(oven.mode, ReadMode::Poll);
     }
 
     #[test]
     fn absent_section_means_defaults() {
         let config = LineConfig::from_yaml(&line("")).unwrap();
-        assert_eq!(config.devices[0].opcua, None);
+        assert_eq!(settings(&config.devices[0]), OpcuaSettings::default());
         let s = OpcuaSettings::default();
         assert_eq!(s.security_policy, SecurityPolicy::None);
         assert_eq!(s.identity, Identity::Anonymous {});

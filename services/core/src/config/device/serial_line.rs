@@ -6,12 +6,54 @@
 //! `\\`, `\0` and `\xHH`, so they can be written in plain or single-quoted YAML as well as in
 //! double quotes.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceConfig, Protocol};
+use super::{
+    DeviceConfig, Protocol, SerialConfig, serial::validate_port_path, validate_tags,
+    validate_timing,
+};
+use crate::config::{Problems, TagConfig};
+
+/// A device that speaks lines of text on a serial port of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SerialLineDeviceConfig {
+    /// Device name, `[a-z0-9_-]`, unique within the line.
+    pub name: String,
+    /// Device type; selects plugins, alarms and control rules.
+    #[serde(rename = "type")]
+    pub device_type: String,
+    /// The serial port, such as `/dev/ttyACM0`; no other device may use it.
+    pub endpoint: String,
+    /// Serial line settings; 9600 8N1 when absent.
+    #[serde(default)]
+    pub serial: Option<SerialConfig>,
+    /// Request, parser and write templates.
+    #[serde(default)]
+    pub serial_line: SerialLineSettings,
+    /// How often to send the request (request mode), e.g. `500ms`; in stream mode, the
+    /// interval `stale_after` counts.
+    #[serde(default = "super::default_poll_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub poll_interval: Duration,
+    /// Time limit for a reply, and for an ack of a write.
+    #[serde(default = "super::default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Longest pause between attempts to reopen the port (the backoff doubles up to this).
+    #[serde(default = "super::default_max_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_backoff: Duration,
+    /// Poll intervals without a fresh reading after which a tag is reported Bad (stale);
+    /// 0 never reports staleness.
+    #[serde(default = "super::default_stale_after")]
+    pub stale_after: u32,
+    /// The tags to read; each `address` names a field of a parsed line.
+    pub tags: Vec<TagConfig>,
+}
 
 /// How to talk to a serial-line device and how to read its lines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -140,12 +182,12 @@ pub enum TemplatePiece {
 pub fn parse_template(
     template: &str,
     params: &BTreeMap<String, String>,
-) -> Result<Vec<TemplatePiece>, String> {
+) -> crate::Result<Vec<TemplatePiece>> {
     let mut pieces = Vec::new();
     let mut literal = String::new();
     let mut chars = template.chars().peekable();
     let mut used = std::collections::BTreeSet::new();
-    let flush = |literal: &mut String, pieces: &mut Vec<TemplatePiece>| -> Result<(), String> {
+    let flush = |literal: &mut String, pieces: &mut Vec<TemplatePiece>| -> crate::Result<()> {
         if !literal.is_empty() {
             pieces.push(TemplatePiece::Bytes(unescape(literal)?));
             literal.clear();
@@ -168,7 +210,7 @@ pub fn parse_template(
                     match chars.next() {
                         Some('}') => break,
                         Some(c) => name.push(c),
-                        None => return Err(format!("{{{name} is not closed with }}")),
+                        None => return Err(parse(format!("{{{name} is not closed with }}"))),
                     }
                 }
                 if name == "value" {
@@ -178,19 +220,23 @@ pub fn parse_template(
                     used.insert(name);
                     literal.push_str(v);
                 } else {
-                    return Err(format!("{{{name}}} is neither {{value}} nor one of params"));
+                    return Err(parse(format!(
+                        "{{{name}}} is neither {{value}} nor one of params"
+                    )));
                 }
             }
-            '}' => return Err("a lone } (write }} for a literal brace)".into()),
+            '}' => return Err(parse("a lone } (write }} for a literal brace)")),
             c => literal.push(c),
         }
     }
     flush(&mut literal, &mut pieces)?;
     if !pieces.contains(&TemplatePiece::Value) {
-        return Err("the template has no {value}".into());
+        return Err(parse("the template has no {value}"));
     }
     if let Some(unused) = params.keys().find(|k| !used.contains(*k)) {
-        return Err(format!("param {unused:?} is not used in the template"));
+        return Err(parse(format!(
+            "param {unused:?} is not used in the template"
+        )));
     }
     Ok(pieces)
 }
@@ -208,7 +254,7 @@ pub fn render_template(pieces: &[TemplatePiece], value: &str) -> Vec<u8> {
 }
 
 /// Resolves the escapes `\n`, `\r`, `\t`, `\\`, `\0` and `\xHH` in `s`.
-pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
+pub fn unescape(s: &str) -> crate::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -228,14 +274,18 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
                 let byte = u8::from_str_radix(&hex, 16)
                     .ok()
                     .filter(|_| hex.len() == 2)
-                    .ok_or_else(|| format!("\\x{hex} is not \\x and two hex digits"))?;
+                    .ok_or_else(|| parse(format!("\\x{hex} is not \\x and two hex digits")))?;
                 out.push(byte);
             }
-            Some(other) => return Err(format!("unknown escape \\{other}")),
-            None => return Err("ends with a lone \\".into()),
+            Some(other) => return Err(parse(format!("unknown escape \\{other}"))),
+            None => return Err(parse("ends with a lone \\")),
         }
     }
     Ok(out)
+}
+
+fn parse(message: impl Into<String>) -> crate::Error {
+    crate::Error::Parse(message.into())
 }
 
 /// The regex of an ack: the whole reply line must match.
@@ -243,163 +293,156 @@ pub fn ack_regex(ack: &str) -> String {
     format!("^(?:{ack})$")
 }
 
-/// Checks what only a serial-line device needs.
-pub(super) fn validate(d: &DeviceConfig, at: &str, err: &mut impl FnMut(String, String)) {
-    if d.endpoint.is_empty() || d.endpoint.contains(char::is_whitespace) {
-        err(
-            format!("{at}.endpoint"),
-            format!("{:?} is not a serial port path", d.endpoint),
-        );
+impl SerialLineDeviceConfig {
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        validate_port_path(&self.endpoint, at, problems);
+        self.serial.unwrap_or_default().validate(at, problems);
+        self.validate_settings(at, problems);
+        validate_timing(self.poll_interval, self.timeout, at, problems);
+        validate_tags(&self.tags, at, problems, TagConfig::resolve_value);
     }
-    let serial = d.serial.unwrap_or_default();
-    if !(300..=4_000_000).contains(&serial.baud_rate) {
-        err(
-            format!("{at}.serial.baud_rate"),
-            format!("{} is not a usable baud rate", serial.baud_rate),
-        );
-    }
-    if !matches!(serial.data_bits, 7 | 8) {
-        err(format!("{at}.serial.data_bits"), "must be 7 or 8".into());
-    }
-    if !matches!(serial.stop_bits, 1 | 2) {
-        err(format!("{at}.serial.stop_bits"), "must be 1 or 2".into());
-    }
-    let s = d.serial_line.clone().unwrap_or_default();
-    let at_s = format!("{at}.serial_line");
-    match (s.mode, &s.request) {
-        (SerialLineMode::Request, None) => err(
-            format!("{at_s}.request"),
-            "request mode needs the request to send, e.g. \"READ\\n\"".into(),
-        ),
-        (SerialLineMode::Request, Some(r)) => match unescape(r) {
-            Ok(bytes) if bytes.is_empty() => {
-                err(format!("{at_s}.request"), "must not be empty".into())
-            }
-            Ok(_) => {}
-            Err(e) => err(format!("{at_s}.request"), e),
-        },
-        (SerialLineMode::Stream, Some(_)) => err(
-            format!("{at_s}.request"),
-            "applies to mode request only".into(),
-        ),
-        (SerialLineMode::Stream, None) => {}
-    }
-    if s.reply_lines == 0 {
-        err(format!("{at_s}.reply_lines"), "must be at least 1".into());
-    }
-    if !matches!(unescape(&s.line_ending).as_deref(), Ok(b"\n" | b"\r\n")) {
-        err(
-            format!("{at_s}.line_ending"),
-            format!("{:?} is not \"\\n\" or \"\\r\\n\"", s.line_ending),
-        );
-    }
-    if !(16..=1 << 20).contains(&s.max_line_length) {
-        err(
-            format!("{at_s}.max_line_length"),
-            format!("{} is outside 16..=1048576", s.max_line_length),
-        );
-    }
-    let mut groups: Option<Vec<String>> = None;
-    match &s.parser {
-        LineParser::KeyValue {
-            pair_separator,
-            key_separator,
-        } => {
-            for (field, sep) in [
-                ("pair_separator", pair_separator),
-                ("key_separator", key_separator),
-            ] {
-                if sep.is_empty() {
-                    err(format!("{at_s}.parser.{field}"), "must not be empty".into());
+
+    /// Checks the `serial_line` section, and the tags against its parser and writes.
+    fn validate_settings(&self, at: &str, problems: &mut Problems) {
+        let s = &self.serial_line;
+        let mut err = |path: String, message: String| problems.push(path, message);
+        let at_s = format!("{at}.serial_line");
+        match (s.mode, &s.request) {
+            (SerialLineMode::Request, None) => err(
+                format!("{at_s}.request"),
+                "request mode needs the request to send, e.g. \"READ\\n\"".into(),
+            ),
+            (SerialLineMode::Request, Some(r)) => match unescape(r) {
+                Ok(bytes) if bytes.is_empty() => {
+                    err(format!("{at_s}.request"), "must not be empty".into())
+                }
+                Ok(_) => {}
+                Err(e) => err(format!("{at_s}.request"), e.to_string()),
+            },
+            (SerialLineMode::Stream, Some(_)) => err(
+                format!("{at_s}.request"),
+                "applies to mode request only".into(),
+            ),
+            (SerialLineMode::Stream, None) => {}
+        }
+        if s.reply_lines == 0 {
+            err(format!("{at_s}.reply_lines"), "must be at least 1".into());
+        }
+        if !matches!(unescape(&s.line_ending).as_deref(), Ok(b"\n" | b"\r\n")) {
+            err(
+                format!("{at_s}.line_ending"),
+                format!("{:?} is not \"\\n\" or \"\\r\\n\"", s.line_ending),
+            );
+        }
+        if !(16..=1 << 20).contains(&s.max_line_length) {
+            err(
+                format!("{at_s}.max_line_length"),
+                format!("{} is outside 16..=1048576", s.max_line_length),
+            );
+        }
+        let mut groups: Option<Vec<String>> = None;
+        match &s.parser {
+            LineParser::KeyValue {
+                pair_separator,
+                key_separator,
+            } => {
+                for (field, sep) in [
+                    ("pair_separator", pair_separator),
+                    ("key_separator", key_separator),
+                ] {
+                    if sep.is_empty() {
+                        err(format!("{at_s}.parser.{field}"), "must not be empty".into());
+                    }
+                }
+                if !pair_separator.is_empty() && pair_separator == key_separator {
+                    err(
+                        format!("{at_s}.parser.key_separator"),
+                        "must differ from pair_separator".into(),
+                    );
                 }
             }
-            if !pair_separator.is_empty() && pair_separator == key_separator {
+            LineParser::Json => {}
+            LineParser::Regex { pattern } => match regex::Regex::new(pattern) {
+                Ok(re) => {
+                    let names: Vec<String> =
+                        re.capture_names().flatten().map(String::from).collect();
+                    if names.is_empty() {
+                        err(
+                            format!("{at_s}.parser.pattern"),
+                            "has no named group such as (?P<temp>[0-9.]+)".into(),
+                        );
+                    }
+                    groups = Some(names);
+                }
+                Err(e) => err(
+                    format!("{at_s}.parser.pattern"),
+                    format!("does not compile: {e}"),
+                ),
+            },
+        }
+        for (j, tag) in self.tags.iter().enumerate() {
+            let tat = format!("{at}.tags[{j}]");
+            match &s.parser {
+                LineParser::Json if !tag.address.starts_with('/') => err(
+                    format!("{tat}.address"),
+                    format!("{:?} is not a JSON pointer such as /temp", tag.address),
+                ),
+                LineParser::Regex { .. } => {
+                    if let Some(names) = &groups
+                        && !names.contains(&tag.address)
+                    {
+                        err(
+                            format!("{tat}.address"),
+                            format!("{:?} is not a named group of the pattern", tag.address),
+                        );
+                    }
+                }
+                _ => {}
+            }
+            if tag.writable && !s.writes.contains_key(&tag.name) {
                 err(
-                    format!("{at_s}.parser.key_separator"),
-                    "must differ from pair_separator".into(),
+                    format!("{tat}.writable"),
+                    format!(
+                        "a writable tag needs a template in serial_line.writes.{}",
+                        tag.name
+                    ),
                 );
             }
         }
-        LineParser::Json => {}
-        LineParser::Regex { pattern } => match regex::Regex::new(pattern) {
-            Ok(re) => {
-                let names: Vec<String> = re.capture_names().flatten().map(String::from).collect();
-                if names.is_empty() {
-                    err(
-                        format!("{at_s}.parser.pattern"),
-                        "has no named group such as (?P<temp>[0-9.]+)".into(),
-                    );
+        for (name, write) in &s.writes {
+            let wat = format!("{at_s}.writes.{name}");
+            match self.tags.iter().find(|t| &t.name == name) {
+                None => err(wat.clone(), format!("the device has no tag {name:?}")),
+                Some(t) if !t.writable => {
+                    err(wat.clone(), format!("tag {name:?} is not writable: true"))
                 }
-                groups = Some(names);
+                Some(_) => {}
             }
-            Err(e) => err(
-                format!("{at_s}.parser.pattern"),
-                format!("does not compile: {e}"),
-            ),
-        },
-    }
-    for (j, tag) in d.tags.iter().enumerate() {
-        let tat = format!("{at}.tags[{j}]");
-        match &s.parser {
-            LineParser::Json if !tag.address.starts_with('/') => err(
-                format!("{tat}.address"),
-                format!("{:?} is not a JSON pointer such as /temp", tag.address),
-            ),
-            LineParser::Regex { .. } => {
-                if let Some(names) = &groups
-                    && !names.contains(&tag.address)
-                {
-                    err(
-                        format!("{tat}.address"),
-                        format!("{:?} is not a named group of the pattern", tag.address),
-                    );
-                }
+            if let Err(e) = parse_template(&write.template, &write.params) {
+                err(format!("{wat}.template"), e.to_string());
             }
-            _ => {}
-        }
-        if tag.writable && !s.writes.contains_key(&tag.name) {
-            err(
-                format!("{tat}.writable"),
-                format!(
-                    "a writable tag needs a template in serial_line.writes.{}",
-                    tag.name
-                ),
-            );
-        }
-    }
-    for (name, write) in &s.writes {
-        let wat = format!("{at_s}.writes.{name}");
-        match d.tags.iter().find(|t| &t.name == name) {
-            None => err(wat.clone(), format!("the device has no tag {name:?}")),
-            Some(t) if !t.writable => {
-                err(wat.clone(), format!("tag {name:?} is not writable: true"))
+            if let Some(ack) = &write.ack
+                && let Err(e) = regex::Regex::new(&ack_regex(ack))
+            {
+                err(format!("{wat}.ack"), format!("does not compile: {e}"));
             }
-            Some(_) => {}
-        }
-        if let Err(e) = parse_template(&write.template, &write.params) {
-            err(format!("{wat}.template"), e);
-        }
-        if let Some(ack) = &write.ack
-            && let Err(e) = regex::Regex::new(&ack_regex(ack))
-        {
-            err(format!("{wat}.ack"), format!("does not compile: {e}"));
         }
     }
 }
 
 /// A serial-line device owns its port: no other device of the line may use it.
-pub(super) fn validate_ports(devices: &[DeviceConfig], err: &mut impl FnMut(String, String)) {
+pub(crate) fn validate_ports(devices: &[DeviceConfig], problems: &mut Problems) {
     for (i, d) in devices.iter().enumerate() {
         let earlier = devices.iter().enumerate().take(i).find(|(_, o)| {
-            o.endpoint == d.endpoint
-                && (o.protocol == Protocol::SerialLine || d.protocol == Protocol::SerialLine)
+            o.endpoint() == d.endpoint()
+                && (o.protocol() == Protocol::SerialLine || d.protocol() == Protocol::SerialLine)
         });
         if let Some((j, _)) = earlier {
-            err(
+            problems.push(
                 format!("devices[{i}].endpoint"),
                 format!(
                     "port {:?} is already devices[{j}]; a serial-line device needs a port of its own",
-                    d.endpoint
+                    d.endpoint()
                 ),
             );
         }
@@ -426,6 +469,13 @@ mod tests {
         }
     }
 
+    fn settings(device: &DeviceConfig) -> SerialLineSettings {
+        match device {
+            DeviceConfig::SerialLine(d) => d.serial_line.clone(),
+            other => panic!("{} is not a serial-line device", other.name()),
+        }
+    }
+
     #[test]
     fn a_request_device_with_key_values_and_a_write_template_is_valid() {
         let yaml = device(
@@ -433,7 +483,7 @@ mod tests {
             TAGS,
         );
         let c = LineConfig::from_yaml(&yaml).unwrap();
-        let s = c.devices[0].serial_line.clone().unwrap();
+        let s = settings(&c.devices[0]);
         assert_eq!(s.mode, SerialLineMode::Request);
         assert_eq!(s.request.as_deref(), Some("READ_SENSORS\n"));
         assert_eq!(s.max_line_length, 1024);
@@ -512,16 +562,9 @@ mod tests {
     fn the_serial_sensors_example_is_valid() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/examples/serial-sensors.yaml");
-        let c = LineConfig::load(&path).unwrap();
-        let modes: Vec<_> = c
-            .devices
-            .iter()
-            .map(|d| d.serial_line.as_ref().map(|s| s.mode))
-            .collect();
-        assert_eq!(
-            modes,
-            [Some(SerialLineMode::Request), Some(SerialLineMode::Stream)]
-        );
+        let c = LineConfig::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let modes: Vec<_> = c.devices.iter().map(|d| settings(d).mode).collect();
+        assert_eq!(modes, [SerialLineMode::Request, SerialLineMode::Stream]);
     }
 
     #[test]

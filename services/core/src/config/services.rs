@@ -1,0 +1,136 @@
+//! How the line's services listen and reach each other and the MQTT broker.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::SecretRef;
+
+/// How to reach the MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `host:port` of the broker.
+    #[serde(default = "default_mqtt_address")]
+    pub address: String,
+    /// User name, when the broker requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password comes from a secret, never from this document.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// Keep-alive interval, e.g. `30s`.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub keep_alive: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            address: default_mqtt_address(),
+            username: None,
+            password: None,
+            keep_alive: default_keep_alive(),
+        }
+    }
+}
+
+fn default_mqtt_address() -> String {
+    "127.0.0.1:1883".into()
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Where a secret comes from: `{ env: VAR }` or `{ file: /path }` (e.g. a mounted Secret).
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSettings {
+    /// Identifies this adapter instance in every batch it publishes.
+    #[serde(default = "default_adapter_id")]
+    pub id: String,
+    /// Address of the gRPC AdapterService.
+    #[serde(default = "default_adapter_grpc")]
+    pub grpc_listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default = "default_adapter_http")]
+    pub http_listen: SocketAddr,
+    /// Folder for state that must survive restarts (sequence numbers).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for AdapterSettings {
+    fn default() -> Self {
+        Self {
+            id: default_adapter_id(),
+            grpc_listen: default_adapter_grpc(),
+            http_listen: default_adapter_http(),
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_adapter_id() -> String {
+    "adapter-0".into()
+}
+fn default_adapter_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_adapter_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9181))
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("fieldline-state")
+}
+
+/// Processor service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorSettings {
+    /// Address of the gRPC PlantService (the MES API).
+    #[serde(default = "default_processor_grpc")]
+    pub grpc_listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default = "default_processor_http")]
+    pub http_listen: SocketAddr,
+    /// URL of the storage service's gRPC endpoint.
+    #[serde(default = "default_storage_url")]
+    pub storage_url: String,
+    /// URL of the adapter's gRPC endpoint, where control writes go.
+    #[serde(default = "default_adapter_url")]
+    pub adapter_url: String,
+    /// MQTT client id; a fixed id keeps the broker session (and unacked messages) across
+    /// restarts. Defaults to `fieldline-processor-{line}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        Self {
+            grpc_listen: default_processor_grpc(),
+            http_listen: default_processor_http(),
+            storage_url: default_storage_url(),
+            adapter_url: default_adapter_url(),
+            client_id: None,
+        }
+    }
+}
+
+fn default_processor_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50053))
+}
+fn default_processor_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9183))
+}
+fn default_adapter_url() -> String {
+    "http://127.0.0.1:50051".into()
+}
+fn default_storage_url() -> String {
+    "http://127.0.0.1:50052".into()
+}
