@@ -908,7 +908,7 @@ mod tests {
         let config = fieldline_core::config::LineConfig::from_yaml(&yaml)
             .unwrap_or_else(|e| panic!("{e:?}\n{yaml}"));
         assert_eq!(config.devices.len(), 3);
-        assert_eq!(config.devices[0].tags.len(), 125);
+        assert_eq!(config.devices[0].tags().len(), 125);
         assert_eq!(config.storage.batch.max_points, BATCH_POINTS);
     }
 

@@ -65,7 +65,7 @@ impl CommandRouter {
         };
         let path = match TagPath::parse(&command.tag) {
             Ok(p) => p,
-            Err(e) => return refuse(command.id, "tag", e),
+            Err(e) => return refuse(command.id, "tag", e.to_string()),
         };
         if path.line != self.line || path.device != device {
             let detail = format!(

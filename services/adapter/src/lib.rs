@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use fieldline_core::config::{DeviceConfig, LineConfig, Protocol};
+use fieldline_core::config::{DeviceConfig, LineConfig};
 use fieldline_proto::v1::adapter_service_server::AdapterServiceServer;
 use fieldline_runtime::{CancellationToken, Health};
 use prometheus_client::registry::Registry;
@@ -48,7 +48,7 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Runtime(e) => e.metric_label(),
+            Error::Runtime(e) => e.kind(),
             Error::Device { .. } => "device",
             Error::Sequence(_) => "sequence",
         }
@@ -88,14 +88,14 @@ pub async fn start(
     // first moment.
     let mut links: Vec<(String, Vec<&DeviceConfig>)> = Vec::new();
     for device in &config.devices {
-        let shared = device.protocol.is_modbus().then(|| {
+        let shared = device.modbus().and_then(|_| {
             links.iter_mut().find(|(endpoint, members)| {
-                *endpoint == device.endpoint && members[0].protocol.is_modbus()
+                endpoint == device.endpoint() && members[0].modbus().is_some()
             })
         });
-        match shared.flatten() {
+        match shared {
             Some((_, members)) => members.push(device),
-            None => links.push((device.endpoint.clone(), vec![device])),
+            None => links.push((device.endpoint().to_string(), vec![device])),
         }
     }
     let mut handles = HashMap::new();
@@ -104,9 +104,9 @@ pub async fn start(
         let (writes, queue) = tokio::sync::mpsc::channel(64);
         for device in members {
             handles.insert(
-                device.name.clone(),
+                device.name().to_string(),
                 DeviceHandle {
-                    name: device.name.clone(),
+                    name: device.name().to_string(),
                     writes: writes.clone(),
                 },
             );
@@ -134,7 +134,8 @@ pub async fn start(
     for ((_, members), writes) in links.into_iter().zip(write_queues) {
         let mut devices = Vec::with_capacity(members.len());
         for device in members {
-            let sequence = Sequence::open(&settings.state_dir, &config.line, &device.name, now_us)?;
+            let sequence =
+                Sequence::open(&settings.state_dir, &config.line, device.name(), now_us)?;
             let cx = DeviceContext {
                 line: config.line.clone(),
                 adapter_id: settings.id.clone(),
@@ -144,7 +145,7 @@ pub async fn start(
             };
             // Fail at start-up, not in the supervisor, when a device cannot be driven.
             check(device).map_err(|message| Error::Device {
-                device: device.name.clone(),
+                device: device.name().to_string(),
                 message,
             })?;
             devices.push((device.clone(), cx));
@@ -186,11 +187,13 @@ pub async fn start(
 
 /// Whether the driver of `device`'s protocol can drive it; the reason when not.
 fn check(device: &DeviceConfig) -> Result<(), String> {
-    match device.protocol {
-        Protocol::ModbusTcp | Protocol::ModbusRtu => ModbusDevice::new(device.clone()).map(drop),
-        Protocol::SerialLine => drivers::serial_line::check(device),
-        Protocol::Opcua => drivers::opcua::check(device),
-        Protocol::Mqtt => drivers::mqtt::check(device),
+    match device {
+        DeviceConfig::ModbusTcp(_) | DeviceConfig::ModbusRtu(_) => {
+            ModbusDevice::new(device).map(drop)
+        }
+        DeviceConfig::SerialLine(d) => drivers::serial_line::check(d),
+        DeviceConfig::Opcua(d) => drivers::opcua::check(d),
+        DeviceConfig::Mqtt(d) => drivers::mqtt::check(d),
     }
 }
 
@@ -204,14 +207,14 @@ async fn run_driver(
     let Some((first, cx)) = devices.first() else {
         return;
     };
-    match first.protocol {
-        Protocol::ModbusTcp | Protocol::ModbusRtu => {
+    match first {
+        DeviceConfig::ModbusTcp(_) | DeviceConfig::ModbusRtu(_) => {
             let mut built = Vec::with_capacity(devices.len());
             for (config, cx) in devices {
-                match ModbusDevice::new(config.clone()) {
+                match ModbusDevice::new(config) {
                     Ok(device) => built.push((device, cx.clone())),
                     Err(message) => {
-                        tracing::error!(device = %config.name, %message, "device cannot be driven");
+                        tracing::error!(device = %config.name(), %message, "device cannot be driven");
                         return;
                     }
                 }
@@ -221,11 +224,11 @@ async fn run_driver(
             };
             ModbusBus::new(kind, built).run(writes, stop).await;
         }
-        Protocol::SerialLine => {
-            drivers::serial_line::run(first.clone(), cx.clone(), writes, stop).await;
+        DeviceConfig::SerialLine(d) => {
+            drivers::serial_line::run(d.clone(), cx.clone(), writes, stop).await;
         }
-        Protocol::Opcua => drivers::opcua::run(first.clone(), cx.clone(), writes, stop).await,
-        Protocol::Mqtt => drivers::mqtt::run(first.clone(), cx.clone(), writes, stop).await,
+        DeviceConfig::Opcua(d) => drivers::opcua::run(d.clone(), cx.clone(), writes, stop).await,
+        DeviceConfig::Mqtt(d) => drivers::mqtt::run(d.clone(), cx.clone(), writes, stop).await,
     }
 }
 
@@ -252,7 +255,7 @@ async fn supervise(
                     cx.metrics
                         .errors
                         .get_or_create(&vec![
-                            ("device", config.name.clone()),
+                            ("device", config.name().to_string()),
                             ("kind", "panic".to_string()),
                         ])
                         .inc();

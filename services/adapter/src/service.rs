@@ -57,7 +57,8 @@ impl AdapterService for AdapterApi {
         request: Request<v1::Command>,
     ) -> Result<Response<v1::CommandResult>, Status> {
         let command = request.into_inner();
-        let path = TagPath::parse(&command.tag).map_err(Status::invalid_argument)?;
+        let path =
+            TagPath::parse(&command.tag).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if path.line != self.line {
             return Err(Status::not_found(format!(
                 "this adapter serves line {:?}, not {:?}",

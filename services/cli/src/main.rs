@@ -4,7 +4,6 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use fieldline::{client, up};
-use fieldline_core::config::LineConfig;
 use fieldline_proto::v1;
 use fieldline_runtime::{shutdown, telemetry};
 
@@ -156,6 +155,10 @@ enum OpcuaCommand {
 enum ConfigCommand {
     /// Validate a line document; prints every problem with its path.
     Check { file: PathBuf },
+    /// Print the JSON Schema of line documents, for editors and the ProductionLine resource.
+    ///
+    /// Example: `fieldline config schema > line-config.schema.json`
+    Schema,
 }
 
 #[derive(clap::Args)]
@@ -195,6 +198,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => Ok(check(&file)),
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
+            print!("{}", fieldline_core::config::schema::line_schema_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Up {
             config,
             data_dir,
@@ -310,9 +319,9 @@ async fn main() -> anyhow::Result<ExitCode> {
 }
 
 fn check(file: &std::path::Path) -> ExitCode {
-    match LineConfig::load(file) {
+    match fieldline_runtime::config::load(file) {
         Ok(config) => {
-            let tags: usize = config.devices.iter().map(|d| d.tags.len()).sum();
+            let tags: usize = config.devices.iter().map(|d| d.tags().len()).sum();
             println!(
                 "{}: ok (line {}, {} devices, {tags} tags)",
                 file.display(),

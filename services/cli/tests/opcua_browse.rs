@@ -57,7 +57,7 @@ async fn browse_prints_tags_for_a_line_document() -> anyhow::Result<()> {
     );
     let config = LineConfig::from_yaml(&doc).map_err(|e| anyhow::anyhow!("{e}\n{doc}"))?;
     let found: Vec<(String, String, String, bool)> = config.devices[0]
-        .tags
+        .tags()
         .iter()
         .map(|t| {
             (

@@ -108,17 +108,17 @@ impl Engine {
         let device_types = config
             .devices
             .iter()
-            .map(|d| (d.name.clone(), d.device_type.clone()))
+            .map(|d| (d.name().to_string(), d.device_type().to_string()))
             .collect();
         for device in &config.devices {
-            let processing = config.device_types.get(&device.device_type);
+            let processing = config.device_types.get(device.device_type());
             let mut configs: Vec<AlarmConfig> =
                 processing.map(|p| p.alarms.clone()).unwrap_or_default();
             let rules: Vec<RuleConfig> = processing.map(|p| p.rules.clone()).unwrap_or_default();
             for rule in &rules {
                 configs.extend(interlock_alarms(rule));
             }
-            for tag in device.tags.iter().filter(|t| t.writable) {
+            for tag in device.tags().iter().filter(|t| t.writable) {
                 configs.push(
                     parse_alarm(serde_json::json!({
                         "name": readback_alarm(&tag.name),
@@ -129,7 +129,7 @@ impl Engine {
                         "message": format!("{} did not read back what was written", tag.name),
                     }))
                     .map_err(|message| EngineError::Definition {
-                        device_type: device.device_type.clone(),
+                        device_type: device.device_type().to_string(),
                         message,
                     })?,
                 );
@@ -137,18 +137,18 @@ impl Engine {
             let mut definitions = Vec::with_capacity(configs.len());
             for c in &configs {
                 let def = c.resolve().map_err(|problems| EngineError::Definition {
-                    device_type: device.device_type.clone(),
+                    device_type: device.device_type().to_string(),
                     message: problems
                         .into_iter()
                         .map(|(field, m)| format!("alarm {}: {field}: {m}", c.name))
                         .collect::<Vec<_>>()
                         .join("; "),
                 })?;
-                let id = alarm_id(&config.line, &device.name, &def.name);
+                let id = alarm_id(&config.line, device.name(), &def.name);
                 meta.insert(
                     id.clone(),
                     AlarmMeta {
-                        device: device.name.clone(),
+                        device: device.name().to_string(),
                         tag: def.tag.clone(),
                         kind: def.kind().code().to_string(),
                         priority: def.priority.number(),
@@ -158,8 +158,8 @@ impl Engine {
                 order.push(id);
                 definitions.push(def);
             }
-            per_device.push((device.name.clone(), definitions));
-            rules_per_device.push((device.name.clone(), rules));
+            per_device.push((device.name().to_string(), definitions));
+            rules_per_device.push((device.name().to_string(), rules));
         }
         let alarms = LineAlarms::new(
             &config.line,

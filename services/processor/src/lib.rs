@@ -54,7 +54,7 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Runtime(e) => e.metric_label(),
+            Error::Runtime(e) => e.kind(),
             Error::Url { .. } | Error::Engine(_) => "config",
             Error::Stopped => "stopped",
         }

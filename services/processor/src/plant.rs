@@ -94,11 +94,11 @@ impl PlantService for PlantApi {
                 .iter()
                 .map(|d| v1::DeviceInfo {
                     line: line.clone(),
-                    name: d.name.clone(),
-                    r#type: d.device_type.clone(),
-                    protocol: d.protocol.as_str().to_string(),
-                    endpoint: d.endpoint.clone(),
-                    tag_count: d.tags.len() as u32,
+                    name: d.name().to_string(),
+                    r#type: d.device_type().to_string(),
+                    protocol: d.protocol().as_str().to_string(),
+                    endpoint: d.endpoint().to_string(),
+                    tag_count: d.tags().len() as u32,
                 })
                 .collect()
         } else {
@@ -119,16 +119,16 @@ impl PlantService for PlantApi {
                 .config
                 .devices
                 .iter()
-                .filter(|d| f.device.is_empty() || d.name == f.device)
+                .filter(|d| f.device.is_empty() || d.name() == f.device)
             {
                 for t in d
-                    .tags
+                    .tags()
                     .iter()
                     .filter(|t| f.tags.is_empty() || f.tags.contains(&t.name))
                 {
                     tags.push(v1::TagInfo {
                         line: line.clone(),
-                        device: d.name.clone(),
+                        device: d.name().to_string(),
                         tag: t.name.clone(),
                         data_type: t.data_type.clone(),
                         address: t.address.clone(),
@@ -278,13 +278,13 @@ impl PlantService for PlantApi {
                 .config
                 .devices
                 .iter()
-                .filter(|d| r.device.is_empty() || d.name == r.device)
+                .filter(|d| r.device.is_empty() || d.name() == r.device)
             {
                 // The tags the device type's OEE plugin reads and derives.
                 let Some(oee) = self
                     .config
                     .device_types
-                    .get(&d.device_type)
+                    .get(d.device_type())
                     .into_iter()
                     .flat_map(|t| t.plugins.iter())
                     .find_map(|p| match p {
@@ -306,7 +306,7 @@ impl PlantService for PlantApi {
                 ];
                 let filter = v1::TagFilter {
                     line: line.clone(),
-                    device: d.name.clone(),
+                    device: d.name().to_string(),
                     tags: names.iter().map(|t| t.to_string()).collect(),
                 };
                 let samples = self.latest.snapshot(&filter);
@@ -321,7 +321,7 @@ impl PlantService for PlantApi {
                 };
                 devices.push(v1::Production {
                     line: line.clone(),
-                    device: d.name.clone(),
+                    device: d.name().to_string(),
                     units_produced: figure(names[0]),
                     good_count: figure(names[1]),
                     availability: figure(names[2]),

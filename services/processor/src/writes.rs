@@ -68,9 +68,9 @@ impl WritePath {
     ) -> Self {
         let mut limits = HashMap::new();
         for d in &config.devices {
-            for t in &d.tags {
+            for t in d.tags() {
                 limits.insert(
-                    (d.name.clone(), t.name.clone()),
+                    (d.name().to_string(), t.name.clone()),
                     Limits {
                         writable: t.writable,
                         min: t.min,

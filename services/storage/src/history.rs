@@ -209,7 +209,7 @@ pub struct InfluxHistory {
 
 impl InfluxHistory {
     pub fn new(config: &InfluxConfig) -> Result<Self, String> {
-        let (database, retention_policy) = match config.target()? {
+        let (database, retention_policy) = match config.target().map_err(|e| e.to_string())? {
             fieldline_core::config::InfluxTarget::V1 {
                 database,
                 retention_policy,
@@ -217,7 +217,9 @@ impl InfluxHistory {
             fieldline_core::config::InfluxTarget::V2 { bucket, .. } => (bucket.to_string(), None),
         };
         let resolve = |s: &Option<fieldline_core::config::SecretRef>| match s {
-            Some(secret) => secret.resolve().map(Some),
+            Some(secret) => fieldline_runtime::secret::resolve(secret)
+                .map(Some)
+                .map_err(|e| e.to_string()),
             None => Ok(None),
         };
         Ok(Self {
@@ -349,7 +351,9 @@ impl InfluxHistory {
                     _ => None,
                 };
                 let quality = match quality_at.and_then(|i| row.get(i)).and_then(|q| q.as_str()) {
-                    Some(code) => Quality::from_str(code).map_err(HistoryError::Backend)?,
+                    Some(code) => {
+                        Quality::from_str(code).map_err(|e| HistoryError::Backend(e.to_string()))?
+                    }
                     None => Quality::Good,
                 };
                 points.push(HistoryPoint {
@@ -462,7 +466,10 @@ async fn sqlite_query(pool: &AnyPool, q: &HistoryQuery) -> Result<History, Histo
             points.push(HistoryPoint {
                 timestamp_ns: row.try_get(0).map_err(backend)?,
                 value: stored_value(value_type.as_deref(), value_text.as_deref())?,
-                quality: Some(Quality::from_str(&quality).map_err(HistoryError::Backend)?),
+                quality: Some(
+                    Quality::from_str(&quality)
+                        .map_err(|e| HistoryError::Backend(e.to_string()))?,
+                ),
             });
         }
         return Ok(History::limited(points, q.limit));

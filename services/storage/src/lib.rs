@@ -48,7 +48,7 @@ impl Error {
         match self {
             Error::NoSinks => "config",
             Error::Sink(e) => e.metric_label(),
-            Error::Runtime(e) => e.metric_label(),
+            Error::Runtime(e) => e.kind(),
             Error::Buffer(_) => "buffer",
             Error::Stopped => "stopped",
         }

@@ -257,7 +257,9 @@ pub fn check_value_command<'t>(
             "the command's deadline passed before it could be written".into(),
         ));
     }
-    let raw = tag.unconvert(value).map_err(|e| reject("type", e))?;
+    let raw = tag
+        .unconvert(value)
+        .map_err(|e| reject("type", e.to_string()))?;
     Ok((tag, raw))
 }
 

@@ -104,7 +104,7 @@ impl InfluxSink {
             ),
         };
         let secret = |s: &fieldline_core::config::SecretRef, what: &str| {
-            s.resolve()
+            fieldline_runtime::secret::resolve(s)
                 .map_err(|e| SinkError::Config(format!("storage.influx.{what}: {e}")))
         };
         let auth = match (&config.token, &config.username) {

@@ -98,10 +98,10 @@ impl SqlSink {
         for d in devices {
             self.upsert_device(
                 line,
-                &d.name,
-                &d.device_type,
-                d.protocol.as_str(),
-                &d.endpoint,
+                d.name(),
+                d.device_type(),
+                d.protocol().as_str(),
+                d.endpoint(),
                 now,
             )
             .await?;
@@ -118,7 +118,7 @@ impl SqlSink {
                 };
                 sqlx::query::<Any>(sql)
                     .bind(line)
-                    .bind(&d.name)
+                    .bind(d.name())
                     .bind(&t.name)
                     .bind(&t.data_type)
                     .bind(&t.address)
@@ -131,7 +131,7 @@ impl SqlSink {
                     .map_err(classify)?;
             }
             if let Ok(mut known) = self.known_devices.lock() {
-                known.insert((line.to_string(), d.name.clone()));
+                known.insert((line.to_string(), d.name().to_string()));
             }
         }
         Ok(())
@@ -391,7 +391,8 @@ fn connection_url(config: &SqlConfig) -> Result<(Dialect, String), SinkError> {
         })?;
     let mut url = format!("mysql://{rest}");
     if let Some(secret) = &config.password {
-        let password = secret.resolve().map_err(SinkError::Config)?;
+        let password = fieldline_runtime::secret::resolve(secret)
+            .map_err(|e| SinkError::Config(e.to_string()))?;
         let host_start = rest.find('/').unwrap_or(rest.len());
         let Some(at) = rest[..host_start].find('@') else {
             return Err(SinkError::Config(

@@ -16,7 +16,7 @@ use std::{
 use fieldline_core::{
     Quality, QualityReason, Sample, SampleBatch, Value,
     codec::{DataType, DecodeError, Table},
-    config::{DeviceConfig, ResolvedModbusTag},
+    config::{DeviceConfig, ModbusDeviceConfig, ResolvedModbusTag},
     deadband::Deadband,
 };
 use fieldline_proto::v1;
@@ -36,7 +36,8 @@ const REMEMBERED_COMMANDS: usize = 1024;
 
 /// A configured Modbus device (one unit id), ready to be polled on its link.
 pub struct ModbusDevice {
-    config: DeviceConfig,
+    config: ModbusDeviceConfig,
+    link: LinkKind,
     tags: Vec<ResolvedModbusTag>,
     spans: Vec<TagSpan>,
     limits: PlanLimits,
@@ -56,13 +57,28 @@ type Reading = (Option<Value>, Quality, i64);
 impl ModbusDevice {
     /// Resolves the tags, forms poll groups and plans their reads. The config was validated,
     /// so errors here mean a caller skipped validation; they are reported, not unwrapped.
-    pub fn new(config: DeviceConfig) -> Result<Self, String> {
-        if !config.protocol.is_modbus() {
-            return Err(format!(
-                "{} is not a Modbus protocol",
-                config.protocol.as_str()
-            ));
-        }
+    pub fn new(device: &DeviceConfig) -> Result<Self, String> {
+        let (config, link) = match device {
+            DeviceConfig::ModbusTcp(c) => (
+                c.clone(),
+                LinkKind::Tcp {
+                    endpoint: c.endpoint.clone(),
+                },
+            ),
+            DeviceConfig::ModbusRtu(c) => (
+                c.clone(),
+                LinkKind::Rtu {
+                    port: c.endpoint.clone(),
+                    serial: c.serial.unwrap_or_default(),
+                },
+            ),
+            other => {
+                return Err(format!(
+                    "{} is not a Modbus protocol",
+                    other.protocol().as_str()
+                ));
+            }
+        };
         let mut tags = Vec::with_capacity(config.tags.len());
         for tag in &config.tags {
             let resolved = tag.resolve().map_err(|problems| {
@@ -112,6 +128,7 @@ impl ModbusDevice {
             .collect();
         Ok(Self {
             config,
+            link,
             tags,
             spans,
             limits,
@@ -125,16 +142,7 @@ impl ModbusDevice {
 
     /// The link this device is reached through.
     pub fn link_kind(&self) -> LinkKind {
-        // `new` accepts Modbus devices only: RTU on a serial port, the rest over TCP.
-        match self.config.protocol {
-            fieldline_core::config::Protocol::ModbusRtu => LinkKind::Rtu {
-                port: self.config.endpoint.clone(),
-                serial: self.config.serial.unwrap_or_default(),
-            },
-            _ => LinkKind::Tcp {
-                endpoint: self.config.endpoint.clone(),
-            },
-        }
+        self.link.clone()
     }
 }
 
@@ -987,7 +995,7 @@ mod tests {
     fn command_checks_refuse_before_anything_is_sent() {
         let yaml = "line: l\ndevices:\n  - { name: d, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ { name: sp, address: \"holding:0\", type: i16, writable: true, min: -10, max: 10 }, { name: ro, address: \"input:0\", type: u16 }, { name: c, address: \"coil:0\", type: bool, writable: true } ] }\n";
         let config = LineConfig::from_yaml(yaml).unwrap();
-        let device = ModbusDevice::new(config.devices[0].clone()).unwrap();
+        let device = ModbusDevice::new(&config.devices[0]).unwrap();
         let cmd = |id: &str, v: Option<Value>| v1::Command {
             id: id.into(),
             value: v.map(Into::into),

@@ -8,8 +8,8 @@ use std::{collections::HashMap, time::Duration};
 
 use fieldline_core::{
     config::{
-        DeviceConfig, ResolvedValueTag,
-        mqtt_ingest::{JsonWrite, MqttIngestSettings, PayloadFormat},
+        MqttDeviceConfig, ResolvedValueTag,
+        mqtt::{JsonWrite, MqttIngestSettings, PayloadFormat},
     },
     deadband::{Deadband, DeadbandRule},
     sample::{Quality, QualityReason, Sample, Value},
@@ -45,11 +45,8 @@ struct Built {
     rules: HashMap<String, DeadbandRule>,
 }
 
-fn build(device: &DeviceConfig, line: &str) -> Result<Built, String> {
-    let settings = device
-        .mqtt
-        .clone()
-        .ok_or_else(|| format!("{}: an mqtt device needs an mqtt section", device.name))?;
+fn build(device: &MqttDeviceConfig, line: &str) -> Result<Built, String> {
+    let settings = device.mqtt.clone();
     let (host, port) = device
         .endpoint
         .rsplit_once(':')
@@ -73,7 +70,9 @@ fn build(device: &DeviceConfig, line: &str) -> Result<Built, String> {
         .set_max_packet_size(PACKET_LIMIT, 1024 * 1024);
     if let Some(user) = &settings.username {
         let password = match &settings.password {
-            Some(secret) => secret.resolve()?,
+            Some(secret) => {
+                fieldline_runtime::secret::resolve(secret).map_err(|e| e.to_string())?
+            }
             None => String::new(),
         };
         options.set_credentials(user.clone(), password);
@@ -117,13 +116,13 @@ fn build(device: &DeviceConfig, line: &str) -> Result<Built, String> {
 }
 
 /// Whether `device` can be driven; the reason when not.
-pub fn check(device: &DeviceConfig) -> Result<(), String> {
+pub fn check(device: &MqttDeviceConfig) -> Result<(), String> {
     build(device, "check").map(drop)
 }
 
 /// Runs the device until `stop`.
 pub async fn run(
-    device: DeviceConfig,
+    device: MqttDeviceConfig,
     cx: DeviceContext,
     writes: &mut mpsc::Receiver<WriteRequest>,
     stop: CancellationToken,
@@ -250,7 +249,7 @@ pub async fn run(
 
 /// Publishes the samples that pass their tag's deadband.
 struct Ingest<'a> {
-    device: &'a DeviceConfig,
+    device: &'a MqttDeviceConfig,
     cx: &'a DeviceContext,
     rules: HashMap<String, DeadbandRule>,
     deadbands: HashMap<String, Deadband>,
@@ -303,7 +302,12 @@ impl Ingest<'_> {
 }
 
 /// Asks the edge node to publish its births again (NCMD `Node Control/Rebirth` = true).
-fn request_rebirth(client: &AsyncClient, node: &Node, device: &DeviceConfig, cx: &DeviceContext) {
+fn request_rebirth(
+    client: &AsyncClient,
+    node: &Node,
+    device: &MqttDeviceConfig,
+    cx: &DeviceContext,
+) {
     let now_ms = u64::try_from(now_ns() / 1_000_000).unwrap_or(0);
     let payload = super::sparkplug::rebirth_payload(now_ms).encode_to_vec();
     let topic = node.ncmd_topic();
@@ -365,7 +369,7 @@ fn command_message(
 fn write(
     client: &AsyncClient,
     target: Target<'_>,
-    device: &DeviceConfig,
+    device: &MqttDeviceConfig,
     cx: &DeviceContext,
     tags: &[ResolvedValueTag],
     remembered: &mut RememberedCommands,

@@ -3,8 +3,8 @@
 
 use fieldline_core::{
     config::{
-        DeviceConfig, ResolvedValueTag,
-        mqtt_ingest::{MqttIngestSettings, TimestampFormat, split_json_address},
+        MqttDeviceConfig, ResolvedValueTag,
+        mqtt::{MqttIngestSettings, TimestampFormat, split_json_address},
     },
     sample::{Quality, QualityReason, Sample, Value},
 };
@@ -55,7 +55,7 @@ pub struct JsonMapper {
 
 impl JsonMapper {
     /// The mapper of a validated json device; `Err` names the first tag that cannot be used.
-    pub fn new(device: &DeviceConfig, settings: &MqttIngestSettings) -> Result<Self, String> {
+    pub fn new(device: &MqttDeviceConfig, settings: &MqttIngestSettings) -> Result<Self, String> {
         let mut tags = Vec::with_capacity(device.tags.len());
         for t in &device.tags {
             let tag = t
@@ -79,7 +79,7 @@ impl JsonMapper {
     /// Topic filters to subscribe to: the device's topics and every tag's own filter, without
     /// those another filter already covers (the broker would deliver such a message once per
     /// matching subscription).
-    pub fn filters(settings: &MqttIngestSettings, device: &DeviceConfig) -> Vec<String> {
+    pub fn filters(settings: &MqttIngestSettings, device: &MqttDeviceConfig) -> Vec<String> {
         let mut candidates: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         candidates.extend(
             device
@@ -193,27 +193,33 @@ fn kind(v: &serde_json::Value) -> &'static str {
 
 /// A conversion error as a quality reason: values outside the tag's range are out_of_range,
 /// anything else could not be decoded.
-fn classify(detail: String) -> (QualityReason, String) {
-    let reason = if detail.contains("outside the range") {
-        QualityReason::OutOfRange
-    } else {
-        QualityReason::DecodeError
+fn classify(e: fieldline_core::Error) -> (QualityReason, String) {
+    let reason = match e {
+        fieldline_core::Error::OutOfRange(_) => QualityReason::OutOfRange,
+        _ => QualityReason::DecodeError,
     };
-    (reason, detail)
+    (reason, e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fieldline_core::config::LineConfig;
+    use fieldline_core::config::{DeviceConfig, LineConfig};
+
+    fn mqtt_device(config: &LineConfig) -> &MqttDeviceConfig {
+        match &config.devices[0] {
+            DeviceConfig::Mqtt(d) => d,
+            other => panic!("{} is not an mqtt device", other.name()),
+        }
+    }
 
     fn mapper(settings: &str, tags: &str) -> JsonMapper {
         let yaml = format!(
             "line: l\ndevices:\n  - name: cnc\n    type: cnc\n    protocol: mqtt\n    endpoint: \"127.0.0.1:1883\"\n    mqtt: {settings}\n    tags:\n{tags}"
         );
         let config = LineConfig::from_yaml(&yaml).unwrap();
-        let device = &config.devices[0];
-        JsonMapper::new(device, device.mqtt.as_ref().unwrap()).unwrap()
+        let device = mqtt_device(&config);
+        JsonMapper::new(device, &device.mqtt).unwrap()
     }
 
     const TAGS: &str = "      - { name: speed, address: /spindle/speed, type: f64, scale: 0.5 }\n      - { name: count, address: /count, type: u16 }\n      - { name: run, address: /run, type: bool }\n      - { name: mode, address: \"cnc/1/status#/mode\", type: string }\n";
@@ -295,9 +301,9 @@ mod tests {
     fn covered_filters_are_not_subscribed_twice() {
         let yaml = "line: l\ndevices:\n  - name: cnc\n    type: cnc\n    protocol: mqtt\n    endpoint: \"127.0.0.1:1883\"\n    mqtt: { format: json, topics: [\"cnc/+/status\", \"cnc/1/status\"] }\n    tags:\n      - { name: a, address: \"cnc/1/status#/a\", type: f64 }\n      - { name: b, address: \"other/x#/b\", type: f64 }\n      - { name: c, address: \"other/x#/c\", type: f64 }\n      - { name: d, address: \"other/##/d\", type: f64 }\n      - { name: e, address: \"z/1#/e\", type: f64 }\n";
         let config = LineConfig::from_yaml(yaml).unwrap();
-        let d = &config.devices[0];
+        let d = mqtt_device(&config);
         assert_eq!(
-            JsonMapper::filters(d.mqtt.as_ref().unwrap(), d),
+            JsonMapper::filters(&d.mqtt, d),
             vec!["cnc/+/status", "other/#", "z/1"]
         );
     }

@@ -502,13 +502,12 @@ fn metric_value(m: &Metric, dt: u32) -> Result<Value, (QualityReason, String)> {
 }
 
 fn convert(tag: &ResolvedValueTag, value: Value) -> Result<Value, (QualityReason, String)> {
-    tag.convert(value).map_err(|detail| {
-        let reason = if detail.contains("outside the range") {
-            QualityReason::OutOfRange
-        } else {
-            QualityReason::DecodeError
+    tag.convert(value).map_err(|e| {
+        let reason = match e {
+            fieldline_core::Error::OutOfRange(_) => QualityReason::OutOfRange,
+            _ => QualityReason::DecodeError,
         };
-        (reason, detail)
+        (reason, e.to_string())
     })
 }
 

@@ -129,7 +129,8 @@ fn identity(identity: &Identity) -> Result<IdentityToken, SetupError> {
     Ok(match identity {
         Identity::Anonymous {} => IdentityToken::Anonymous,
         Identity::Username { username, password } => {
-            let password = password.resolve().map_err(SetupError::Identity)?;
+            let password = fieldline_runtime::secret::resolve(password)
+                .map_err(|e| SetupError::Identity(e.to_string()))?;
             IdentityToken::new_user_name(username.clone(), password)
         }
         Identity::Certificate { cert, key } => IdentityToken::new_x509_path(cert, key)

@@ -196,7 +196,7 @@ pub fn sample(tag: &ResolvedValueTag, dv: &DataValue, now_ns: i64) -> Sample {
         .as_ref()
         .ok_or_else(|| "the server sent no value".to_string())
         .and_then(from_variant)
-        .and_then(|v| tag.convert(v));
+        .and_then(|v| tag.convert(v).map_err(|e| e.to_string()));
     match converted {
         Ok(value) => Sample {
             tag: tag.name.clone(),

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use fieldline_core::{
-    config::{DeviceConfig, ResolvedValueTag, opcua::OpcuaSettings, opcua::ReadMode},
+    config::{OpcuaDeviceConfig, ResolvedValueTag, opcua::OpcuaSettings, opcua::ReadMode},
     deadband::Deadband,
     sample::{Quality, QualityReason, Sample, Value},
 };
@@ -42,7 +42,7 @@ enum Ended {
 
 /// One device's driver state that outlives sessions.
 pub struct Driver {
-    device: DeviceConfig,
+    device: OpcuaDeviceConfig,
     settings: OpcuaSettings,
     cx: DeviceContext,
     tags: Vec<ResolvedValueTag>,
@@ -59,7 +59,7 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(
-        device: DeviceConfig,
+        device: OpcuaDeviceConfig,
         cx: DeviceContext,
         tags: Vec<ResolvedValueTag>,
         nodes: Vec<NodeId>,
@@ -68,7 +68,7 @@ impl Driver {
         let meters = SampleMeters::new(&cx, &device.name);
         Self {
             meters,
-            settings: device.opcua.clone().unwrap_or_default(),
+            settings: device.opcua.clone(),
             device,
             cx,
             tags,

@@ -12,7 +12,7 @@ pub mod plan;
 
 use std::str::FromStr;
 
-use fieldline_core::config::{DeviceConfig, ResolvedValueTag};
+use fieldline_core::config::{OpcuaDeviceConfig, ResolvedValueTag};
 use fieldline_runtime::CancellationToken;
 use opcua::types::NodeId;
 use tokio::sync::mpsc;
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::{DeviceContext, WriteRequest};
 
 /// The device's tags with their parsed NodeIds; the problems when there are any.
-fn resolve(device: &DeviceConfig) -> Result<(Vec<ResolvedValueTag>, Vec<NodeId>), String> {
+fn resolve(device: &OpcuaDeviceConfig) -> Result<(Vec<ResolvedValueTag>, Vec<NodeId>), String> {
     let mut tags = Vec::with_capacity(device.tags.len());
     let mut nodes = Vec::with_capacity(device.tags.len());
     let mut problems = Vec::new();
@@ -50,13 +50,13 @@ fn resolve(device: &DeviceConfig) -> Result<(Vec<ResolvedValueTag>, Vec<NodeId>)
 }
 
 /// Whether `device` can be driven; the reason when not.
-pub fn check(device: &DeviceConfig) -> Result<(), String> {
+pub fn check(device: &OpcuaDeviceConfig) -> Result<(), String> {
     resolve(device).map(drop)
 }
 
 /// Runs the device until `stop`.
 pub async fn run(
-    device: DeviceConfig,
+    device: OpcuaDeviceConfig,
     cx: DeviceContext,
     writes: &mut mpsc::Receiver<WriteRequest>,
     stop: CancellationToken,

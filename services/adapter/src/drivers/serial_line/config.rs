@@ -3,7 +3,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use fieldline_core::config::{
-    DeviceConfig, Protocol, ResolvedValueTag, SerialConfig,
+    ResolvedValueTag, SerialConfig, SerialLineDeviceConfig,
     serial_line::{SerialLineMode, TemplatePiece, ack_regex, parse_template, unescape},
 };
 
@@ -36,11 +36,8 @@ pub struct Setup {
 impl Setup {
     /// Resolves `device`. The config was validated, so errors here mean a caller skipped
     /// validation; they are reported, not unwrapped.
-    pub fn new(device: &DeviceConfig) -> Result<Self, String> {
-        if device.protocol != Protocol::SerialLine {
-            return Err(format!("{} is not a serial-line device", device.name));
-        }
-        let settings = device.serial_line.clone().unwrap_or_default();
+    pub fn new(device: &SerialLineDeviceConfig) -> Result<Self, String> {
+        let settings = &device.serial_line;
         let at = |what: &str, e: String| format!("{}: {what}: {e}", device.name);
         let tags = device
             .tags
@@ -51,7 +48,9 @@ impl Setup {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let request = match (&settings.mode, &settings.request) {
-            (SerialLineMode::Request, Some(r)) => unescape(r).map_err(|e| at("request", e))?,
+            (SerialLineMode::Request, Some(r)) => {
+                unescape(r).map_err(|e| at("request", e.to_string()))?
+            }
             (SerialLineMode::Request, None) => {
                 return Err(at("request", "request mode needs a request".into()));
             }
@@ -59,7 +58,8 @@ impl Setup {
         };
         let mut writes = HashMap::new();
         for (tag, w) in &settings.writes {
-            let pieces = parse_template(&w.template, &w.params).map_err(|e| at("writes", e))?;
+            let pieces =
+                parse_template(&w.template, &w.params).map_err(|e| at("writes", e.to_string()))?;
             let ack = w
                 .ack
                 .as_deref()

@@ -10,20 +10,20 @@ mod driver;
 pub mod parser;
 mod port;
 
-use fieldline_core::config::DeviceConfig;
+use fieldline_core::config::SerialLineDeviceConfig;
 use fieldline_runtime::CancellationToken;
 use tokio::sync::mpsc;
 
 use super::{DeviceContext, WriteRequest};
 
 /// Whether `device` can be driven; the reason when not.
-pub fn check(device: &DeviceConfig) -> Result<(), String> {
+pub fn check(device: &SerialLineDeviceConfig) -> Result<(), String> {
     config::Setup::new(device).map(drop)
 }
 
 /// Runs the device until `stop`.
 pub async fn run(
-    device: DeviceConfig,
+    device: SerialLineDeviceConfig,
     cx: DeviceContext,
     writes: &mut mpsc::Receiver<WriteRequest>,
     stop: CancellationToken,

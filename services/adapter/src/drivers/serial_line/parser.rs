@@ -175,9 +175,9 @@ pub fn decode(tag: &ResolvedValueTag, field: Field) -> Result<Value, (QualityRea
             // A number the type cannot hold is out of range; anything else is unreadable.
             let number = text.trim().parse::<f64>().is_ok_and(f64::is_finite);
             if number && tag.value_type.is_numeric() {
-                (QualityReason::OutOfRange, e)
+                (QualityReason::OutOfRange, e.to_string())
             } else {
-                (QualityReason::DecodeError, e)
+                (QualityReason::DecodeError, e.to_string())
             }
         })?,
         Field::Json(json) => from_json(tag.value_type, json)?,
@@ -213,11 +213,11 @@ fn from_json(t: ValueType, json: serde_json::Value) -> Result<Value, (QualityRea
     t.convert(value).map_err(classify)
 }
 
-fn classify(e: String) -> (QualityReason, String) {
-    if e.contains("outside the range") || e.contains("not a finite") {
-        (QualityReason::OutOfRange, e)
-    } else {
-        (QualityReason::DecodeError, e)
+fn classify(e: fieldline_core::Error) -> (QualityReason, String) {
+    use fieldline_core::Error;
+    match e {
+        Error::OutOfRange(_) | Error::NotFinite(_) => (QualityReason::OutOfRange, e.to_string()),
+        e => (QualityReason::DecodeError, e.to_string()),
     }
 }
 
