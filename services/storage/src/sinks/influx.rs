@@ -15,6 +15,7 @@ use fieldline_core::{
     config::{InfluxConfig, InfluxTarget},
 };
 use flate2::{Compression, write::GzEncoder};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{StatusCode, header::HeaderMap};
 
 use super::{Rejection, SinkError, WriteReport, line_protocol};
@@ -424,49 +425,29 @@ fn server_message(headers: &HeaderMap, body: &str) -> String {
     format!("{}…", &message[..end])
 }
 
-/// The string value of `"key"` in a flat JSON object, decoded; `None` if absent.
+/// The string value of `"key"` in a JSON object; `None` if the body is no JSON object or
+/// has no such string.
 fn json_string(body: &str, key: &str) -> Option<String> {
-    if !body.starts_with('{') {
-        return None;
-    }
-    let pattern = format!("\"{key}\"");
-    let after = &body[body.find(&pattern)? + pattern.len()..];
-    let after = after.trim_start().strip_prefix(':')?.trim_start();
-    let mut chars = after.strip_prefix('"')?.chars();
-    let mut out = String::new();
-    loop {
-        match chars.next()? {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                'r' => out.push('\r'),
-                'b' => out.push('\u{8}'),
-                'f' => out.push('\u{c}'),
-                'u' => {
-                    let code: String = chars.by_ref().take(4).collect();
-                    let unit = u32::from_str_radix(&code, 16).ok()?;
-                    // Surrogate pairs are rare in server messages; keep them visible.
-                    out.push(char::from_u32(unit).unwrap_or('\u{FFFD}'));
-                }
-                other => out.push(other),
-            },
-            c => out.push(c),
-        }
+    match serde_json::from_str::<serde_json::Value>(body).ok()? {
+        serde_json::Value::Object(mut object) => match object.remove(key)? {
+            serde_json::Value::String(text) => Some(text),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
+/// What is left as it is in a query parameter or form value: RFC 3986's unreserved
+/// characters. Everything else is percent-encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encodes a query parameter or form value.
 pub(crate) fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 #[cfg(test)]
@@ -506,6 +487,15 @@ mod tests {
         assert!(server_message(&HeaderMap::new(), &long).len() <= MAX_MESSAGE + 3);
         assert_eq!(json_string("{\"error\":\"unterminated", "error"), None);
         assert_eq!(json_string("[\"error\"]", "error"), None);
+    }
+
+    #[test]
+    fn query_values_keep_only_unreserved_characters() {
+        assert_eq!(urlencode("plant-1_a.b~c"), "plant-1_a.b~c");
+        assert_eq!(
+            urlencode("CREATE DATABASE \"a&b\" ü/+"),
+            "CREATE%20DATABASE%20%22a%26b%22%20%C3%BC%2F%2B"
+        );
     }
 
     #[test]

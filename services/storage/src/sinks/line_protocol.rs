@@ -18,7 +18,7 @@
 
 use std::{fmt::Write, ops::Range};
 
-use super::FnvMap;
+use super::FastMap;
 
 use fieldline_core::{Quality, SampleBatch, Value};
 
@@ -82,7 +82,7 @@ pub fn encode_batch(batch: &SampleBatch, out: &mut String) -> Encoded {
 
     // Timestamps in the order they first appear, each with its samples.
     let mut groups: Vec<(i64, Vec<usize>)> = Vec::new();
-    let mut slot: FnvMap<i64, usize> = FnvMap::default();
+    let mut slot: FastMap<i64, usize> = FastMap::default();
     for (i, s) in batch.samples.iter().enumerate() {
         // Samples of one poll share a timestamp: most need no lookup.
         if let Some(last) = groups.last_mut()

@@ -14,7 +14,7 @@ use sqlx::{
     migrate::Migrator,
 };
 
-use super::{FnvMap, SinkError, WriteReport};
+use super::{FastMap, SinkError, WriteReport};
 
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -184,8 +184,8 @@ impl SqlSink {
         }
         // Only the newest sample of each tag can become its latest value: a group holding
         // several polls upserts each tag once (later batches win ties).
-        let mut newest: FnvMap<(&str, &str, &str), usize> =
-            FnvMap::with_capacity_and_hasher(rows.len(), Default::default());
+        let mut newest: FastMap<(&str, &str, &str), usize> =
+            FastMap::with_capacity_and_hasher(rows.len(), Default::default());
         for (i, (b, s)) in rows.iter().enumerate() {
             let key = (b.line.as_str(), b.device.as_str(), s.tag.as_str());
             match newest.get_mut(&key) {
@@ -398,16 +398,8 @@ fn connection_url(config: &SqlConfig) -> Result<(Dialect, String), SinkError> {
                 "storage.sql.url needs a user (user@host) when a password is set".into(),
             ));
         };
-        let encoded: String = password
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let encoded =
+            percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC);
         url = format!("mysql://{}:{encoded}{}", &rest[..at], &rest[at..]);
     }
     Ok((Dialect::MySql, url))
