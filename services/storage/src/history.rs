@@ -8,7 +8,7 @@ use fieldline_core::{Quality, Value, config::InfluxConfig};
 use fieldline_proto::v1;
 use sqlx::{Any, AnyPool, Row};
 
-use crate::sinks::influx::urlencode;
+use crate::sinks::{SinkError, influx::urlencode};
 
 /// Points returned when the request sets no limit.
 pub const DEFAULT_LIMIT: usize = 10_000;
@@ -63,9 +63,49 @@ pub enum HistoryError {
     /// Nothing configured can answer history.
     #[error("{0}")]
     Unavailable(String),
-    /// The backend failed or answered something unreadable.
+    /// The SQLite sink has not opened its database yet.
+    #[error("the SQLite database is not open yet")]
+    NotOpen,
+    /// InfluxDB cannot be reached.
+    #[error("InfluxDB unreachable: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    /// InfluxDB's answer broke off.
+    #[error("reading InfluxDB's answer: {0}")]
+    Answer(#[source] reqwest::Error),
+    /// InfluxDB answered an HTTP error.
+    #[error("InfluxDB answered HTTP {status}: {body}")]
+    Status {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    /// InfluxDB's answer is not JSON.
+    #[error("InfluxDB's answer is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// InfluxDB could not run the query, with its reason.
+    #[error("InfluxDB: {0}")]
+    Query(String),
+    /// The SQLite query failed.
+    #[error("reading history: {0}")]
+    Sql(#[source] sqlx::Error),
+    /// The backend answered something that is not a point of the tag.
     #[error("{0}")]
-    Backend(String),
+    Unreadable(String),
+}
+
+impl HistoryError {
+    /// The `kind` label of this error in `errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HistoryError::Invalid(_) => "history_invalid",
+            HistoryError::Unavailable(_) => "history_unavailable",
+            HistoryError::NotOpen => "history_not_open",
+            HistoryError::Unreachable(_) | HistoryError::Answer(_) => "history_unreachable",
+            HistoryError::Status { .. } => "history_http_status",
+            HistoryError::NotJson(_) | HistoryError::Unreadable(_) => "history_unreadable",
+            HistoryError::Query(_) => "history_query",
+            HistoryError::Sql(_) => "history_sql",
+        }
+    }
 }
 
 impl From<HistoryError> for tonic::Status {
@@ -73,7 +113,7 @@ impl From<HistoryError> for tonic::Status {
         match e {
             HistoryError::Invalid(m) => tonic::Status::invalid_argument(m),
             HistoryError::Unavailable(m) => tonic::Status::failed_precondition(m),
-            HistoryError::Backend(m) => tonic::Status::unavailable(m),
+            backend => tonic::Status::unavailable(backend.to_string()),
         }
     }
 }
@@ -186,9 +226,7 @@ impl HistorySource {
                         crate::sinks::Sink::Sql(sql) => Some(sql.pool()),
                         crate::sinks::Sink::Influx(_) => None,
                     })
-                    .ok_or_else(|| {
-                        HistoryError::Backend("the SQLite database is not open yet".into())
-                    })?;
+                    .ok_or(HistoryError::NotOpen)?;
                 sqlite_query(pool, q).await
             }
         }
@@ -208,29 +246,37 @@ pub struct InfluxHistory {
 }
 
 impl InfluxHistory {
-    pub fn new(config: &InfluxConfig) -> Result<Self, String> {
-        let (database, retention_policy) = match config.target()? {
+    pub fn new(config: &InfluxConfig) -> Result<Self, SinkError> {
+        let target = config.target().map_err(|e| SinkError::Setting {
+            setting: "storage.influx",
+            source: e.into(),
+        })?;
+        let (database, retention_policy) = match target {
             fieldline_core::config::InfluxTarget::V1 {
                 database,
                 retention_policy,
             } => (database.to_string(), retention_policy.map(str::to_string)),
             fieldline_core::config::InfluxTarget::V2 { bucket, .. } => (bucket.to_string(), None),
         };
-        let resolve = |s: &Option<fieldline_core::config::SecretRef>| match s {
-            Some(secret) => secret.resolve().map(Some),
+        let resolve = |s: &Option<fieldline_core::config::SecretRef>, setting: &'static str| match s
+        {
+            Some(secret) => secret.resolve().map(Some).map_err(|e| SinkError::Setting {
+                setting,
+                source: e.into(),
+            }),
             None => Ok(None),
         };
         Ok(Self {
             client: reqwest::Client::builder()
                 .timeout(config.timeout.max(std::time::Duration::from_secs(30)))
                 .build()
-                .map_err(|e| format!("cannot build the InfluxDB client: {e}"))?,
+                .map_err(SinkError::Client)?,
             url: format!("{}/query", config.url.trim_end_matches('/')),
             database,
             retention_policy,
             username: config.username.clone(),
-            password: resolve(&config.password)?,
-            token: resolve(&config.token)?,
+            password: resolve(&config.password, "storage.influx.password")?,
+            token: resolve(&config.token, "storage.influx.token")?,
         })
     }
 
@@ -262,29 +308,22 @@ impl InfluxHistory {
         } else if let Some(user) = &self.username {
             request = request.basic_auth(user, self.password.as_deref());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| HistoryError::Backend(format!("InfluxDB unreachable: {e}")))?;
+        let response = request.send().await.map_err(HistoryError::Unreachable)?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| HistoryError::Backend(format!("reading InfluxDB's answer: {e}")))?;
+        let body = response.text().await.map_err(HistoryError::Answer)?;
         if !status.is_success() {
-            return Err(HistoryError::Backend(format!(
-                "InfluxDB answered HTTP {status}: {}",
-                body.trim()
-            )));
+            return Err(HistoryError::Status {
+                status,
+                body: body.trim().to_string(),
+            });
         }
-        let json: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| HistoryError::Backend(format!("InfluxDB's answer is not JSON: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(&body).map_err(HistoryError::NotJson)?;
         if let Some(error) = json
             .pointer("/results/0/error")
             .or_else(|| json.get("error"))
             .and_then(|e| e.as_str())
         {
-            return Err(HistoryError::Backend(format!("InfluxDB: {error}")));
+            return Err(HistoryError::Query(error.to_string()));
         }
         Ok(json)
     }
@@ -349,7 +388,7 @@ impl InfluxHistory {
                     _ => None,
                 };
                 let quality = match quality_at.and_then(|i| row.get(i)).and_then(|q| q.as_str()) {
-                    Some(code) => Quality::from_str(code).map_err(HistoryError::Backend)?,
+                    Some(code) => Quality::from_str(code).map_err(unreadable_quality)?,
                     None => Quality::Good,
                 };
                 points.push(HistoryPoint {
@@ -411,7 +450,7 @@ fn columns(json: &serde_json::Value) -> Vec<String> {
 fn timestamp(row: &[serde_json::Value]) -> Result<i64, HistoryError> {
     row.first()
         .and_then(|t| t.as_i64())
-        .ok_or_else(|| HistoryError::Backend("InfluxDB returned a row without a time".into()))
+        .ok_or_else(|| HistoryError::Unreadable("InfluxDB returned a row without a time".into()))
 }
 
 /// A JSON value from InfluxDB as a value of the field's type.
@@ -423,7 +462,14 @@ fn typed(v: &serde_json::Value, kind: &str) -> Result<Value, HistoryError> {
         "string" => v.as_str().map(|s| Value::String(s.to_string())),
         _ => None,
     };
-    value.ok_or_else(|| HistoryError::Backend(format!("InfluxDB returned {v} for a {kind} field")))
+    value.ok_or_else(|| {
+        HistoryError::Unreadable(format!("InfluxDB returned {v} for a {kind} field"))
+    })
+}
+
+/// A stored quality code that does not parse.
+fn unreadable_quality(e: impl std::fmt::Display) -> HistoryError {
+    HistoryError::Unreadable(e.to_string())
 }
 
 /// An InfluxQL identifier, quoted.
@@ -438,7 +484,7 @@ fn literal(text: &str) -> String {
 
 /// The same request against the SQLite sample table of the embedded mode.
 async fn sqlite_query(pool: &AnyPool, q: &HistoryQuery) -> Result<History, HistoryError> {
-    let backend = |e: sqlx::Error| HistoryError::Backend(format!("reading history: {e}"));
+    let backend = HistoryError::Sql;
     let limit = i64::try_from(q.limit + 1).unwrap_or(i64::MAX);
     const WHERE: &str = "line = ? AND device = ? AND tag = ? AND ts_ns >= ? AND ts_ns < ?";
     if q.aggregate == Aggregate::Raw {
@@ -462,7 +508,7 @@ async fn sqlite_query(pool: &AnyPool, q: &HistoryQuery) -> Result<History, Histo
             points.push(HistoryPoint {
                 timestamp_ns: row.try_get(0).map_err(backend)?,
                 value: stored_value(value_type.as_deref(), value_text.as_deref())?,
-                quality: Some(Quality::from_str(&quality).map_err(HistoryError::Backend)?),
+                quality: Some(Quality::from_str(&quality).map_err(unreadable_quality)?),
             });
         }
         return Ok(History::limited(points, q.limit));
@@ -549,7 +595,7 @@ fn stored_value(kind: Option<&str>, text: Option<&str>) -> Result<Option<Value>,
     let (Some(kind), Some(text)) = (kind, text) else {
         return Ok(None);
     };
-    let bad = || HistoryError::Backend(format!("stored {kind} value {text:?} is unreadable"));
+    let bad = || HistoryError::Unreadable(format!("stored {kind} value {text:?} is unreadable"));
     Ok(Some(match kind {
         "bool" => Value::Bool(text.parse().map_err(|_| bad())?),
         "int" => Value::I64(text.parse().map_err(|_| bad())?),

@@ -73,9 +73,10 @@ const MAX_MESSAGE: usize = 1000;
 
 impl InfluxSink {
     pub fn new(config: &InfluxConfig) -> Result<Self, SinkError> {
-        let target = config
-            .target()
-            .map_err(|e| SinkError::Config(format!("storage.influx: {e}")))?;
+        let target = config.target().map_err(|e| SinkError::Setting {
+            setting: "storage.influx",
+            source: e.into(),
+        })?;
         let base = config.url.trim_end_matches('/').to_string();
         let (api, write_url) = match target {
             InfluxTarget::V1 {
@@ -104,18 +105,20 @@ impl InfluxSink {
                 ),
             ),
         };
-        let secret = |s: &fieldline_core::config::SecretRef, what: &str| {
-            s.resolve()
-                .map_err(|e| SinkError::Config(format!("storage.influx.{what}: {e}")))
+        let secret = |s: &fieldline_core::config::SecretRef, setting: &'static str| {
+            s.resolve().map_err(|e| SinkError::Setting {
+                setting,
+                source: e.into(),
+            })
         };
         let auth = match (&config.token, &config.username) {
-            (Some(token), _) => Auth::Token(secret(token, "token")?),
+            (Some(token), _) => Auth::Token(secret(token, "storage.influx.token")?),
             (None, Some(user)) => Auth::Basic {
                 user: user.clone(),
                 password: config
                     .password
                     .as_ref()
-                    .map(|p| secret(p, "password"))
+                    .map(|p| secret(p, "storage.influx.password"))
                     .transpose()?,
             },
             (None, None) => Auth::None,
@@ -123,7 +126,7 @@ impl InfluxSink {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
-            .map_err(|e| SinkError::Config(format!("cannot build the InfluxDB client: {e}")))?;
+            .map_err(SinkError::Client)?;
         Ok(Self {
             client,
             create_database: config.create_database,
@@ -166,7 +169,7 @@ impl InfluxSink {
             .body(format!("q={}", urlencode(&q)))
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -174,12 +177,14 @@ impl InfluxSink {
         let headers = response.headers().clone();
         let message = server_message(&headers, &response.text().await.unwrap_or_default());
         if matches!(status.as_u16(), 401 | 403) {
-            return Err(self.credentials_refused(status, &message, "create the database"));
+            return Err(self.credentials_refused(status, message, "create the database"));
         }
-        Err(SinkError::Transient(format!(
-            "creating database {database:?} at {}: HTTP {status}: {message}",
-            self.base
-        )))
+        Err(SinkError::CreateDatabase {
+            database: database.clone(),
+            base: self.base.clone(),
+            status,
+            message,
+        })
     }
 
     async fn ping(&self) -> Result<(), SinkError> {
@@ -187,7 +192,7 @@ impl InfluxSink {
             .authorize(self.client.get(format!("{}/ping", self.base)))
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -195,27 +200,39 @@ impl InfluxSink {
         let headers = response.headers().clone();
         let message = server_message(&headers, &response.text().await.unwrap_or_default());
         if matches!(status.as_u16(), 401 | 403) {
-            return Err(self.credentials_refused(status, &message, "answer /ping"));
+            return Err(self.credentials_refused(status, message, "answer /ping"));
         }
-        Err(SinkError::Transient(format!(
-            "{}/ping answered HTTP {status}: {message}",
-            self.base
-        )))
+        Err(SinkError::Ping {
+            base: self.base.clone(),
+            status,
+            message,
+        })
     }
 
-    fn unreachable(&self, error: &reqwest::Error) -> SinkError {
-        SinkError::Transient(format!("InfluxDB at {} unreachable: {error}", self.base))
+    fn unreachable(&self, source: reqwest::Error) -> SinkError {
+        SinkError::Unreachable {
+            base: self.base.clone(),
+            source,
+        }
     }
 
-    fn credentials_refused(&self, status: StatusCode, message: &str, what: &str) -> SinkError {
-        let which = match self.api {
+    fn credentials_refused(
+        &self,
+        status: StatusCode,
+        message: String,
+        action: &'static str,
+    ) -> SinkError {
+        let settings = match self.api {
             Api::V1 { .. } => "storage.influx.username and password",
             Api::V2 { .. } => "storage.influx.token (it needs write access to the bucket)",
         };
-        SinkError::Config(format!(
-            "{} refused to let Fieldline {what} (HTTP {status}: {message}); check {which}",
-            self.target()
-        ))
+        SinkError::CredentialsRefused {
+            target: self.target(),
+            action,
+            status,
+            message,
+            settings,
+        }
     }
 
     /// Writes the batches. Network errors, 5xx, 429 and a missing database or bucket are
@@ -306,11 +323,8 @@ impl InfluxSink {
     /// One write request with `text` (whole lines), gzip-compressed.
     async fn post(&self, text: &str) -> Result<Answer, SinkError> {
         let mut gz = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
-        gz.write_all(text.as_bytes())
-            .map_err(|e| SinkError::Transient(format!("gzip: {e}")))?;
-        let compressed = gz
-            .finish()
-            .map_err(|e| SinkError::Transient(format!("gzip: {e}")))?;
+        gz.write_all(text.as_bytes()).map_err(SinkError::Gzip)?;
+        let compressed = gz.finish().map_err(SinkError::Gzip)?;
         let response = self
             .authorize(self.client.post(&self.write_url))
             .header("Content-Encoding", "gzip")
@@ -318,7 +332,7 @@ impl InfluxSink {
             .body(compressed)
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(Answer::Stored);
@@ -328,7 +342,7 @@ impl InfluxSink {
         match status.as_u16() {
             400 | 422 => Ok(Answer::Refused(message)),
             413 => Ok(Answer::TooLarge(message)),
-            401 | 403 => Err(self.credentials_refused(status, &message, "write")),
+            401 | 403 => Err(self.credentials_refused(status, message, "write")),
             404 => {
                 if matches!(self.api, Api::V1 { .. })
                     && self.create_database
@@ -349,27 +363,29 @@ impl InfluxSink {
                 } else {
                     ""
                 };
-                Err(SinkError::Transient(format!(
-                    "{}: HTTP 404: {message}{hint}",
-                    self.target()
-                )))
+                Err(SinkError::NotFound {
+                    target: self.target(),
+                    message,
+                    hint,
+                })
             }
             429 | 503 => {
                 let wait = retry_after(&headers).map(|d| d.min(MAX_RETRY_AFTER));
                 if let Some(wait) = wait {
                     tokio::time::sleep(wait).await;
                 }
-                Err(SinkError::Transient(format!(
-                    "{} is busy (HTTP {status}{}): {message}",
-                    self.target(),
-                    wait.map(|w| format!(", waited {w:?} as asked"))
-                        .unwrap_or_default()
-                )))
+                Err(SinkError::Busy {
+                    target: self.target(),
+                    status,
+                    waited: wait,
+                    message,
+                })
             }
-            _ => Err(SinkError::Transient(format!(
-                "{} answered HTTP {status}: {message}",
-                self.target()
-            ))),
+            _ => Err(SinkError::Status {
+                target: self.target(),
+                status,
+                message,
+            }),
         }
     }
 }

@@ -5,35 +5,15 @@ pub mod influx;
 pub mod line_protocol;
 pub mod sql;
 
+mod error;
+
+pub use error::{Disposition, SettingError, SinkError};
+
 /// A HashMap for the short keys (tag names, timestamps) of one write, hashed with foldhash:
 /// SipHash's resistance to chosen keys buys nothing there.
 pub(crate) type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 use fieldline_core::SampleBatch;
-
-/// How a write failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SinkError {
-    /// The backend is down or busy; the same write may succeed later.
-    #[error("{0}")]
-    Transient(String),
-    /// The backend refused the data itself; retrying cannot help.
-    #[error("{0}")]
-    Permanent(String),
-    /// The sink is misconfigured.
-    #[error("{0}")]
-    Config(String),
-}
-
-impl SinkError {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            SinkError::Transient(_) => "transient",
-            SinkError::Permanent(_) => "permanent",
-            SinkError::Config(_) => "config",
-        }
-    }
-}
 
 /// What a successful write left out: the samples the backend refused for good.
 #[derive(Debug, Clone, Default, PartialEq)]
