@@ -256,6 +256,32 @@ mod tests {
     }
 
     #[test]
+    fn refusals_name_the_sample_and_what_is_wrong() {
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[0].quality = None;
+        let refused = SampleBatch::try_from(wire).unwrap_err();
+        assert_eq!(refused.to_string(), "sample \"t\": has no quality");
+        assert_eq!(refused.kind(), "quality");
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[0].value = Some(Value::F64(f64::INFINITY).into());
+        let refused = SampleBatch::try_from(wire).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "sample \"t\": value inf is not a finite number"
+        );
+        assert_eq!(refused.kind(), "value");
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[4].quality = Some(v1::Quality {
+            status: 99,
+            ..Default::default()
+        });
+        assert_eq!(
+            SampleBatch::try_from(wire).unwrap_err().to_string(),
+            "sample \"x\": quality status 99 is not known"
+        );
+    }
+
+    #[test]
     fn garbage_bytes_do_not_decode_into_a_batch() {
         let garbage = [0xffu8, 0xff, 0xff, 0x01, 0x02];
         let decoded = v1::SampleBatch::decode(garbage.as_slice());
