@@ -8,7 +8,7 @@ use fieldline_core::{Quality, Value, config::InfluxConfig};
 use fieldline_proto::v1;
 use sqlx::{Any, AnyPool, Row};
 
-use crate::sinks::{SinkError, influx::urlencode};
+use crate::sinks::{BoxError, SinkError, influx::urlencode};
 
 /// Points returned when the request sets no limit.
 pub const DEFAULT_LIMIT: usize = 10_000;
@@ -54,15 +54,39 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+/// What is wrong with a history request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// `line`, `device` or `tag` is empty.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("start_ns ({start_ns}) must be before end_ns ({end_ns})")]
+    EmptyRange { start_ns: i64, end_ns: i64 },
+    #[error("unknown aggregate {0}")]
+    UnknownAggregate(i32),
+    #[error("aggregates need window_ns > 0")]
+    NoWindow,
+    #[error("limit {0} is above the maximum of {MAX_LIMIT}")]
+    Limit(usize),
+    /// Mean, min or max of a tag whose stored values are not numbers.
+    #[error("{aggregate} needs a numeric tag; {tag} is {stored}")]
+    NotNumeric {
+        aggregate: &'static str,
+        tag: String,
+        /// The stored type or types, e.g. `string` or `int and string`.
+        stored: String,
+    },
+}
+
 /// Why a history request could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     /// The request itself is wrong.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
     /// Nothing configured can answer history.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("no history backend: configure storage.influx, or a SQLite storage.sql")]
+    NoBackend,
     /// The SQLite sink has not opened its database yet.
     #[error("the SQLite database is not open yet")]
     NotOpen,
@@ -87,9 +111,21 @@ pub enum HistoryError {
     /// The SQLite query failed.
     #[error("reading history: {0}")]
     Sql(#[source] sqlx::Error),
-    /// The backend answered something that is not a point of the tag.
+    /// InfluxDB answered a row without its time.
+    #[error("InfluxDB returned a row without a time")]
+    NoTime,
+    /// InfluxDB answered a value that is not of the field's type.
+    #[error("InfluxDB returned {value} for a {kind} field")]
+    FieldType {
+        value: serde_json::Value,
+        kind: String,
+    },
+    /// A stored quality code that does not parse.
     #[error("{0}")]
-    Unreadable(String),
+    Quality(#[source] BoxError),
+    /// A value stored by the SQL sink that does not parse as its type.
+    #[error("stored {kind} value {text:?} is unreadable")]
+    StoredValue { kind: String, text: String },
 }
 
 impl HistoryError {
@@ -97,11 +133,15 @@ impl HistoryError {
     pub fn kind(&self) -> &'static str {
         match self {
             HistoryError::Invalid(_) => "history_invalid",
-            HistoryError::Unavailable(_) => "history_unavailable",
+            HistoryError::NoBackend => "history_unavailable",
             HistoryError::NotOpen => "history_not_open",
             HistoryError::Unreachable(_) | HistoryError::Answer(_) => "history_unreachable",
             HistoryError::Status { .. } => "history_http_status",
-            HistoryError::NotJson(_) | HistoryError::Unreadable(_) => "history_unreadable",
+            HistoryError::NotJson(_)
+            | HistoryError::NoTime
+            | HistoryError::FieldType { .. }
+            | HistoryError::Quality(_)
+            | HistoryError::StoredValue { .. } => "history_unreadable",
             HistoryError::Query(_) => "history_query",
             HistoryError::Sql(_) => "history_sql",
         }
@@ -111,8 +151,8 @@ impl HistoryError {
 impl From<HistoryError> for tonic::Status {
     fn from(e: HistoryError) -> Self {
         match e {
-            HistoryError::Invalid(m) => tonic::Status::invalid_argument(m),
-            HistoryError::Unavailable(m) => tonic::Status::failed_precondition(m),
+            HistoryError::Invalid(m) => tonic::Status::invalid_argument(m.to_string()),
+            HistoryError::NoBackend => tonic::Status::failed_precondition(e.to_string()),
             backend => tonic::Status::unavailable(backend.to_string()),
         }
     }
@@ -122,17 +162,17 @@ impl TryFrom<v1::HistoryRequest> for HistoryQuery {
     type Error = HistoryError;
 
     fn try_from(r: v1::HistoryRequest) -> Result<Self, HistoryError> {
-        let invalid = |m: String| Err(HistoryError::Invalid(m));
+        let invalid = |problem: InvalidRequest| Err(HistoryError::Invalid(problem));
         for (what, name) in [("line", &r.line), ("device", &r.device), ("tag", &r.tag)] {
             if name.is_empty() {
-                return invalid(format!("{what} is required"));
+                return invalid(InvalidRequest::Missing(what));
             }
         }
         if r.start_ns >= r.end_ns {
-            return invalid(format!(
-                "start_ns ({}) must be before end_ns ({})",
-                r.start_ns, r.end_ns
-            ));
+            return invalid(InvalidRequest::EmptyRange {
+                start_ns: r.start_ns,
+                end_ns: r.end_ns,
+            });
         }
         let aggregate = match v1::Aggregate::try_from(r.aggregate) {
             Ok(v1::Aggregate::Unspecified) => Aggregate::Raw,
@@ -140,16 +180,14 @@ impl TryFrom<v1::HistoryRequest> for HistoryQuery {
             Ok(v1::Aggregate::Min) => Aggregate::Min,
             Ok(v1::Aggregate::Max) => Aggregate::Max,
             Ok(v1::Aggregate::Last) => Aggregate::Last,
-            Err(_) => return invalid(format!("unknown aggregate {}", r.aggregate)),
+            Err(_) => return invalid(InvalidRequest::UnknownAggregate(r.aggregate)),
         };
         if aggregate != Aggregate::Raw && r.window_ns <= 0 {
-            return invalid("aggregates need window_ns > 0".into());
+            return invalid(InvalidRequest::NoWindow);
         }
         let limit = match r.limit as usize {
             0 => DEFAULT_LIMIT,
-            n if n > MAX_LIMIT => {
-                return invalid(format!("limit {n} is above the maximum of {MAX_LIMIT}"));
-            }
+            n if n > MAX_LIMIT => return invalid(InvalidRequest::Limit(n)),
             n => n,
         };
         Ok(HistoryQuery {
@@ -352,11 +390,12 @@ impl InfluxHistory {
             && let Some(kind) = &kind
             && !matches!(kind.as_str(), "float" | "integer")
         {
-            return Err(HistoryError::Invalid(format!(
-                "{} needs a numeric tag; {} is {kind}",
-                q.aggregate.influxql(),
-                q.tag
-            )));
+            return Err(InvalidRequest::NotNumeric {
+                aggregate: q.aggregate.influxql(),
+                tag: q.tag.clone(),
+                stored: kind.clone(),
+            }
+            .into());
         }
         let range = format!(
             "{} = {} AND time >= {}ns AND time < {}ns",
@@ -450,7 +489,7 @@ fn columns(json: &serde_json::Value) -> Vec<String> {
 fn timestamp(row: &[serde_json::Value]) -> Result<i64, HistoryError> {
     row.first()
         .and_then(|t| t.as_i64())
-        .ok_or_else(|| HistoryError::Unreadable("InfluxDB returned a row without a time".into()))
+        .ok_or(HistoryError::NoTime)
 }
 
 /// A JSON value from InfluxDB as a value of the field's type.
@@ -462,14 +501,15 @@ fn typed(v: &serde_json::Value, kind: &str) -> Result<Value, HistoryError> {
         "string" => v.as_str().map(|s| Value::String(s.to_string())),
         _ => None,
     };
-    value.ok_or_else(|| {
-        HistoryError::Unreadable(format!("InfluxDB returned {v} for a {kind} field"))
+    value.ok_or_else(|| HistoryError::FieldType {
+        value: v.clone(),
+        kind: kind.to_string(),
     })
 }
 
 /// A stored quality code that does not parse.
-fn unreadable_quality(e: impl std::fmt::Display) -> HistoryError {
-    HistoryError::Unreadable(e.to_string())
+fn unreadable_quality(e: impl Into<BoxError>) -> HistoryError {
+    HistoryError::Quality(e.into())
 }
 
 /// An InfluxQL identifier, quoted.
@@ -530,12 +570,12 @@ async fn sqlite_query(pool: &AnyPool, q: &HistoryQuery) -> Result<History, Histo
     };
     let numeric = matches!(kind.as_str(), "int" | "uint" | "float");
     if q.aggregate.needs_numbers() && (!numeric || kinds.len() > 1) {
-        return Err(HistoryError::Invalid(format!(
-            "{} needs a numeric tag; {} is {}",
-            q.aggregate.influxql(),
-            q.tag,
-            kinds.join(" and ")
-        )));
+        return Err(InvalidRequest::NotNumeric {
+            aggregate: q.aggregate.influxql(),
+            tag: q.tag.clone(),
+            stored: kinds.join(" and "),
+        }
+        .into());
     }
     // Windows aligned to the epoch, as InfluxDB aligns GROUP BY time().
     let select = match (q.aggregate, kind.as_str()) {
@@ -595,7 +635,10 @@ fn stored_value(kind: Option<&str>, text: Option<&str>) -> Result<Option<Value>,
     let (Some(kind), Some(text)) = (kind, text) else {
         return Ok(None);
     };
-    let bad = || HistoryError::Unreadable(format!("stored {kind} value {text:?} is unreadable"));
+    let bad = || HistoryError::StoredValue {
+        kind: kind.to_string(),
+        text: text.to_string(),
+    };
     Ok(Some(match kind {
         "bool" => Value::Bool(text.parse().map_err(|_| bad())?),
         "int" => Value::I64(text.parse().map_err(|_| bad())?),

@@ -120,10 +120,7 @@ impl StorageService for StorageApi {
     ) -> Result<Response<v1::HistoryResponse>, Status> {
         let query = HistoryQuery::try_from(request.into_inner())?;
         let Some(history) = &self.history else {
-            return Err(HistoryError::Unavailable(
-                "no history backend: configure storage.influx, or a SQLite storage.sql".into(),
-            )
-            .into());
+            return Err(HistoryError::NoBackend.into());
         };
         let started = std::time::Instant::now();
         let answer = history.query(&query).await;

@@ -19,9 +19,9 @@ pub enum Disposition {
     Config,
 }
 
-/// An error from a setting that storage does not interpret itself (a secret reference, the
-/// InfluxDB target), kept with its source.
-pub type SettingError = Box<dyn std::error::Error + Send + Sync>;
+/// An error that storage passes on as it came, from code that reports it in its own type or
+/// as text (a secret reference, the InfluxDB target, a stored quality code).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a sink operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub enum SinkError {
     #[error("{setting}: {source}")]
     Setting {
         setting: &'static str,
-        source: SettingError,
+        source: BoxError,
     },
     /// The HTTP client cannot be built from the settings.
     #[error("cannot build the InfluxDB client: {0}")]

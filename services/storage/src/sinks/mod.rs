@@ -7,7 +7,7 @@ pub mod sql;
 
 mod error;
 
-pub use error::{Disposition, SettingError, SinkError};
+pub use error::{BoxError, Disposition, SinkError};
 
 /// A HashMap for the short keys (tag names, timestamps) of one write, hashed with foldhash:
 /// SipHash's resistance to chosen keys buys nothing there.
