@@ -226,7 +226,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_read_as_before_and_kinds_are_distinct() {
+    fn messages_name_the_target_and_kinds_are_distinct() {
         let busy = SinkError::Busy {
             target: "bucket \"b\"".into(),
             status: StatusCode::TOO_MANY_REQUESTS,
