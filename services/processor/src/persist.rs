@@ -7,10 +7,7 @@ use std::time::Duration;
 use fieldline_core::Value;
 use fieldline_proto::v1;
 use fieldline_runtime::{CancellationToken, backoff::Backoff};
-use fieldline_storage::{
-    events::{AlarmEvent, AlarmState, AlarmStatus, CommandAudit, EventStore},
-    sinks::SinkError,
-};
+use fieldline_storage::events::{AlarmEvent, AlarmState, AlarmStatus, CommandAudit, EventStore};
 use tokio::sync::mpsc;
 
 use crate::metrics::ProcessorMetrics;
@@ -51,12 +48,12 @@ pub async fn run(
             };
             match result {
                 Ok(()) => break,
-                Err(SinkError::Permanent(error)) | Err(SinkError::Config(error)) => {
+                Err(error) if !error.is_transient() => {
                     metrics.error("persist_refused");
                     tracing::error!(%error, "the database refused a record; it is left out");
                     break;
                 }
-                Err(SinkError::Transient(error)) => {
+                Err(error) => {
                     metrics.error("persist_retry");
                     let delay = backoff.next_delay();
                     if backoff.attempts() <= 1 || backoff.attempts().is_power_of_two() {

@@ -3,16 +3,7 @@
 
 use fieldline_core::{Quality, QualityReason, Sample, SampleBatch, Value};
 
-use crate::v1;
-
-/// A message that does not describe a valid core value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConvertError {
-    #[error("sample {tag:?}: {message}")]
-    Sample { tag: String, message: String },
-    #[error("{0}")]
-    Invalid(String),
-}
+use crate::{Error, v1};
 
 impl From<Value> for v1::Value {
     fn from(v: Value) -> Self {
@@ -29,9 +20,9 @@ impl From<Value> for v1::Value {
 }
 
 impl TryFrom<v1::Value> for Value {
-    type Error = ConvertError;
+    type Error = Error;
 
-    fn try_from(v: v1::Value) -> Result<Self, ConvertError> {
+    fn try_from(v: v1::Value) -> Result<Self, Error> {
         use v1::value::Kind;
         Ok(match v.kind {
             Some(Kind::BoolValue(b)) => Value::Bool(b),
@@ -39,7 +30,7 @@ impl TryFrom<v1::Value> for Value {
             Some(Kind::UintValue(u)) => Value::U64(u),
             Some(Kind::DoubleValue(f)) => Value::F64(f),
             Some(Kind::StringValue(s)) => Value::String(s),
-            None => return Err(ConvertError::Invalid("value has no kind".into())),
+            None => return Err(Error::NoValueKind),
         })
     }
 }
@@ -57,19 +48,18 @@ fn reason_to_wire(reason: QualityReason) -> (v1::QualityReason, u32) {
     }
 }
 
-fn reason_from_wire(q: &v1::Quality) -> Result<QualityReason, String> {
+fn reason_from_wire(q: &v1::Quality) -> Result<QualityReason, Error> {
     Ok(match v1::QualityReason::try_from(q.reason) {
         Ok(v1::QualityReason::CommFailure) => QualityReason::CommFailure,
         Ok(v1::QualityReason::DeviceException) => QualityReason::DeviceException(
-            u8::try_from(q.exception_code)
-                .map_err(|_| format!("exception code {} is out of range", q.exception_code))?,
+            u8::try_from(q.exception_code).map_err(|_| Error::ExceptionCode(q.exception_code))?,
         ),
         Ok(v1::QualityReason::DecodeError) => QualityReason::DecodeError,
         Ok(v1::QualityReason::OutOfRange) => QualityReason::OutOfRange,
         Ok(v1::QualityReason::Stale) => QualityReason::Stale,
         Ok(v1::QualityReason::Processing) => QualityReason::Processing,
         Ok(v1::QualityReason::Unspecified) | Err(_) => {
-            return Err(format!("quality reason {} is not known", q.reason));
+            return Err(Error::QualityReason(q.reason));
         }
     })
 }
@@ -96,9 +86,9 @@ impl From<Quality> for v1::Quality {
 }
 
 impl TryFrom<v1::Quality> for Quality {
-    type Error = String;
+    type Error = Error;
 
-    fn try_from(q: v1::Quality) -> Result<Self, String> {
+    fn try_from(q: v1::Quality) -> Result<Self, Error> {
         match v1::QualityStatus::try_from(q.status) {
             Ok(v1::QualityStatus::Good) => Ok(Quality::Good),
             Ok(v1::QualityStatus::Uncertain) => Ok(Quality::Uncertain {
@@ -109,9 +99,7 @@ impl TryFrom<v1::Quality> for Quality {
                 reason: reason_from_wire(&q)?,
                 detail: q.detail,
             }),
-            Ok(v1::QualityStatus::Unspecified) | Err(_) => {
-                Err(format!("quality status {} is not known", q.status))
-            }
+            Ok(v1::QualityStatus::Unspecified) | Err(_) => Err(Error::QualityStatus(q.status)),
         }
     }
 }
@@ -129,36 +117,34 @@ impl From<Sample> for v1::Sample {
 }
 
 impl TryFrom<v1::Sample> for Sample {
-    type Error = ConvertError;
+    type Error = Error;
 
-    fn try_from(s: v1::Sample) -> Result<Self, ConvertError> {
-        let err = |message: String| ConvertError::Sample {
+    fn try_from(s: v1::Sample) -> Result<Self, Error> {
+        let err = |problem: Error| Error::Sample {
             tag: s.tag.clone(),
-            message,
+            problem: Box::new(problem),
         };
         let quality: Quality = s
             .quality
             .clone()
-            .ok_or_else(|| err("has no quality".into()))?
-            .try_into()
+            .ok_or(Error::NoQuality)
+            .and_then(Quality::try_from)
             .map_err(err)?;
         let value = match s.value.clone() {
-            Some(v) => Some(Value::try_from(v).map_err(|e| err(e.to_string()))?),
+            Some(v) => Some(Value::try_from(v).map_err(err)?),
             None => None,
         };
         match (&value, &quality) {
-            (Some(_), Quality::Bad { .. }) => {
-                return Err(err("a Bad sample must not carry a value".into()));
-            }
+            (Some(_), Quality::Bad { .. }) => return Err(err(Error::BadWithValue)),
             (None, Quality::Good | Quality::Uncertain { .. }) => {
-                return Err(err("a Good or Uncertain sample needs a value".into()));
+                return Err(err(Error::NoValue));
             }
             _ => {}
         }
         if let Some(Value::F64(f)) = &value
             && !f.is_finite()
         {
-            return Err(err(format!("value {f} is not a finite number")));
+            return Err(err(Error::NotFinite(*f)));
         }
         Ok(Sample {
             tag: s.tag,
@@ -183,14 +169,15 @@ impl From<SampleBatch> for v1::SampleBatch {
 }
 
 impl TryFrom<v1::SampleBatch> for SampleBatch {
-    type Error = ConvertError;
+    type Error = Error;
 
-    fn try_from(b: v1::SampleBatch) -> Result<Self, ConvertError> {
+    fn try_from(b: v1::SampleBatch) -> Result<Self, Error> {
         for (what, name) in [("line", &b.line), ("device", &b.device)] {
             if let Some(problem) = fieldline_core::names::name_problem(name) {
-                return Err(ConvertError::Invalid(format!(
-                    "batch {what} name {problem}"
-                )));
+                return Err(Error::BatchName {
+                    what,
+                    problem: problem.to_string(),
+                });
             }
         }
         let samples = b
@@ -200,9 +187,9 @@ impl TryFrom<v1::SampleBatch> for SampleBatch {
             .collect::<Result<Vec<_>, _>>()?;
         for s in &samples {
             if let Some(problem) = fieldline_core::names::name_problem(&s.tag) {
-                return Err(ConvertError::Sample {
+                return Err(Error::Sample {
                     tag: s.tag.clone(),
-                    message: format!("tag name {problem}"),
+                    problem: Box::new(Error::TagName(problem.to_string())),
                 });
             }
         }
@@ -266,6 +253,32 @@ mod tests {
         let mut wire = v1::SampleBatch::from(batch());
         wire.device = "../etc".into();
         assert!(SampleBatch::try_from(wire).is_err());
+    }
+
+    #[test]
+    fn refusals_name_the_sample_and_what_is_wrong() {
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[0].quality = None;
+        let refused = SampleBatch::try_from(wire).unwrap_err();
+        assert_eq!(refused.to_string(), "sample \"t\": has no quality");
+        assert_eq!(refused.kind(), "quality");
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[0].value = Some(Value::F64(f64::INFINITY).into());
+        let refused = SampleBatch::try_from(wire).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "sample \"t\": value inf is not a finite number"
+        );
+        assert_eq!(refused.kind(), "value");
+        let mut wire = v1::SampleBatch::from(batch());
+        wire.samples[4].quality = Some(v1::Quality {
+            status: 99,
+            ..Default::default()
+        });
+        assert_eq!(
+            SampleBatch::try_from(wire).unwrap_err().to_string(),
+            "sample \"x\": quality status 99 is not known"
+        );
     }
 
     #[test]

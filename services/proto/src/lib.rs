@@ -19,8 +19,9 @@ pub mod sparkplug {
 }
 
 mod convert;
+mod error;
 
-pub use convert::ConvertError;
+pub use error::{Error, Result};
 
 /// MQTT topic of a device's sample batches.
 pub fn samples_topic(line: &str, device: &str) -> String {

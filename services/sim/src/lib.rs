@@ -5,11 +5,13 @@
 //! [`serve_modbus_tcp`] exposes to clients; [`serial`] is an Arduino-style board on a serial
 //! port.
 
+mod error;
 mod modbus;
 pub mod serial;
 mod state;
 pub mod tank;
 
+pub use error::{Error, Result};
 pub use modbus::serve_modbus_tcp;
 pub use serial::{SerialBoard, SerialSimConfig, serve_serial};
 pub use state::{Registers, SimState};

@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -18,6 +17,8 @@ use tokio::{
 };
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result};
 
 /// What the board shows, shared with whoever started it.
 #[derive(Debug, Default, Clone)]
@@ -91,7 +92,7 @@ pub fn answer(line: &str, t: f64) -> (String, Option<(u8, bool)>) {
 pub fn serve_serial(
     config: SerialSimConfig,
     stop: CancellationToken,
-) -> io::Result<(SerialBoard, JoinHandle<()>)> {
+) -> Result<(SerialBoard, JoinHandle<()>)> {
     let port = open(&config.port)?;
     let board = SerialBoard::default();
     let shared = board.clone();
@@ -139,10 +140,13 @@ async fn tick(stream: &mut Option<tokio::time::Interval>) {
     }
 }
 
-fn open(path: &Path) -> io::Result<tokio_serial::SerialStream> {
+fn open(path: &Path) -> Result<tokio_serial::SerialStream> {
     tokio_serial::new(path.to_string_lossy(), 115_200)
         .open_native_async()
-        .map_err(io::Error::other)
+        .map_err(|source| Error::SerialPort {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

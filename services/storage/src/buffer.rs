@@ -215,14 +215,15 @@ impl Buffer {
             let records = payloads.len() as u64;
             let mut batches = Vec::with_capacity(payloads.len());
             for payload in payloads {
-                match v1::SampleBatch::decode(payload.as_slice())
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| SampleBatch::try_from(b).map_err(|e| e.to_string()))
-                {
-                    Ok(batch) => batches.push(batch),
-                    // Only valid batches are buffered; a record that fails to decode passed
-                    // its checksum, so it was written by an incompatible version: skip it,
-                    // loudly.
+                // Only valid batches are buffered; a record that fails to decode passed its
+                // checksum, so it was written by an incompatible version: skip it, loudly.
+                match v1::SampleBatch::decode(payload.as_slice()) {
+                    Ok(wire) => match SampleBatch::try_from(wire) {
+                        Ok(batch) => batches.push(batch),
+                        Err(error) => {
+                            tracing::error!(%error, "skipping a buffered record that is not a valid batch")
+                        }
+                    },
                     Err(error) => {
                         tracing::error!(%error, "skipping a buffered record that is not a valid batch")
                     }

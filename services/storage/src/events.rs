@@ -112,11 +112,11 @@ impl From<AlarmState> for v1::AlarmState {
 }
 
 impl TryFrom<v1::AlarmState> for AlarmState {
-    type Error = String;
+    type Error = fieldline_proto::Error;
 
-    fn try_from(s: v1::AlarmState) -> Result<Self, String> {
+    fn try_from(s: v1::AlarmState) -> Result<Self, fieldline_proto::Error> {
         match s {
-            v1::AlarmState::Unspecified => Err("alarm state is unspecified".into()),
+            v1::AlarmState::Unspecified => Err(fieldline_proto::Error::Unspecified("alarm state")),
             v1::AlarmState::Normal => Ok(AlarmState::Normal),
             v1::AlarmState::UnackedActive => Ok(AlarmState::UnackedActive),
             v1::AlarmState::AckedActive => Ok(AlarmState::AckedActive),
@@ -752,7 +752,10 @@ struct Place(String);
 
 impl Place {
     fn refuse(&self, what: impl fmt::Display) -> SinkError {
-        SinkError::Permanent(format!("{}: {what}", self.0))
+        SinkError::Invalid {
+            place: self.0.clone(),
+            problem: what.to_string(),
+        }
     }
 
     /// A key or name: not empty, at most `max` characters, no surrounding spaces or control
@@ -884,20 +887,30 @@ fn get<'r, T>(row: &'r AnyRow, table: &str, column: &str) -> Result<T, SinkError
 where
     T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
 {
-    row.try_get(column)
-        .map_err(|e| SinkError::Permanent(format!("reading {table}.{column}: {e}")))
+    row.try_get(column).map_err(|source| SinkError::Column {
+        table: table.to_string(),
+        column: column.to_string(),
+        source,
+    })
+}
+
+/// A stored column that holds what its row type cannot represent.
+fn unreadable(table: &str, column: &str, problem: impl fmt::Display) -> SinkError {
+    SinkError::Unreadable {
+        table: table.to_string(),
+        column: column.to_string(),
+        problem: problem.to_string(),
+    }
 }
 
 fn get_seq(row: &AnyRow, table: &str, column: &str) -> Result<u64, SinkError> {
     let v: i64 = get(row, table, column)?;
-    u64::try_from(v)
-        .map_err(|_| SinkError::Permanent(format!("reading {table}.{column}: negative ({v})")))
+    u64::try_from(v).map_err(|_| unreadable(table, column, format_args!("negative ({v})")))
 }
 
 fn get_priority(row: &AnyRow, table: &str) -> Result<u32, SinkError> {
     let v: i64 = get(row, table, "priority")?;
-    u32::try_from(v)
-        .map_err(|_| SinkError::Permanent(format!("reading {table}.priority: {v} out of range")))
+    u32::try_from(v).map_err(|_| unreadable(table, "priority", format_args!("{v} out of range")))
 }
 
 fn get_flag(row: &AnyRow, table: &str, column: &str) -> Result<bool, SinkError> {
@@ -911,9 +924,7 @@ fn get_code<T>(
     parse: fn(&str) -> Option<T>,
 ) -> Result<T, SinkError> {
     let code: String = get(row, table, column)?;
-    parse(&code).ok_or_else(|| {
-        SinkError::Permanent(format!("reading {table}.{column}: unknown value {code:?}"))
-    })
+    parse(&code).ok_or_else(|| unreadable(table, column, format_args!("unknown value {code:?}")))
 }
 
 /// A value stored as (type, exact text) by [`columns`], read back.
@@ -925,20 +936,36 @@ fn get_value(row: &AnyRow, table: &str, prefix: &str) -> Result<Option<Value>, S
     let (Some(value_type), Some(text)) = (value_type, text) else {
         return Ok(None);
     };
-    parse_value(&value_type, &text)
-        .map(Some)
-        .map_err(|e| SinkError::Permanent(format!("reading {table}.{text_column}: {e}")))
+    parse_value(table, &text_column, &value_type, &text).map(Some)
 }
 
-fn parse_value(value_type: &str, text: &str) -> Result<Value, String> {
-    let bad = |e: &dyn fmt::Display| format!("{text:?} is not a {value_type}: {e}");
+/// The value that `value_type` and `text` (the columns of [`columns`]) stand for.
+fn parse_value(
+    table: &str,
+    column: &str,
+    value_type: &str,
+    text: &str,
+) -> Result<Value, SinkError> {
+    let bad = |e: &dyn fmt::Display| {
+        unreadable(
+            table,
+            column,
+            format_args!("{text:?} is not a {value_type}: {e}"),
+        )
+    };
     Ok(match value_type {
         "bool" => Value::Bool(text.parse().map_err(|e| bad(&e))?),
         "int" => Value::I64(text.parse().map_err(|e| bad(&e))?),
         "uint" => Value::U64(text.parse().map_err(|e| bad(&e))?),
         "float" => Value::F64(text.parse().map_err(|e| bad(&e))?),
         "string" => Value::String(text.to_string()),
-        other => return Err(format!("unknown value type {other:?}")),
+        other => {
+            return Err(unreadable(
+                table,
+                column,
+                format_args!("unknown value type {other:?}"),
+            ));
+        }
     })
 }
 
@@ -1265,9 +1292,8 @@ impl Record for CommandAudit {
 
     fn from_row(row: &AnyRow) -> Result<Self, SinkError> {
         let t = Self::TABLE;
-        let value = get_value(row, t, "value")?.ok_or_else(|| {
-            SinkError::Permanent(format!("reading {t}.value_text: no requested value"))
-        })?;
+        let value = get_value(row, t, "value")?
+            .ok_or_else(|| unreadable(t, "value_text", "no requested value"))?;
         Ok(Self {
             command_id: get(row, t, "command_id")?,
             line: get(row, t, "line")?,
@@ -1424,6 +1450,7 @@ impl Record for ProductionEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::Disposition;
 
     #[test]
     fn codes_round_trip_and_match_the_wire_names() {
@@ -1478,27 +1505,30 @@ mod tests {
             let (Some(ty), Some(text), _) = columns(Some(&v)) else {
                 panic!("{v:?} stored nothing");
             };
-            let back = parse_value(&ty, &text).unwrap();
+            let back = parse_value("t", "value_text", &ty, &text).unwrap();
             match (&v, &back) {
                 (Value::F64(a), Value::F64(b)) if a.is_nan() => assert!(b.is_nan()),
                 _ => assert_eq!(back, v),
             }
         }
-        assert!(parse_value("int", "1.5").unwrap_err().contains("not a int"));
-        assert!(
-            parse_value("blob", "x")
+        let refused = |ty: &str, text: &str| {
+            parse_value("t", "value_text", ty, text)
                 .unwrap_err()
-                .contains("unknown value type")
-        );
+                .to_string()
+        };
+        assert!(refused("int", "1.5").contains("not a int"));
+        assert!(refused("blob", "x").contains("unknown value type"));
     }
 
     #[test]
     fn places_refuse_what_a_column_cannot_hold() {
         let at = Place("alarm event 0".into());
         let long = "x".repeat(64);
-        let Err(SinkError::Permanent(m)) = at.key("device", &long, NAME_MAX) else {
+        let Err(refused @ SinkError::Invalid { .. }) = at.key("device", &long, NAME_MAX) else {
             panic!("a 64-character name passed");
         };
+        assert_eq!(refused.disposition(), Disposition::Permanent);
+        let m = refused.to_string();
         assert!(m.starts_with("alarm event 0: device \"xxxx"), "{m}");
         assert!(
             m.ends_with("is 64 characters long, at most 63 are allowed"),

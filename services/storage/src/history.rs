@@ -8,7 +8,7 @@ use fieldline_core::{Quality, Value, config::InfluxConfig};
 use fieldline_proto::v1;
 use sqlx::{Any, AnyPool, Row};
 
-use crate::sinks::influx::urlencode;
+use crate::sinks::{BoxError, SinkError, influx::urlencode};
 
 /// Points returned when the request sets no limit.
 pub const DEFAULT_LIMIT: usize = 10_000;
@@ -54,26 +54,106 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+/// What is wrong with a history request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// `line`, `device` or `tag` is empty.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("start_ns ({start_ns}) must be before end_ns ({end_ns})")]
+    EmptyRange { start_ns: i64, end_ns: i64 },
+    #[error("unknown aggregate {0}")]
+    UnknownAggregate(i32),
+    #[error("aggregates need window_ns > 0")]
+    NoWindow,
+    #[error("limit {0} is above the maximum of {MAX_LIMIT}")]
+    Limit(usize),
+    /// Mean, min or max of a tag whose stored values are not numbers.
+    #[error("{aggregate} needs a numeric tag; {tag} is {stored}")]
+    NotNumeric {
+        aggregate: &'static str,
+        tag: String,
+        /// The stored type or types, e.g. `string` or `int and string`.
+        stored: String,
+    },
+}
+
 /// Why a history request could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     /// The request itself is wrong.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
     /// Nothing configured can answer history.
+    #[error("no history backend: configure storage.influx, or a SQLite storage.sql")]
+    NoBackend,
+    /// The SQLite sink has not opened its database yet.
+    #[error("the SQLite database is not open yet")]
+    NotOpen,
+    /// InfluxDB cannot be reached.
+    #[error("InfluxDB unreachable: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    /// InfluxDB's answer broke off.
+    #[error("reading InfluxDB's answer: {0}")]
+    Answer(#[source] reqwest::Error),
+    /// InfluxDB answered an HTTP error.
+    #[error("InfluxDB answered HTTP {status}: {body}")]
+    Status {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    /// InfluxDB's answer is not JSON.
+    #[error("InfluxDB's answer is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// InfluxDB could not run the query, with its reason.
+    #[error("InfluxDB: {0}")]
+    Query(String),
+    /// The SQLite query failed.
+    #[error("reading history: {0}")]
+    Sql(#[source] sqlx::Error),
+    /// InfluxDB answered a row without its time.
+    #[error("InfluxDB returned a row without a time")]
+    NoTime,
+    /// InfluxDB answered a value that is not of the field's type.
+    #[error("InfluxDB returned {value} for a {kind} field")]
+    FieldType {
+        value: serde_json::Value,
+        kind: String,
+    },
+    /// A stored quality code that does not parse.
     #[error("{0}")]
-    Unavailable(String),
-    /// The backend failed or answered something unreadable.
-    #[error("{0}")]
-    Backend(String),
+    Quality(#[source] BoxError),
+    /// A value stored by the SQL sink that does not parse as its type.
+    #[error("stored {kind} value {text:?} is unreadable")]
+    StoredValue { kind: String, text: String },
+}
+
+impl HistoryError {
+    /// The `kind` label of this error in `errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HistoryError::Invalid(_) => "history_invalid",
+            HistoryError::NoBackend => "history_unavailable",
+            HistoryError::NotOpen => "history_not_open",
+            HistoryError::Unreachable(_) | HistoryError::Answer(_) => "history_unreachable",
+            HistoryError::Status { .. } => "history_http_status",
+            HistoryError::NotJson(_)
+            | HistoryError::NoTime
+            | HistoryError::FieldType { .. }
+            | HistoryError::Quality(_)
+            | HistoryError::StoredValue { .. } => "history_unreadable",
+            HistoryError::Query(_) => "history_query",
+            HistoryError::Sql(_) => "history_sql",
+        }
+    }
 }
 
 impl From<HistoryError> for tonic::Status {
     fn from(e: HistoryError) -> Self {
         match e {
-            HistoryError::Invalid(m) => tonic::Status::invalid_argument(m),
-            HistoryError::Unavailable(m) => tonic::Status::failed_precondition(m),
-            HistoryError::Backend(m) => tonic::Status::unavailable(m),
+            HistoryError::Invalid(m) => tonic::Status::invalid_argument(m.to_string()),
+            HistoryError::NoBackend => tonic::Status::failed_precondition(e.to_string()),
+            backend => tonic::Status::unavailable(backend.to_string()),
         }
     }
 }
@@ -82,17 +162,17 @@ impl TryFrom<v1::HistoryRequest> for HistoryQuery {
     type Error = HistoryError;
 
     fn try_from(r: v1::HistoryRequest) -> Result<Self, HistoryError> {
-        let invalid = |m: String| Err(HistoryError::Invalid(m));
+        let invalid = |problem: InvalidRequest| Err(HistoryError::Invalid(problem));
         for (what, name) in [("line", &r.line), ("device", &r.device), ("tag", &r.tag)] {
             if name.is_empty() {
-                return invalid(format!("{what} is required"));
+                return invalid(InvalidRequest::Missing(what));
             }
         }
         if r.start_ns >= r.end_ns {
-            return invalid(format!(
-                "start_ns ({}) must be before end_ns ({})",
-                r.start_ns, r.end_ns
-            ));
+            return invalid(InvalidRequest::EmptyRange {
+                start_ns: r.start_ns,
+                end_ns: r.end_ns,
+            });
         }
         let aggregate = match v1::Aggregate::try_from(r.aggregate) {
             Ok(v1::Aggregate::Unspecified) => Aggregate::Raw,
@@ -100,16 +180,14 @@ impl TryFrom<v1::HistoryRequest> for HistoryQuery {
             Ok(v1::Aggregate::Min) => Aggregate::Min,
             Ok(v1::Aggregate::Max) => Aggregate::Max,
             Ok(v1::Aggregate::Last) => Aggregate::Last,
-            Err(_) => return invalid(format!("unknown aggregate {}", r.aggregate)),
+            Err(_) => return invalid(InvalidRequest::UnknownAggregate(r.aggregate)),
         };
         if aggregate != Aggregate::Raw && r.window_ns <= 0 {
-            return invalid("aggregates need window_ns > 0".into());
+            return invalid(InvalidRequest::NoWindow);
         }
         let limit = match r.limit as usize {
             0 => DEFAULT_LIMIT,
-            n if n > MAX_LIMIT => {
-                return invalid(format!("limit {n} is above the maximum of {MAX_LIMIT}"));
-            }
+            n if n > MAX_LIMIT => return invalid(InvalidRequest::Limit(n)),
             n => n,
         };
         Ok(HistoryQuery {
@@ -186,9 +264,7 @@ impl HistorySource {
                         crate::sinks::Sink::Sql(sql) => Some(sql.pool()),
                         crate::sinks::Sink::Influx(_) => None,
                     })
-                    .ok_or_else(|| {
-                        HistoryError::Backend("the SQLite database is not open yet".into())
-                    })?;
+                    .ok_or(HistoryError::NotOpen)?;
                 sqlite_query(pool, q).await
             }
         }
@@ -208,31 +284,39 @@ pub struct InfluxHistory {
 }
 
 impl InfluxHistory {
-    pub fn new(config: &InfluxConfig) -> Result<Self, String> {
-        let (database, retention_policy) = match config.target().map_err(|e| e.to_string())? {
+    pub fn new(config: &InfluxConfig) -> Result<Self, SinkError> {
+        let target = config.target().map_err(|e| SinkError::Setting {
+            setting: "storage.influx",
+            source: e.into(),
+        })?;
+        let (database, retention_policy) = match target {
             fieldline_core::config::InfluxTarget::V1 {
                 database,
                 retention_policy,
             } => (database.to_string(), retention_policy.map(str::to_string)),
             fieldline_core::config::InfluxTarget::V2 { bucket, .. } => (bucket.to_string(), None),
         };
-        let resolve = |s: &Option<fieldline_core::config::SecretRef>| match s {
+        let resolve = |s: &Option<fieldline_core::config::SecretRef>, setting: &'static str| match s
+        {
             Some(secret) => fieldline_runtime::secret::resolve(secret)
                 .map(Some)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| SinkError::Setting {
+                    setting,
+                    source: e.into(),
+                }),
             None => Ok(None),
         };
         Ok(Self {
             client: reqwest::Client::builder()
                 .timeout(config.timeout.max(std::time::Duration::from_secs(30)))
                 .build()
-                .map_err(|e| format!("cannot build the InfluxDB client: {e}"))?,
+                .map_err(SinkError::Client)?,
             url: format!("{}/query", config.url.trim_end_matches('/')),
             database,
             retention_policy,
             username: config.username.clone(),
-            password: resolve(&config.password)?,
-            token: resolve(&config.token)?,
+            password: resolve(&config.password, "storage.influx.password")?,
+            token: resolve(&config.token, "storage.influx.token")?,
         })
     }
 
@@ -264,29 +348,22 @@ impl InfluxHistory {
         } else if let Some(user) = &self.username {
             request = request.basic_auth(user, self.password.as_deref());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| HistoryError::Backend(format!("InfluxDB unreachable: {e}")))?;
+        let response = request.send().await.map_err(HistoryError::Unreachable)?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| HistoryError::Backend(format!("reading InfluxDB's answer: {e}")))?;
+        let body = response.text().await.map_err(HistoryError::Answer)?;
         if !status.is_success() {
-            return Err(HistoryError::Backend(format!(
-                "InfluxDB answered HTTP {status}: {}",
-                body.trim()
-            )));
+            return Err(HistoryError::Status {
+                status,
+                body: body.trim().to_string(),
+            });
         }
-        let json: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| HistoryError::Backend(format!("InfluxDB's answer is not JSON: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(&body).map_err(HistoryError::NotJson)?;
         if let Some(error) = json
             .pointer("/results/0/error")
             .or_else(|| json.get("error"))
             .and_then(|e| e.as_str())
         {
-            return Err(HistoryError::Backend(format!("InfluxDB: {error}")));
+            return Err(HistoryError::Query(error.to_string()));
         }
         Ok(json)
     }
@@ -315,11 +392,12 @@ impl InfluxHistory {
             && let Some(kind) = &kind
             && !matches!(kind.as_str(), "float" | "integer")
         {
-            return Err(HistoryError::Invalid(format!(
-                "{} needs a numeric tag; {} is {kind}",
-                q.aggregate.influxql(),
-                q.tag
-            )));
+            return Err(InvalidRequest::NotNumeric {
+                aggregate: q.aggregate.influxql(),
+                tag: q.tag.clone(),
+                stored: kind.clone(),
+            }
+            .into());
         }
         let range = format!(
             "{} = {} AND time >= {}ns AND time < {}ns",
@@ -351,9 +429,7 @@ impl InfluxHistory {
                     _ => None,
                 };
                 let quality = match quality_at.and_then(|i| row.get(i)).and_then(|q| q.as_str()) {
-                    Some(code) => {
-                        Quality::from_str(code).map_err(|e| HistoryError::Backend(e.to_string()))?
-                    }
+                    Some(code) => Quality::from_str(code).map_err(unreadable_quality)?,
                     None => Quality::Good,
                 };
                 points.push(HistoryPoint {
@@ -415,7 +491,7 @@ fn columns(json: &serde_json::Value) -> Vec<String> {
 fn timestamp(row: &[serde_json::Value]) -> Result<i64, HistoryError> {
     row.first()
         .and_then(|t| t.as_i64())
-        .ok_or_else(|| HistoryError::Backend("InfluxDB returned a row without a time".into()))
+        .ok_or(HistoryError::NoTime)
 }
 
 /// A JSON value from InfluxDB as a value of the field's type.
@@ -427,7 +503,15 @@ fn typed(v: &serde_json::Value, kind: &str) -> Result<Value, HistoryError> {
         "string" => v.as_str().map(|s| Value::String(s.to_string())),
         _ => None,
     };
-    value.ok_or_else(|| HistoryError::Backend(format!("InfluxDB returned {v} for a {kind} field")))
+    value.ok_or_else(|| HistoryError::FieldType {
+        value: v.clone(),
+        kind: kind.to_string(),
+    })
+}
+
+/// A stored quality code that does not parse.
+fn unreadable_quality(e: impl Into<BoxError>) -> HistoryError {
+    HistoryError::Quality(e.into())
 }
 
 /// An InfluxQL identifier, quoted.
@@ -442,7 +526,7 @@ fn literal(text: &str) -> String {
 
 /// The same request against the SQLite sample table of the embedded mode.
 async fn sqlite_query(pool: &AnyPool, q: &HistoryQuery) -> Result<History, HistoryError> {
-    let backend = |e: sqlx::Error| HistoryError::Backend(format!("reading history: {e}"));
+    let backend = HistoryError::Sql;
     let limit = i64::try_from(q.limit + 1).unwrap_or(i64::MAX);
     const WHERE: &str = "line = ? AND device = ? AND tag = ? AND ts_ns >= ? AND ts_ns < ?";
     if q.aggregate == Aggregate::Raw {
@@ -466,10 +550,7 @@ async fn sqlite_query(pool: &AnyPool, q: &HistoryQuery) -> Result<History, Histo
             points.push(HistoryPoint {
                 timestamp_ns: row.try_get(0).map_err(backend)?,
                 value: stored_value(value_type.as_deref(), value_text.as_deref())?,
-                quality: Some(
-                    Quality::from_str(&quality)
-                        .map_err(|e| HistoryError::Backend(e.to_string()))?,
-                ),
+                quality: Some(Quality::from_str(&quality).map_err(unreadable_quality)?),
             });
         }
         return Ok(History::limited(points, q.limit));
@@ -491,12 +572,12 @@ async fn sqlite_query(pool: &AnyPool, q: &HistoryQuery) -> Result<History, Histo
     };
     let numeric = matches!(kind.as_str(), "int" | "uint" | "float");
     if q.aggregate.needs_numbers() && (!numeric || kinds.len() > 1) {
-        return Err(HistoryError::Invalid(format!(
-            "{} needs a numeric tag; {} is {}",
-            q.aggregate.influxql(),
-            q.tag,
-            kinds.join(" and ")
-        )));
+        return Err(InvalidRequest::NotNumeric {
+            aggregate: q.aggregate.influxql(),
+            tag: q.tag.clone(),
+            stored: kinds.join(" and "),
+        }
+        .into());
     }
     // Windows aligned to the epoch, as InfluxDB aligns GROUP BY time().
     let select = match (q.aggregate, kind.as_str()) {
@@ -556,7 +637,10 @@ fn stored_value(kind: Option<&str>, text: Option<&str>) -> Result<Option<Value>,
     let (Some(kind), Some(text)) = (kind, text) else {
         return Ok(None);
     };
-    let bad = || HistoryError::Backend(format!("stored {kind} value {text:?} is unreadable"));
+    let bad = || HistoryError::StoredValue {
+        kind: kind.to_string(),
+        text: text.to_string(),
+    };
     Ok(Some(match kind {
         "bool" => Value::Bool(text.parse().map_err(|_| bad())?),
         "int" => Value::I64(text.parse().map_err(|_| bad())?),

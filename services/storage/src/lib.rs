@@ -4,6 +4,7 @@
 //! tags and the latest value of each tag.
 
 pub mod buffer;
+mod error;
 pub mod events;
 pub mod history;
 pub mod metrics;
@@ -26,36 +27,10 @@ use tokio::sync::Notify;
 use crate::{
     buffer::Buffer,
     metrics::StorageMetrics,
-    sinks::{Sink, SinkError, influx::InfluxSink, sql::SqlSink},
+    sinks::{Disposition, Sink, SinkError, influx::InfluxSink, sql::SqlSink},
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("storage needs at least one backend: set storage.influx and/or storage.sql")]
-    NoSinks,
-    #[error("{0}")]
-    Sink(#[from] SinkError),
-    #[error(transparent)]
-    Runtime(#[from] fieldline_runtime::Error),
-    #[error(transparent)]
-    Buffer(#[from] wal::WalError),
-    #[error("stopped before the backends were reachable")]
-    Stopped,
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::NoSinks => "config",
-            Error::Sink(e) => e.metric_label(),
-            Error::Runtime(e) => e.kind(),
-            Error::Buffer(_) => "buffer",
-            Error::Stopped => "stopped",
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use error::{Error, Result};
 
 /// A started storage service.
 pub struct RunningStorage {
@@ -183,12 +158,13 @@ async fn connect(
 ) -> Result<Vec<Sink>> {
     let mut sinks = Vec::new();
     if let Some(sink) = influx {
-        retry_until_ready("influxdb", stop, || sink.prepare()).await?;
+        retry_until_ready("influxdb", metrics, stop, || sink.prepare()).await?;
         sinks.push(Sink::Influx(Box::new(sink)));
     }
     if let Some(sql) = &config.storage.sql {
-        let sink = retry_until_ready("sql", stop, || SqlSink::connect(sql)).await?;
-        retry_until_ready("sql", stop, || {
+        let sink =
+            retry_until_ready(sql_name(sql), metrics, stop, || SqlSink::connect(sql)).await?;
+        retry_until_ready(sql_name(sql), metrics, stop, || {
             sink.register_line(&config.line, &config.devices)
         })
         .await?;
@@ -275,8 +251,20 @@ fn history_source(
         .then(|| history::HistorySource::Sqlite(backends.clone()))
 }
 
+/// The sink name a SQL URL will have, for metrics and logs before it is connected.
+fn sql_name(config: &fieldline_core::config::SqlConfig) -> &'static str {
+    if config.url.trim().starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "mysql"
+    }
+}
+
+/// Retries `attempt` until it works; a configuration error ends it at once. Every failure
+/// counts in `errors_total{sink = what, kind}`.
 async fn retry_until_ready<T, F, Fut>(
-    what: &str,
+    what: &'static str,
+    metrics: &StorageMetrics,
     stop: &CancellationToken,
     mut attempt: F,
 ) -> Result<T>
@@ -288,8 +276,11 @@ where
     loop {
         match attempt().await {
             Ok(v) => return Ok(v),
-            Err(SinkError::Config(e)) => return Err(Error::Sink(SinkError::Config(e))),
             Err(error) => {
+                metrics.error(what, error.kind());
+                if error.disposition() == Disposition::Config {
+                    return Err(Error::Sink(error));
+                }
                 let delay = backoff.next_delay();
                 tracing::warn!(backend = what, %error, retry_in = ?delay, "backend not ready");
                 tokio::select! {

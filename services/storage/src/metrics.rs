@@ -18,6 +18,8 @@ pub struct StorageMetrics {
     pub samples_written: Family<Labels, Counter>,
     pub samples_rejected: Family<Labels, Counter>,
     pub retries: Family<Labels, Counter>,
+    /// Failed backend operations, by sink and error kind.
+    pub errors: Family<Labels, Counter>,
     pub write_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     pub buffer_pending: Gauge,
     pub buffer_bytes: Gauge,
@@ -45,6 +47,7 @@ impl StorageMetrics {
             samples_written: Family::default(),
             samples_rejected: Family::default(),
             retries: Family::default(),
+            errors: Family::default(),
             write_seconds: Family::new_with_constructor(write_histogram),
             buffer_pending: Gauge::default(),
             buffer_bytes: Gauge::default(),
@@ -72,6 +75,11 @@ impl StorageMetrics {
             "write_retries",
             "Writes retried after a transient failure, by sink",
             m.retries.clone(),
+        );
+        r.register(
+            "errors",
+            "Failed backend operations (connects, writes, reads), by sink and kind",
+            m.errors.clone(),
         );
         r.register(
             "write_duration_seconds",
@@ -109,6 +117,16 @@ impl StorageMetrics {
             m.group_points.clone(),
         );
         m
+    }
+
+    /// Counts a failed operation of `sink` in `errors_total{sink, kind}`.
+    pub fn error(&self, sink: &str, kind: &'static str) {
+        self.errors
+            .get_or_create(&vec![
+                ("sink", sink.to_string()),
+                ("kind", kind.to_string()),
+            ])
+            .inc();
     }
 
     /// True the first time a sink refuses samples for `reason`.

@@ -20,7 +20,7 @@ use crate::{
     buffer::Buffer,
     history::{HistoryError, HistoryQuery, HistorySource},
     metrics::StorageMetrics,
-    sinks::{Rejection, Sink, SinkError, WriteReport},
+    sinks::{Disposition, Rejection, Sink, SinkError, WriteReport},
 };
 
 pub struct StorageApi {
@@ -120,13 +120,16 @@ impl StorageService for StorageApi {
     ) -> Result<Response<v1::HistoryResponse>, Status> {
         let query = HistoryQuery::try_from(request.into_inner())?;
         let Some(history) = &self.history else {
-            return Err(HistoryError::Unavailable(
-                "no history backend: configure storage.influx, or a SQLite storage.sql".into(),
-            )
-            .into());
+            return Err(HistoryError::NoBackend.into());
         };
         let started = std::time::Instant::now();
         let answer = history.query(&query).await;
+        // A wrong request is the caller's error, not a failure of storage.
+        if let Err(error) = &answer
+            && !matches!(error, HistoryError::Invalid(_))
+        {
+            self.metrics.error("history", error.kind());
+        }
         tracing::debug!(device = %query.device, tag = %query.tag, aggregate = ?query.aggregate, took = ?started.elapsed(), ok = answer.is_ok(), "history query");
         Ok(Response::new(answer?.into()))
     }
@@ -218,6 +221,7 @@ pub async fn store(
                         Err(error) => {
                             // The buffer cannot take it (disk failing): hold the batches in
                             // memory until the backends do, as without a buffer.
+                            metrics.error("buffer", error.kind());
                             tracing::error!(%error, "write-ahead buffer failed; waiting for the backends instead");
                             let sinks = backends.wait(stop).await?;
                             write_all(sinks, metrics, &batches, stop).await?
@@ -339,19 +343,25 @@ fn settle(
     let total: usize = batches.iter().map(|b| b.samples.len()).sum();
     let report = match result {
         Ok(report) => report,
-        // The backend refused the write as a whole: every batch in it is refused.
-        Err(SinkError::Permanent(detail)) => WriteReport {
-            rejected: batches
-                .iter()
-                .enumerate()
-                .map(|(index, b)| Rejection {
-                    batch: index,
-                    samples: b.samples.len(),
-                    reason: detail.clone(),
-                })
-                .collect(),
-        },
-        Err(error) => return Err(error),
+        Err(error) => {
+            metrics.error(sink.name(), error.kind());
+            if error.disposition() != Disposition::Permanent {
+                return Err(error);
+            }
+            // The backend refused the write as a whole: every batch in it is refused.
+            let detail = error.to_string();
+            WriteReport {
+                rejected: batches
+                    .iter()
+                    .enumerate()
+                    .map(|(index, b)| Rejection {
+                        batch: index,
+                        samples: b.samples.len(),
+                        reason: detail.clone(),
+                    })
+                    .collect(),
+            }
+        }
     };
     metrics
         .write_seconds

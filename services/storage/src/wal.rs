@@ -53,6 +53,17 @@ pub enum WalError {
     TooLarge(usize),
 }
 
+impl WalError {
+    /// The `kind` label of this error in `errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WalError::Io { .. } => "buffer_io",
+            WalError::Full { .. } => "buffer_full",
+            WalError::TooLarge(_) => "buffer_too_large",
+        }
+    }
+}
+
 /// Where a record starts: segment id and byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {

@@ -13,7 +13,7 @@ use fieldline_storage::{
         CommandStatus, CounterQuery, EventStore, ProductionCounter, ProductionEvent,
         ProductionEventKind, ProductionEventQuery,
     },
-    sinks::SinkError,
+    sinks::{Disposition, SinkError},
 };
 use fieldline_testkit as kit;
 use sqlx::{AssertSqlSafe, Connection};
@@ -253,7 +253,7 @@ async fn alarm_state_keeps_the_newest_transition_and_reloads_exactly() -> anyhow
             .await
             .err()
             .context("an acked_active state with acked=false was stored")?;
-        ensure!(matches!(err, SinkError::Permanent(_)), "{err:?}");
+        ensure!(err.disposition() == Disposition::Permanent, "{err:?}");
         ensure!(err.to_string().contains("alarm state 1"), "{err}");
         ensure!(store.load_alarm_states(line).await? == expected);
         Ok(())
@@ -476,7 +476,8 @@ async fn production_counters_and_events_are_idempotent_and_queryable() -> anyhow
 
 fn expect_refusal(result: Result<(), SinkError>, wanted: &str) -> anyhow::Result<()> {
     match result {
-        Err(SinkError::Permanent(message)) => {
+        Err(error) if error.disposition() == Disposition::Permanent => {
+            let message = error.to_string();
             ensure!(
                 message.contains(wanted),
                 "message {message:?} lacks {wanted:?}"

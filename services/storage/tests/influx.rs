@@ -9,7 +9,7 @@ use fieldline_core::{
     Quality, QualityReason, Sample, SampleBatch, Value,
     config::{InfluxConfig, SecretRef},
 };
-use fieldline_storage::sinks::{SinkError, WriteReport, influx::InfluxSink};
+use fieldline_storage::sinks::{Disposition, WriteReport, influx::InfluxSink};
 use fieldline_testkit::{self as kit, PrivateServer, serde_json};
 
 fn v1_config(url: &str, database: &str) -> InfluxConfig {
@@ -295,7 +295,8 @@ async fn a_database_dropped_while_running_is_a_transient_error_and_made_again() 
         vec![Sample::good("x", Value::I64(1), ts)],
     )];
     match sink.write(&b).await {
-        Err(SinkError::Transient(message)) => {
+        Err(error) if error.disposition() == Disposition::Transient => {
+            let message = error.to_string();
             assert!(message.contains("database not found"), "{message}")
         }
         other => panic!("expected a transient error, got {other:?}"),
@@ -772,7 +773,8 @@ async fn a_refused_token_is_a_configuration_error() -> anyhow::Result<()> {
         vec![Sample::good("x", Value::I64(1), now_ns())],
     )];
     match sink.write(&b).await {
-        Err(SinkError::Config(message)) => {
+        Err(error) if error.disposition() == Disposition::Config => {
+            let message = error.to_string();
             assert!(message.contains("HTTP 401"), "{message}");
             assert!(message.contains("storage.influx.token"), "{message}");
             assert!(!message.contains("wrong"), "the token leaked: {message}");
@@ -838,7 +840,8 @@ async fn v1_writes_as_the_configured_user_and_a_wrong_password_is_a_configuratio
         vec![Sample::good("count", Value::I64(43), ts + MS)],
     )];
     match sink.write(&b).await {
-        Err(SinkError::Config(message)) => {
+        Err(error) if error.disposition() == Disposition::Config => {
+            let message = error.to_string();
             assert!(message.contains("HTTP 401"), "{message}");
             assert!(
                 !message.contains("wrong-one"),

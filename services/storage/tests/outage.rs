@@ -55,6 +55,15 @@ async fn every_sample_arrives_exactly_once_through_outages_and_a_kill_during_rep
             .is_some_and(|n| n >= 1000.0),
         "{page}"
     );
+    // The failed direct write counts by sink and kind.
+    assert!(
+        kit::metric_value(
+            &page,
+            "fieldline_storage_errors_total{sink=\"influxdb\",kind=\"unreachable\"} "
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{page}"
+    );
     // 3. InfluxDB back: replay starts; kill -9 the storage service in the middle of it.
     influx.start().await?;
     kit::wait_for(Duration::from_secs(60), "a replay under way", || async {

@@ -1,7 +1,7 @@
 //! How MariaDB's errors are classified: a refusal of the data is permanent (counted, never
 //! retried), a lock wait or deadlock is transient (retried). Against the real server.
 
-use fieldline_storage::sinks::{SinkError, sql::classify};
+use fieldline_storage::sinks::{Disposition, sql::classify};
 use fieldline_testkit as kit;
 
 #[tokio::test]
@@ -14,7 +14,7 @@ async fn mariadb_refusals_are_permanent_and_lock_waits_transient() -> anyhow::Re
         .await
         .expect_err("the table does not exist");
     assert!(
-        matches!(classify(missing), SinkError::Permanent(_)),
+        classify(missing).disposition() == Disposition::Permanent,
         "a refused statement is permanent"
     );
 
@@ -53,7 +53,7 @@ async fn mariadb_refusals_are_permanent_and_lock_waits_transient() -> anyhow::Re
         .execute(&pool)
         .await?;
     assert!(
-        matches!(class, SinkError::Transient(_)),
+        class.disposition() == Disposition::Transient,
         "a lock wait timeout is transient: {class:?}"
     );
     Ok(())

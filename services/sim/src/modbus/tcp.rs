@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::handler;
-use crate::SimState;
+use crate::{Error, Result, SimState};
 
 /// How long to wait before listening again after the listener failed to accept.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -28,9 +28,10 @@ pub async fn serve_modbus_tcp(
     addr: SocketAddr,
     state: SimState,
     stop: CancellationToken,
-) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listen = |source| Error::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen)?;
+    let local_addr = listener.local_addr().map_err(listen)?;
     debug!(addr = %local_addr, "modbus tcp simulator listening");
     let task = tokio::spawn(serve(Server::new(listener), local_addr, state, stop));
     Ok((local_addr, task))

@@ -15,6 +15,7 @@ use fieldline_core::{
     config::{InfluxConfig, InfluxTarget},
 };
 use flate2::{Compression, write::GzEncoder};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{StatusCode, header::HeaderMap};
 
 use super::{Rejection, SinkError, WriteReport, line_protocol};
@@ -72,9 +73,10 @@ const MAX_MESSAGE: usize = 1000;
 
 impl InfluxSink {
     pub fn new(config: &InfluxConfig) -> Result<Self, SinkError> {
-        let target = config
-            .target()
-            .map_err(|e| SinkError::Config(format!("storage.influx: {e}")))?;
+        let target = config.target().map_err(|e| SinkError::Setting {
+            setting: "storage.influx",
+            source: e.into(),
+        })?;
         let base = config.url.trim_end_matches('/').to_string();
         let (api, write_url) = match target {
             InfluxTarget::V1 {
@@ -103,18 +105,20 @@ impl InfluxSink {
                 ),
             ),
         };
-        let secret = |s: &fieldline_core::config::SecretRef, what: &str| {
-            fieldline_runtime::secret::resolve(s)
-                .map_err(|e| SinkError::Config(format!("storage.influx.{what}: {e}")))
+        let secret = |s: &fieldline_core::config::SecretRef, setting: &'static str| {
+            fieldline_runtime::secret::resolve(s).map_err(|e| SinkError::Setting {
+                setting,
+                source: e.into(),
+            })
         };
         let auth = match (&config.token, &config.username) {
-            (Some(token), _) => Auth::Token(secret(token, "token")?),
+            (Some(token), _) => Auth::Token(secret(token, "storage.influx.token")?),
             (None, Some(user)) => Auth::Basic {
                 user: user.clone(),
                 password: config
                     .password
                     .as_ref()
-                    .map(|p| secret(p, "password"))
+                    .map(|p| secret(p, "storage.influx.password"))
                     .transpose()?,
             },
             (None, None) => Auth::None,
@@ -122,7 +126,7 @@ impl InfluxSink {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
-            .map_err(|e| SinkError::Config(format!("cannot build the InfluxDB client: {e}")))?;
+            .map_err(SinkError::Client)?;
         Ok(Self {
             client,
             create_database: config.create_database,
@@ -165,7 +169,7 @@ impl InfluxSink {
             .body(format!("q={}", urlencode(&q)))
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -173,12 +177,14 @@ impl InfluxSink {
         let headers = response.headers().clone();
         let message = server_message(&headers, &response.text().await.unwrap_or_default());
         if matches!(status.as_u16(), 401 | 403) {
-            return Err(self.credentials_refused(status, &message, "create the database"));
+            return Err(self.credentials_refused(status, message, "create the database"));
         }
-        Err(SinkError::Transient(format!(
-            "creating database {database:?} at {}: HTTP {status}: {message}",
-            self.base
-        )))
+        Err(SinkError::CreateDatabase {
+            database: database.clone(),
+            base: self.base.clone(),
+            status,
+            message,
+        })
     }
 
     async fn ping(&self) -> Result<(), SinkError> {
@@ -186,7 +192,7 @@ impl InfluxSink {
             .authorize(self.client.get(format!("{}/ping", self.base)))
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -194,27 +200,39 @@ impl InfluxSink {
         let headers = response.headers().clone();
         let message = server_message(&headers, &response.text().await.unwrap_or_default());
         if matches!(status.as_u16(), 401 | 403) {
-            return Err(self.credentials_refused(status, &message, "answer /ping"));
+            return Err(self.credentials_refused(status, message, "answer /ping"));
         }
-        Err(SinkError::Transient(format!(
-            "{}/ping answered HTTP {status}: {message}",
-            self.base
-        )))
+        Err(SinkError::Ping {
+            base: self.base.clone(),
+            status,
+            message,
+        })
     }
 
-    fn unreachable(&self, error: &reqwest::Error) -> SinkError {
-        SinkError::Transient(format!("InfluxDB at {} unreachable: {error}", self.base))
+    fn unreachable(&self, source: reqwest::Error) -> SinkError {
+        SinkError::Unreachable {
+            base: self.base.clone(),
+            source,
+        }
     }
 
-    fn credentials_refused(&self, status: StatusCode, message: &str, what: &str) -> SinkError {
-        let which = match self.api {
+    fn credentials_refused(
+        &self,
+        status: StatusCode,
+        message: String,
+        action: &'static str,
+    ) -> SinkError {
+        let settings = match self.api {
             Api::V1 { .. } => "storage.influx.username and password",
             Api::V2 { .. } => "storage.influx.token (it needs write access to the bucket)",
         };
-        SinkError::Config(format!(
-            "{} refused to let Fieldline {what} (HTTP {status}: {message}); check {which}",
-            self.target()
-        ))
+        SinkError::CredentialsRefused {
+            target: self.target(),
+            action,
+            status,
+            message,
+            settings,
+        }
     }
 
     /// Writes the batches. Network errors, 5xx, 429 and a missing database or bucket are
@@ -305,11 +323,8 @@ impl InfluxSink {
     /// One write request with `text` (whole lines), gzip-compressed.
     async fn post(&self, text: &str) -> Result<Answer, SinkError> {
         let mut gz = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
-        gz.write_all(text.as_bytes())
-            .map_err(|e| SinkError::Transient(format!("gzip: {e}")))?;
-        let compressed = gz
-            .finish()
-            .map_err(|e| SinkError::Transient(format!("gzip: {e}")))?;
+        gz.write_all(text.as_bytes()).map_err(SinkError::Gzip)?;
+        let compressed = gz.finish().map_err(SinkError::Gzip)?;
         let response = self
             .authorize(self.client.post(&self.write_url))
             .header("Content-Encoding", "gzip")
@@ -317,7 +332,7 @@ impl InfluxSink {
             .body(compressed)
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(Answer::Stored);
@@ -327,7 +342,7 @@ impl InfluxSink {
         match status.as_u16() {
             400 | 422 => Ok(Answer::Refused(message)),
             413 => Ok(Answer::TooLarge(message)),
-            401 | 403 => Err(self.credentials_refused(status, &message, "write")),
+            401 | 403 => Err(self.credentials_refused(status, message, "write")),
             404 => {
                 if matches!(self.api, Api::V1 { .. })
                     && self.create_database
@@ -348,27 +363,29 @@ impl InfluxSink {
                 } else {
                     ""
                 };
-                Err(SinkError::Transient(format!(
-                    "{}: HTTP 404: {message}{hint}",
-                    self.target()
-                )))
+                Err(SinkError::NotFound {
+                    target: self.target(),
+                    message,
+                    hint,
+                })
             }
             429 | 503 => {
                 let wait = retry_after(&headers).map(|d| d.min(MAX_RETRY_AFTER));
                 if let Some(wait) = wait {
                     tokio::time::sleep(wait).await;
                 }
-                Err(SinkError::Transient(format!(
-                    "{} is busy (HTTP {status}{}): {message}",
-                    self.target(),
-                    wait.map(|w| format!(", waited {w:?} as asked"))
-                        .unwrap_or_default()
-                )))
+                Err(SinkError::Busy {
+                    target: self.target(),
+                    status,
+                    waited: wait,
+                    message,
+                })
             }
-            _ => Err(SinkError::Transient(format!(
-                "{} answered HTTP {status}: {message}",
-                self.target()
-            ))),
+            _ => Err(SinkError::Status {
+                target: self.target(),
+                status,
+                message,
+            }),
         }
     }
 }
@@ -424,49 +441,29 @@ fn server_message(headers: &HeaderMap, body: &str) -> String {
     format!("{}…", &message[..end])
 }
 
-/// The string value of `"key"` in a flat JSON object, decoded; `None` if absent.
+/// The string value of `"key"` in a JSON object; `None` if the body is no JSON object or
+/// has no such string.
 fn json_string(body: &str, key: &str) -> Option<String> {
-    if !body.starts_with('{') {
-        return None;
-    }
-    let pattern = format!("\"{key}\"");
-    let after = &body[body.find(&pattern)? + pattern.len()..];
-    let after = after.trim_start().strip_prefix(':')?.trim_start();
-    let mut chars = after.strip_prefix('"')?.chars();
-    let mut out = String::new();
-    loop {
-        match chars.next()? {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                'r' => out.push('\r'),
-                'b' => out.push('\u{8}'),
-                'f' => out.push('\u{c}'),
-                'u' => {
-                    let code: String = chars.by_ref().take(4).collect();
-                    let unit = u32::from_str_radix(&code, 16).ok()?;
-                    // Surrogate pairs are rare in server messages; keep them visible.
-                    out.push(char::from_u32(unit).unwrap_or('\u{FFFD}'));
-                }
-                other => out.push(other),
-            },
-            c => out.push(c),
-        }
+    match serde_json::from_str::<serde_json::Value>(body).ok()? {
+        serde_json::Value::Object(mut object) => match object.remove(key)? {
+            serde_json::Value::String(text) => Some(text),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
+/// What is left as it is in a query parameter or form value: RFC 3986's unreserved
+/// characters. Everything else is percent-encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encodes a query parameter or form value.
 pub(crate) fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 #[cfg(test)]
@@ -506,6 +503,15 @@ mod tests {
         assert!(server_message(&HeaderMap::new(), &long).len() <= MAX_MESSAGE + 3);
         assert_eq!(json_string("{\"error\":\"unterminated", "error"), None);
         assert_eq!(json_string("[\"error\"]", "error"), None);
+    }
+
+    #[test]
+    fn query_values_keep_only_unreserved_characters() {
+        assert_eq!(urlencode("plant-1_a.b~c"), "plant-1_a.b~c");
+        assert_eq!(
+            urlencode("CREATE DATABASE \"a&b\" ü/+"),
+            "CREATE%20DATABASE%20%22a%26b%22%20%C3%BC%2F%2B"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use std::{fmt::Write, ops::Range};
 
-use super::FnvMap;
+use super::FastMap;
 
 use fieldline_core::{Quality, SampleBatch, Value};
 
@@ -82,7 +82,7 @@ pub fn encode_batch(batch: &SampleBatch, out: &mut String) -> Encoded {
 
     // Timestamps in the order they first appear, each with its samples.
     let mut groups: Vec<(i64, Vec<usize>)> = Vec::new();
-    let mut slot: FnvMap<i64, usize> = FnvMap::default();
+    let mut slot: FastMap<i64, usize> = FastMap::default();
     for (i, s) in batch.samples.iter().enumerate() {
         // Samples of one poll share a timestamp: most need no lookup.
         if let Some(last) = groups.last_mut()
@@ -142,7 +142,7 @@ pub fn encode_batch(batch: &SampleBatch, out: &mut String) -> Encoded {
                         encoded.rejected.push(Rejected {
                             what: s.tag.clone(),
                             samples: 1,
-                            reason,
+                            reason: reason.to_string(),
                         });
                         complete = false;
                     }
@@ -226,8 +226,17 @@ fn measurement_problem(name: &str) -> Option<&'static str> {
     name_problem(name)
 }
 
+/// A value that no InfluxDB field type holds.
+#[derive(Debug, thiserror::Error)]
+enum Unwritable {
+    #[error("{0} does not fit an InfluxDB integer field")]
+    TooLarge(u64),
+    #[error("{0} is not a finite number")]
+    NotFinite(f64),
+}
+
 /// Appends a value as a typed field value.
-fn write_field_value(value: &Value, out: &mut String) -> Result<(), String> {
+fn write_field_value(value: &Value, out: &mut String) -> Result<(), Unwritable> {
     match value {
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::I64(i) => {
@@ -238,7 +247,7 @@ fn write_field_value(value: &Value, out: &mut String) -> Result<(), String> {
             Ok(i) => {
                 let _ = write!(out, "{i}i");
             }
-            Err(_) => return Err(format!("{u} does not fit an InfluxDB integer field")),
+            Err(_) => return Err(Unwritable::TooLarge(*u)),
         },
         Value::F64(f) if f.is_finite() => {
             let start = out.len();
@@ -248,7 +257,7 @@ fn write_field_value(value: &Value, out: &mut String) -> Result<(), String> {
                 out.push_str(".0");
             }
         }
-        Value::F64(f) => return Err(format!("{f} is not a finite number")),
+        Value::F64(f) => return Err(Unwritable::NotFinite(*f)),
         Value::String(s) => string_field(s, out),
     }
     Ok(())

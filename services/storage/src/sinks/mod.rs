@@ -5,58 +5,15 @@ pub mod influx;
 pub mod line_protocol;
 pub mod sql;
 
-/// FNV-1a: a fast hash for the short keys (tag names, timestamps) of one write, where
-/// SipHash's resistance to chosen keys buys nothing.
-#[derive(Default, Clone, Copy)]
-pub struct Fnv(u64);
+mod error;
 
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
+pub use error::{BoxError, Disposition, SinkError};
 
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-/// A HashMap hashed with [`Fnv`].
-pub type FnvMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+/// A HashMap for the short keys (tag names, timestamps) of one write, hashed with foldhash:
+/// SipHash's resistance to chosen keys buys nothing there.
+pub(crate) type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 use fieldline_core::SampleBatch;
-
-/// How a write failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SinkError {
-    /// The backend is down or busy; the same write may succeed later.
-    #[error("{0}")]
-    Transient(String),
-    /// The backend refused the data itself; retrying cannot help.
-    #[error("{0}")]
-    Permanent(String),
-    /// The sink is misconfigured.
-    #[error("{0}")]
-    Config(String),
-}
-
-impl SinkError {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            SinkError::Transient(_) => "transient",
-            SinkError::Permanent(_) => "permanent",
-            SinkError::Config(_) => "config",
-        }
-    }
-}
 
 /// What a successful write left out: the samples the backend refused for good.
 #[derive(Debug, Clone, Default, PartialEq)]

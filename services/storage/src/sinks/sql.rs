@@ -14,7 +14,7 @@ use sqlx::{
     migrate::Migrator,
 };
 
-use super::{FnvMap, SinkError, WriteReport};
+use super::{FastMap, SinkError, WriteReport};
 
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -40,8 +40,7 @@ impl SqlSink {
     pub async fn connect(config: &SqlConfig) -> Result<Self, SinkError> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = connection_url(config)?;
-        let options = AnyConnectOptions::from_str(&url)
-            .map_err(|e| SinkError::Config(format!("storage.sql.url: {e}")))?;
+        let options = AnyConnectOptions::from_str(&url).map_err(SinkError::SqlUrl)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 1 } else { 4 })
             .acquire_timeout(Duration::from_secs(10))
@@ -62,17 +61,15 @@ impl SqlSink {
             })
             .connect_with(options)
             .await
-            .map_err(|e| {
-                SinkError::Transient(format!("cannot connect to {}: {e}", redact(&config.url)))
+            .map_err(|source| SinkError::Connect {
+                url: redact(&config.url),
+                source,
             })?;
         let migrator = match dialect {
             Dialect::MySql => &MYSQL_MIGRATIONS,
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| SinkError::Transient(format!("migrating the database: {e}")))?;
+        migrator.run(&pool).await.map_err(SinkError::Migrate)?;
         Ok(Self {
             pool,
             dialect,
@@ -184,8 +181,8 @@ impl SqlSink {
         }
         // Only the newest sample of each tag can become its latest value: a group holding
         // several polls upserts each tag once (later batches win ties).
-        let mut newest: FnvMap<(&str, &str, &str), usize> =
-            FnvMap::with_capacity_and_hasher(rows.len(), Default::default());
+        let mut newest: FastMap<(&str, &str, &str), usize> =
+            FastMap::with_capacity_and_hasher(rows.len(), Default::default());
         for (i, (b, s)) in rows.iter().enumerate() {
             let key = (b.line.as_str(), b.device.as_str(), s.tag.as_str());
             match newest.get_mut(&key) {
@@ -358,12 +355,12 @@ pub fn classify(e: sqlx::Error) -> SinkError {
                         .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13))
                 };
             if transient {
-                SinkError::Transient(format!("database busy: {e}"))
+                SinkError::DatabaseBusy(e)
             } else {
-                SinkError::Permanent(format!("database refused the write: {e}"))
+                SinkError::DatabaseRefused(e)
             }
         }
-        _ => SinkError::Transient(format!("database unavailable: {e}")),
+        _ => SinkError::DatabaseUnavailable(e),
     }
 }
 
@@ -383,32 +380,20 @@ fn connection_url(config: &SqlConfig) -> Result<(Dialect, String), SinkError> {
     let rest = url
         .strip_prefix("mysql://")
         .or_else(|| url.strip_prefix("mariadb://"))
-        .ok_or_else(|| {
-            SinkError::Config(format!(
-                "storage.sql.url {:?} must start with mysql://, mariadb:// or sqlite:",
-                redact(url)
-            ))
-        })?;
+        .ok_or_else(|| SinkError::SqlScheme { url: redact(url) })?;
     let mut url = format!("mysql://{rest}");
     if let Some(secret) = &config.password {
-        let password = fieldline_runtime::secret::resolve(secret)
-            .map_err(|e| SinkError::Config(e.to_string()))?;
+        let password =
+            fieldline_runtime::secret::resolve(secret).map_err(|e| SinkError::Setting {
+                setting: "storage.sql.password",
+                source: e.into(),
+            })?;
         let host_start = rest.find('/').unwrap_or(rest.len());
         let Some(at) = rest[..host_start].find('@') else {
-            return Err(SinkError::Config(
-                "storage.sql.url needs a user (user@host) when a password is set".into(),
-            ));
+            return Err(SinkError::SqlUser);
         };
-        let encoded: String = password
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let encoded =
+            percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC);
         url = format!("mysql://{}:{encoded}{}", &rest[..at], &rest[at..]);
     }
     Ok((Dialect::MySql, url))
