@@ -45,17 +45,17 @@ pub struct BrowseArgs {
     pub timeout: Duration,
 }
 
-fn parse_policy(s: &str) -> Result<SecurityPolicy, String> {
+fn parse_policy(s: &str) -> Result<SecurityPolicy, serde_yaml::Error> {
     serde_plain(s)
 }
 
-fn parse_mode(s: &str) -> Result<SecurityMode, String> {
+fn parse_mode(s: &str) -> Result<SecurityMode, serde_yaml::Error> {
     serde_plain(s)
 }
 
-/// Parses a config enum from its YAML spelling.
-fn serde_plain<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
-    serde_yaml::from_str(s).map_err(|e| format!("{s:?}: {e}"))
+/// Parses a config enum from its YAML spelling; clap names the option and the value.
+fn serde_plain<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, serde_yaml::Error> {
+    serde_yaml::from_str(s)
 }
 
 /// One variable found on the server.
