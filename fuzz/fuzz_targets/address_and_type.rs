@@ -22,7 +22,7 @@ fuzz_target!(|text: &str| {
         assert_eq!(data_type.to_string().parse::<DataType>(), Ok(data_type));
     }
     if let Ok(config) = LineConfig::from_yaml(text) {
-        for device in &config.devices {
+        for device in config.devices.iter().filter_map(|d| d.modbus()) {
             for tag in &device.tags {
                 let resolved = tag.resolve().expect("a validated tag resolves");
                 // A valid tag's registers lie inside the table.

@@ -8,7 +8,10 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use fieldline_adapter::drivers::mqtt::{json::JsonMapper, sparkplug::Node};
-use fieldline_core::{Sample, config::LineConfig};
+use fieldline_core::{
+    Sample,
+    config::{DeviceConfig, LineConfig},
+};
 use fieldline_proto::sparkplug::Payload;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -49,10 +52,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = LineConfig::from_yaml(LINE) else {
         return;
     };
-    let device = &config.devices[0];
-    let Some(settings) = device.mqtt.as_ref() else {
+    let Some(DeviceConfig::Mqtt(device)) = config.devices.first() else {
         return;
     };
+    let settings = &device.mqtt;
     let tags: Vec<_> = device
         .tags
         .iter()

@@ -153,12 +153,26 @@ enum OpcuaCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a line document; prints every problem with its path.
-    Check { file: PathBuf },
+    /// Validate a line document; prints every problem with its path and line.
+    ///
+    /// Example: `fieldline config check line.yaml` (exit code 0: valid, 1: problems found)
+    Check {
+        file: PathBuf,
+        /// `text` (one `FILE:LINE: PATH: MESSAGE` line a problem) or `json` (one document
+        /// with every problem, for editors and CI).
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
+    },
     /// Print the JSON Schema of line documents, for editors and the ProductionLine resource.
     ///
     /// Example: `fieldline config schema > line-config.schema.json`
     Schema,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -196,8 +210,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Config {
-            command: ConfigCommand::Check { file },
-        } => Ok(check(&file)),
+            command: ConfigCommand::Check { file, format },
+        } => Ok(check(&file, format)),
         Command::Config {
             command: ConfigCommand::Schema,
         } => {
@@ -318,8 +332,31 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(file: &std::path::Path) -> ExitCode {
-    match fieldline_runtime::config::load(file) {
+fn check(file: &std::path::Path, format: CheckFormat) -> ExitCode {
+    let result = fieldline_runtime::config::load(file);
+    if let CheckFormat::Json = format {
+        let problems: Vec<serde_json::Value> = match &result {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors
+                .0
+                .iter()
+                .map(
+                    |e| serde_json::json!({ "path": e.path, "line": e.line, "message": e.message }),
+                )
+                .collect(),
+        };
+        let ok = problems.is_empty();
+        println!(
+            "{}",
+            serde_json::json!({ "file": file.display().to_string(), "ok": ok, "problems": problems })
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    match result {
         Ok(config) => {
             let tags: usize = config.devices.iter().map(|d| d.tags().len()).sum();
             println!(
@@ -332,7 +369,10 @@ fn check(file: &std::path::Path) -> ExitCode {
         }
         Err(errors) => {
             for e in &errors.0 {
-                eprintln!("{}: {e}", file.display());
+                match e.line {
+                    Some(line) => eprintln!("{}:{line}: {e}", file.display()),
+                    None => eprintln!("{}: {e}", file.display()),
+                }
             }
             eprintln!("{} problem(s) found", errors.0.len());
             ExitCode::FAILURE

@@ -57,6 +57,60 @@ fn config_check_prints_every_problem_with_its_path() -> anyhow::Result<()> {
 }
 
 #[test]
+fn config_check_reports_type_and_semantic_problems_together_with_lines() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("line.yaml");
+    std::fs::write(
+        &file,
+        "line: l\ndevices:\n  - name: filler\n    type: t\n    protocol: modbus-tcp\n    endpoint: 127.0.0.1:5020\n    poll_interval: fast\n    tags:\n      - { name: a, address: \"holding:0\", type: u16 }\n      - { name: a, address: \"holding:1\", type: u16 }\n  - name: oven\n    type: t\n    protocol: opcua\n    endpoint: opc.tcp://127.0.0.1:4840\n    pol_interval: 1s\n    tags: [ { name: t, address: \"ns=2;s=T\", type: f64 } ]\n",
+    )?;
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&file)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let at = file.display();
+    for expected in [
+        format!(
+            "{at}:7: devices[0].poll_interval: invalid value: string \"fast\", expected a duration"
+        ),
+        format!("{at}:10: devices[0].tags[1].name: tag \"a\" is defined twice"),
+        format!(
+            "{at}:15: devices[1].pol_interval: unknown field `pol_interval`; did you mean `poll_interval`?"
+        ),
+    ] {
+        assert!(
+            stderr.lines().any(|l| l == expected),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("3 problem(s) found"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["config", "check", "--format", "json"])
+        .arg(&file)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["ok"], false);
+    let problems = report["problems"].as_array().expect("a list of problems");
+    let found: Vec<(&str, u64)> = problems
+        .iter()
+        .filter_map(|p| Some((p["path"].as_str()?, p["line"].as_u64()?)))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("devices[0].poll_interval", 7),
+            ("devices[0].tags[1].name", 10),
+            ("devices[1].pol_interval", 15)
+        ]
+    );
+    Ok(())
+}
+
+#[test]
 fn config_check_refuses_unreadable_and_malformed_files() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = Command::new(BIN)

@@ -6,8 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdapterSettings, ConfigError, ConfigErrors, DeviceConfig, MqttConfig, ProcessorSettings,
-    StorageSettings,
+    AdapterSettings, ConfigErrors, DeviceConfig, MqttConfig, ProcessorSettings, StorageSettings,
 };
 
 /// A production line: its devices and tags, and how its services reach the bus and databases.
@@ -58,46 +57,13 @@ pub struct DeviceTypeConfig {
 }
 
 impl LineConfig {
-    /// Parses and validates a YAML document, returning every problem found.
+    /// Parses and validates a YAML document, returning every problem found: fields that do
+    /// not parse and checks that fail, each with its path and line.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
-        let config: LineConfig =
-            serde_yaml::from_str(text).map_err(|e| ConfigErrors(parse_problems(text, &e)))?;
-        config.validate().map_err(ConfigErrors)?;
-        Ok(config)
+        super::diagnose::read(text).map_err(ConfigErrors)
     }
 
     pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
         self.devices.iter().find(|d| d.name() == name)
     }
-}
-
-/// Where a document that does not parse goes wrong. A device is read whole before its
-/// `protocol` picks its type, so serde_yaml's own path stops at `devices`; each device is
-/// then read again on its own to find the field at fault.
-fn parse_problems(text: &str, error: &serde_yaml::Error) -> Vec<ConfigError> {
-    let devices = serde_yaml::from_str::<serde_yaml::Value>(text)
-        .ok()
-        .and_then(|doc| doc.get("devices").and_then(|d| d.as_sequence()).cloned())
-        .unwrap_or_default();
-    let problems: Vec<ConfigError> = devices
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, device)| {
-            let (path, message) = DeviceConfig::parse_problem(device)?;
-            Some(ConfigError {
-                path: format!("devices[{i}]{path}"),
-                message,
-            })
-        })
-        .collect();
-    if !problems.is_empty() {
-        return problems;
-    }
-    let message = error.to_string();
-    // serde_yaml prefixes the path ("storage.batch: unknown field ...").
-    let (path, message) = match message.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
-        _ => (String::new(), message),
-    };
-    vec![ConfigError { path, message }]
 }

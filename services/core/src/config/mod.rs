@@ -11,7 +11,8 @@
 //! - [`secret`]: references to passwords and tokens kept outside the document;
 //! - [`device`]: one closed type per protocol, each with its own checks;
 //! - [`tag`]: a tag's address, type, scaling and limits, resolved for its protocol;
-//! - [`validate`]: the checks that span devices (shared links and ports, device types).
+//! - [`validate`]: the checks that span devices (shared links and ports, device types);
+//! - `diagnose`: reading a document with many problems, so all of them are reported at once.
 //!
 //! Core does no I/O: reading a document from a file and resolving secrets happen in
 //! `fieldline-runtime`.
@@ -19,6 +20,7 @@
 use std::fmt;
 
 pub mod device;
+mod diagnose;
 pub mod line;
 pub mod schema;
 pub mod secret;
@@ -51,6 +53,8 @@ pub struct ConfigError {
     /// Where, e.g. `devices[0].tags[2].address`; empty for the document as a whole.
     pub path: String,
     pub message: String,
+    /// The line of the document it is on (1-based), when the document was read from text.
+    pub line: Option<usize>,
 }
 
 impl fmt::Display for ConfigError {
@@ -73,6 +77,7 @@ impl ConfigErrors {
         Self(vec![ConfigError {
             path: path.into(),
             message: message.into(),
+            line: None,
         }])
     }
 }
@@ -98,6 +103,7 @@ impl Problems {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
+            line: None,
         });
     }
 

@@ -204,3 +204,41 @@ fn secrets_are_written_as_env_or_file_maps() {
             .any(|e| e.starts_with("mqtt.password: set env"))
     );
 }
+
+#[test]
+fn type_and_semantic_problems_are_reported_together() {
+    let yaml = GOOD
+        .replace("poll_interval: 500ms", "poll_interval: fast")
+        .replace("name: pump_run", "name: temperature");
+    let problems = match LineConfig::from_yaml(&yaml) {
+        Ok(_) => panic!("expected problems"),
+        Err(ConfigErrors(problems)) => problems,
+    };
+    let found: Vec<(&str, Option<usize>)> =
+        problems.iter().map(|p| (p.path.as_str(), p.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("devices[0].poll_interval", Some(9)),
+            ("devices[0].tags[1].name", Some(19)),
+        ],
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn a_device_that_cannot_be_read_is_set_aside_and_the_others_still_checked() {
+    let yaml = GOOD.replace(
+        "devices:\n",
+        "devices:\n  - { name: broken, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\" }\n",
+    );
+    let yaml = yaml.replace("scale: 0.01", "scale: 0");
+    let errors = errors_of(&yaml);
+    assert_eq!(
+        errors,
+        [
+            "devices[0]: missing field `tags`",
+            "devices[1].tags[0].scale: 0 is not a usable scale",
+        ]
+    );
+}

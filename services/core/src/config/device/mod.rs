@@ -5,9 +5,12 @@
 use std::{collections::HashSet, time::Duration};
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
-use super::{Problems, TagConfig};
+use super::{
+    Problems, TagConfig,
+    diagnose::{ReadProblem, Repair, Segment},
+};
 use crate::names::name_problem;
 
 pub mod modbus;
@@ -126,30 +129,35 @@ impl DeviceConfig {
         }
     }
 
-    /// For a device document that does not parse: the path inside it (`.tags[2].scale`) and
+    /// For a device document that does not parse: where inside it (`tags[2].scale`) and
     /// what is wrong there. `None` when the fault is in `protocol` itself, which serde
     /// already reports with its path.
-    pub(crate) fn parse_problem(mut device: serde_yaml::Value) -> Option<(String, String)> {
+    pub(crate) fn parse_problem(mut device: serde_yaml::Value) -> Option<ReadProblem> {
         let map = device.as_mapping_mut()?;
         let protocol: Protocol = serde_yaml::from_value(map.remove("protocol")?).ok()?;
         for (section, owners) in SECTIONS {
             if map.contains_key(section) && !owners.contains(&protocol) {
-                return Some((format!(".{section}"), section_owners(owners)));
+                return Some(ReadProblem {
+                    path: vec![Segment::Key(section.into())],
+                    message: section_owners(owners),
+                    repair: Repair::RemoveField,
+                });
             }
         }
         if protocol == Protocol::Mqtt && !map.contains_key("mqtt") {
-            return Some((
-                ".mqtt".into(),
-                "an mqtt device needs an mqtt section with at least its `format`".into(),
-            ));
+            return Some(ReadProblem {
+                path: vec![Segment::Key("mqtt".into())],
+                message: "an mqtt device needs an mqtt section with at least its `format`".into(),
+                repair: Repair::SetAside,
+            });
         }
         match protocol {
             Protocol::ModbusTcp | Protocol::ModbusRtu => {
-                first_problem::<ModbusDeviceConfig>(device)
+                ReadProblem::first::<ModbusDeviceConfig>(device)
             }
-            Protocol::SerialLine => first_problem::<SerialLineDeviceConfig>(device),
-            Protocol::Opcua => first_problem::<OpcuaDeviceConfig>(device),
-            Protocol::Mqtt => first_problem::<MqttDeviceConfig>(device),
+            Protocol::SerialLine => ReadProblem::first::<SerialLineDeviceConfig>(device),
+            Protocol::Opcua => ReadProblem::first::<OpcuaDeviceConfig>(device),
+            Protocol::Mqtt => ReadProblem::first::<MqttDeviceConfig>(device),
         }
     }
 }
@@ -165,15 +173,6 @@ const SECTIONS: [(&str, &[Protocol]); 4] = [
 fn section_owners(owners: &[Protocol]) -> String {
     let names: Vec<&str> = owners.iter().map(|p| p.as_str()).collect();
     format!("applies to {} only", names.join(" and "))
-}
-
-fn first_problem<T: DeserializeOwned>(device: serde_yaml::Value) -> Option<(String, String)> {
-    let error = serde_path_to_error::deserialize::<_, T>(device).err()?;
-    let path = match error.path().to_string() {
-        root if root == "." => String::new(),
-        path => format!(".{path}"),
-    };
-    Some((path, error.into_inner().to_string()))
 }
 
 /// The protocol a device speaks; selects the adapter's driver.
