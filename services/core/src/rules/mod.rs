@@ -1,11 +1,21 @@
-//! Control rules of a device type: hysteresis control and interlocks. Rules write through the
-//! processor's one safe write path; an active interlock overrides every other writer of its
-//! output.
+//! Control rules of a device type: hysteresis control and interlocks. How they are configured
+//! is here; [`evaluator::LineRules`] evaluates them on every batch and says which writes they
+//! ask for. Rules write through the processor's one safe write path; an active interlock
+//! overrides every other writer of its output.
+
+pub mod evaluator;
+
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::names::name_problem;
+use crate::{
+    alarm::{AlarmConfig, AlarmKind, DiscreteValue, Priority},
+    names::name_problem,
+};
+
+pub use evaluator::{Hold, Intent, LineRules, RETRY_NS, RuleOutcome, Trip, same};
 
 /// One control rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -37,8 +47,9 @@ pub enum RuleConfig {
         #[serde(default)]
         below: Option<f64>,
         output: String,
-        /// What the output is forced to, e.g. `false` (pump off).
-        value: serde_json::Value,
+        /// What the output is forced to, e.g. `false` (pump off): `true`, `false` or a
+        /// number.
+        value: DiscreteValue,
         /// Text of the alarm raised while the interlock trips.
         #[serde(default)]
         message: Option<String>,
@@ -129,7 +140,7 @@ impl RuleConfig {
                 if above.is_some_and(|v| !v.is_finite()) || below.is_some_and(|v| !v.is_finite()) {
                     errors.push((at.to_string(), "limits must be numbers".into()));
                 }
-                if !(value.is_boolean() || value.is_number()) {
+                if evaluator::forced_value(value).is_none() {
                     errors.push((
                         format!("{at}.value"),
                         "must be true, false or a number".into(),
@@ -138,5 +149,50 @@ impl RuleConfig {
             }
         }
         errors
+    }
+
+    /// The alarms an interlock raises while it trips: one on its input per limit, critical,
+    /// without delay, active at the same limit it trips at. With both limits the two alarms
+    /// are told apart by a `-high`/`-low` suffix. A hysteresis rule raises none.
+    pub fn alarms(&self) -> Vec<AlarmConfig> {
+        let RuleConfig::Interlock {
+            name,
+            input,
+            above,
+            below,
+            message,
+            ..
+        } = self
+        else {
+            return Vec::new();
+        };
+        let both = above.is_some() && below.is_some();
+        let mut out = Vec::new();
+        for (kind, limit) in [(AlarmKind::High, above), (AlarmKind::Low, below)] {
+            let Some(limit) = limit else { continue };
+            let alarm = if both {
+                format!("{name}-{kind}")
+            } else {
+                name.clone()
+            };
+            let text = message
+                .clone()
+                .unwrap_or_else(|| format!("interlock {name} tripped: {input} {kind} {limit}"));
+            out.push(AlarmConfig {
+                name: alarm,
+                tag: input.clone(),
+                kind,
+                limit: Some(*limit),
+                deadband: None,
+                setpoint: None,
+                setpoint_tag: None,
+                active_when: None,
+                on_delay: Duration::ZERO,
+                off_delay: Duration::ZERO,
+                priority: Priority::Critical,
+                message: Some(text),
+            });
+        }
+        out
     }
 }
