@@ -6,7 +6,7 @@
 //! evaluator are core's; here their events are put in wire form and their state in the form
 //! storage keeps.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf};
 
 use fieldline_core::{
     Sample, SampleBatch, Value,
@@ -373,18 +373,14 @@ impl Engine {
 /// what was written.
 fn readback_alarm_config(tag: &str) -> AlarmConfig {
     AlarmConfig {
-        name: readback_alarm(tag),
-        tag: readback_input(tag),
-        kind: AlarmKind::Discrete,
-        limit: None,
-        deadband: None,
-        setpoint: None,
-        setpoint_tag: None,
         active_when: Some(DiscreteValue::Bool(false)),
-        on_delay: Duration::ZERO,
-        off_delay: Duration::ZERO,
         priority: Priority::High,
         message: Some(format!("{tag} did not read back what was written")),
+        ..AlarmConfig::new(
+            readback_alarm(tag),
+            readback_input(tag),
+            AlarmKind::Discrete,
+        )
     }
 }
 
@@ -434,15 +430,9 @@ mod tests {
     fn events_survive_the_wire() {
         let def = AlarmConfig {
             limit: Some(80.0),
+            priority: Priority::High,
             message: Some("Oven too hot".into()),
-            ..readback_alarm_config("temperature")
-        };
-        let def = AlarmConfig {
-            name: "temp-high".into(),
-            tag: "temperature".into(),
-            kind: AlarmKind::High,
-            active_when: None,
-            ..def
+            ..AlarmConfig::new("temp-high", "temperature", AlarmKind::High)
         }
         .resolve()
         .unwrap();

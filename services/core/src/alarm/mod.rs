@@ -335,6 +335,25 @@ const OPTIONAL_FIELDS: [&str; 5] = [
 ];
 
 impl AlarmConfig {
+    /// An alarm of `kind` on `tag` with nothing else set: no limit, deadband or setpoint, no
+    /// delays, medium priority, the condition's description as its message.
+    pub fn new(name: impl Into<String>, tag: impl Into<String>, kind: AlarmKind) -> Self {
+        Self {
+            name: name.into(),
+            tag: tag.into(),
+            kind,
+            limit: None,
+            deadband: None,
+            setpoint: None,
+            setpoint_tag: None,
+            active_when: None,
+            on_delay: Duration::ZERO,
+            off_delay: Duration::ZERO,
+            priority: Priority::default(),
+            message: None,
+        }
+    }
+
     /// Checks the alarm on its own and against the tags of its device, returning every
     /// problem with its path below `path` (the alarm's own path, e.g.
     /// `device_types.oven.alarms[2]`).

@@ -309,20 +309,7 @@ mod tests {
     const S: i64 = 1_000_000_000;
 
     fn config(name: &str, kind: AlarmKind) -> AlarmConfig {
-        AlarmConfig {
-            name: name.into(),
-            tag: "temperature".into(),
-            kind,
-            limit: None,
-            deadband: None,
-            setpoint: None,
-            setpoint_tag: None,
-            active_when: None,
-            on_delay: Duration::ZERO,
-            off_delay: Duration::ZERO,
-            priority: Priority::default(),
-            message: None,
-        }
+        AlarmConfig::new(name, "temperature", kind)
     }
 
     /// A high limit, a deviation from a setpoint tag, and a bad-quality alarm with a delay.

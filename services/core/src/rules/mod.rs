@@ -5,8 +5,6 @@
 
 pub mod evaluator;
 
-use std::time::Duration;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -179,20 +177,89 @@ impl RuleConfig {
                 .clone()
                 .unwrap_or_else(|| format!("interlock {name} tripped: {input} {kind} {limit}"));
             out.push(AlarmConfig {
-                name: alarm,
-                tag: input.clone(),
-                kind,
                 limit: Some(*limit),
-                deadband: None,
-                setpoint: None,
-                setpoint_tag: None,
-                active_when: None,
-                on_delay: Duration::ZERO,
-                off_delay: Duration::ZERO,
                 priority: Priority::Critical,
                 message: Some(text),
+                ..AlarmConfig::new(alarm, input.clone(), kind)
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Value;
+
+    fn interlock(value: &str, limits: &str) -> RuleConfig {
+        serde_yaml::from_str(&format!(
+            "{{ kind: interlock, name: trip, input: pressure, {limits}, output: pump, value: {value} }}"
+        ))
+        .unwrap()
+    }
+
+    fn forced(rule: &RuleConfig) -> Option<Value> {
+        match rule {
+            RuleConfig::Interlock { value, .. } => evaluator::forced_value(value),
+            RuleConfig::Hysteresis { .. } => None,
+        }
+    }
+
+    #[test]
+    fn an_interlock_forces_a_bool_or_a_number_written_as_before() {
+        let tags = [("pressure", false), ("pump", true)];
+        for (yaml, want) in [
+            ("false", Value::Bool(false)),
+            ("true", Value::Bool(true)),
+            ("0", Value::I64(0)),
+            ("-3", Value::I64(-3)),
+            ("1.5", Value::F64(1.5)),
+        ] {
+            let rule = interlock(yaml, "above: 3.0");
+            assert_eq!(rule.validate("r", &tags), vec![], "{yaml}");
+            assert_eq!(forced(&rule), Some(want), "{yaml}");
+        }
+        for yaml in ["off", "\"false\"", ".nan"] {
+            let rule = interlock(yaml, "above: 3.0");
+            assert_eq!(
+                rule.validate("r", &tags),
+                vec![(
+                    "r.value".to_string(),
+                    "must be true, false or a number".to_string()
+                )],
+                "{yaml}"
+            );
+            assert_eq!(forced(&rule), None, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn an_interlock_raises_a_critical_alarm_per_limit() {
+        let one = interlock("false", "above: 3.0").alarms();
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            (one[0].name.as_str(), one[0].tag.as_str(), one[0].kind),
+            ("trip", "pressure", AlarmKind::High)
+        );
+        assert_eq!(one[0].limit, Some(3.0));
+        assert_eq!(one[0].priority, Priority::Critical);
+        assert_eq!(
+            one[0].message.as_deref(),
+            Some("interlock trip tripped: pressure high 3")
+        );
+        let both = interlock("false", "above: 3.0, below: 0.5").alarms();
+        assert_eq!(
+            both.iter()
+                .map(|a| (a.name.as_str(), a.kind))
+                .collect::<Vec<_>>(),
+            [("trip-high", AlarmKind::High), ("trip-low", AlarmKind::Low)]
+        );
+        assert!(both.iter().all(|a| a.resolve().is_ok()));
+        let hysteresis: RuleConfig = serde_yaml::from_str(
+            "{ kind: hysteresis, name: fill, input: level, output: pump, setpoint: 50, band: 2 }",
+        )
+        .unwrap();
+        assert!(hysteresis.alarms().is_empty());
     }
 }
