@@ -4,14 +4,15 @@
 //! A [`PluginSet`] is built once per device type from its configured plugins
 //! ([`fieldline_core::plugin::PluginConfig`]) and then fed every batch of every device of that
 //! type through [`PluginSet::apply`]. The built-ins are pure and live in
-//! [`fieldline_core::plugin`]; the Rhai scripts are hosted here ([`script`]). Plugins run in their configured order; each sees the
-//! batch's samples plus what the earlier plugins derived from it. Every derived sample carries
-//! the batch's timestamp (its newest source timestamp).
+//! [`fieldline_core::plugin`]; the Rhai scripts are hosted here (`script.rs`). Plugins run in
+//! their configured order; each sees the batch's samples plus what the earlier plugins derived
+//! from it. Every derived sample carries the batch's timestamp (its newest source timestamp).
 //!
-//! Scripts are compiled once, watched for changes and swapped between two batches. Whatever a plugin does wrong, the processor keeps going: the outputs it
-//! could not derive become Bad (processing) samples that say why, the failure is counted in
-//! the returned [`Derived::failures`] and in [`PluginSet::stats`], and logged at most once per
-//! ten seconds per plugin.
+//! Scripts are compiled once, watched for changes and swapped between two batches. Whatever a
+//! plugin does wrong, the processor keeps going: the outputs it could not derive become Bad
+//! (processing) samples that say why, the failure is counted in the returned
+//! [`Derived::failures`] and in [`PluginSet::stats`], and logged at most once per ten seconds
+//! per plugin.
 
 mod script;
 
