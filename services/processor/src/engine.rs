@@ -1,23 +1,28 @@
 //! The line engine: what the processor does with each batch before it is stored. Plugins
 //! (derived values), alarms (configured per device type, one for each interlock, one
-//! read-back alarm for each tag a rule or the MES writes) and control rules. Pure and synchronous; the caller carries out
-//! the effects (publishing and persisting alarm events, writes) elsewhere.
+//! read-back alarm for each tag a rule or the MES writes) and control rules. Synchronous and
+//! without I/O besides the plugin scripts' files; the caller carries out the effects
+//! (publishing and persisting alarm events, writes) elsewhere. The alarm set and the rule
+//! evaluator are core's; here their events are put in wire form and their state in the form
+//! storage keeps.
 
 use std::{collections::HashMap, path::PathBuf};
 
 use fieldline_core::{
     Sample, SampleBatch, Value,
-    alarm::{AlarmConfig, AlarmDefinition, AlarmSnapshot},
+    alarm::{
+        AlarmConfig, AlarmDefinition, AlarmEvent, AlarmKind, AlarmSnapshot, AlarmState,
+        DiscreteValue, LineAlarms, Priority, alarm_id,
+    },
     config::LineConfig,
-    rules::RuleConfig,
+    rules::{Hold, Intent, LineRules, RuleConfig},
 };
 use fieldline_proto::v1;
 use fieldline_storage::events::AlarmStatus;
 
 use crate::{
-    alarms::{AlarmError, LineAlarms, alarm_id},
-    plugins::{Derived, PluginEvent, PluginFailure, PluginOptions, PluginSet},
-    rules::{Hold, Intent, LineRules},
+    Error, Result,
+    plugin_host::{Derived, PluginEvent, PluginFailure, PluginOptions, PluginSet},
 };
 
 /// What a batch (or the passing of time) asks of the processor.
@@ -30,19 +35,6 @@ pub struct Effects {
     pub plugin_events: Vec<PluginEvent>,
     /// Plugin failures (their outputs were made Bad), by kind.
     pub plugin_failures: Vec<PluginFailure>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("{0}")]
-    Alarm(#[from] AlarmError),
-    #[error("{0}")]
-    Plugin(#[from] crate::plugins::Error),
-    #[error("device type {device_type:?}: {message}")]
-    Definition {
-        device_type: String,
-        message: String,
-    },
 }
 
 /// What ListAlarms shows of an alarm besides its state.
@@ -84,7 +76,7 @@ fn readback_input(tag: &str) -> String {
 }
 
 impl Engine {
-    pub fn new(config: &LineConfig) -> Result<Self, EngineError> {
+    pub fn new(config: &LineConfig) -> Result<Self> {
         let mut per_device: Vec<(String, Vec<AlarmDefinition>)> = Vec::new();
         let mut rules_per_device: Vec<(String, Vec<RuleConfig>)> = Vec::new();
         let mut meta = HashMap::new();
@@ -116,27 +108,14 @@ impl Engine {
                 processing.map(|p| p.alarms.clone()).unwrap_or_default();
             let rules: Vec<RuleConfig> = processing.map(|p| p.rules.clone()).unwrap_or_default();
             for rule in &rules {
-                configs.extend(interlock_alarms(rule));
+                configs.extend(rule.alarms());
             }
             for tag in device.tags().iter().filter(|t| t.writable) {
-                configs.push(
-                    parse_alarm(serde_json::json!({
-                        "name": readback_alarm(&tag.name),
-                        "tag": readback_input(&tag.name),
-                        "kind": "discrete",
-                        "active_when": false,
-                        "priority": "high",
-                        "message": format!("{} did not read back what was written", tag.name),
-                    }))
-                    .map_err(|message| EngineError::Definition {
-                        device_type: device.device_type().to_string(),
-                        message,
-                    })?,
-                );
+                configs.push(readback_alarm_config(&tag.name));
             }
             let mut definitions = Vec::with_capacity(configs.len());
             for c in &configs {
-                let def = c.resolve().map_err(|problems| EngineError::Definition {
+                let def = c.resolve().map_err(|problems| Error::AlarmDefinition {
                     device_type: device.device_type().to_string(),
                     message: problems
                         .into_iter()
@@ -194,16 +173,14 @@ impl Engine {
             let Some(json) = &status.snapshot else {
                 continue;
             };
-            let restored = serde_json::from_str::<AlarmSnapshot>(json)
-                .map_err(|e| e.to_string())
-                .and_then(|s| {
-                    self.alarms
-                        .restore(&status.alarm_id, s)
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(problem) = restored {
-                problems.push(format!("alarm {} starts fresh: {problem}", status.alarm_id));
-            }
+            let problem = match serde_json::from_str::<AlarmSnapshot>(json) {
+                Ok(snapshot) => match self.alarms.restore(&status.alarm_id, snapshot) {
+                    Ok(()) => continue,
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            problems.push(format!("alarm {} starts fresh: {problem}", status.alarm_id));
         }
         problems
     }
@@ -239,7 +216,7 @@ impl Engine {
         }
         let alarms = self.alarms.on_batch(&batch);
         effects.problems.extend(alarms.problems);
-        effects.alarm_events = alarms.events;
+        effects.alarm_events = alarms.events.into_iter().map(wire_event).collect();
         if !self.rules.is_empty() {
             // The batch's own value of a tag first, then the one from before it.
             let latest_in_batch = |tag: &str| {
@@ -259,7 +236,12 @@ impl Engine {
 
     /// Delays and shelve expiries that are due.
     pub fn tick(&mut self, now_ns: i64) -> Vec<v1::AlarmEvent> {
-        let events = self.alarms.tick(now_ns);
+        let events: Vec<_> = self
+            .alarms
+            .tick(now_ns)
+            .into_iter()
+            .map(wire_event)
+            .collect();
         self.remember(&events);
         events
     }
@@ -278,9 +260,10 @@ impl Engine {
             samples: vec![Sample::good(readback_input(tag), Value::Bool(ok), at_ns)],
         };
         let outcome = self.alarms.on_batch(&batch);
-        self.remember(&outcome.events);
+        let events: Vec<_> = outcome.events.into_iter().map(wire_event).collect();
+        self.remember(&events);
         Effects {
-            alarm_events: outcome.events,
+            alarm_events: events,
             problems: outcome.problems,
             ..Effects::default()
         }
@@ -294,9 +277,12 @@ impl Engine {
     /// Runs an operator action; the transitions it caused.
     pub fn act(
         &mut self,
-        action: impl FnOnce(&mut LineAlarms) -> Result<Vec<v1::AlarmEvent>, AlarmError>,
-    ) -> Result<Vec<v1::AlarmEvent>, AlarmError> {
-        let events = action(&mut self.alarms)?;
+        action: impl FnOnce(&mut LineAlarms) -> fieldline_core::Result<Vec<AlarmEvent>>,
+    ) -> fieldline_core::Result<Vec<v1::AlarmEvent>> {
+        let events: Vec<_> = action(&mut self.alarms)?
+            .into_iter()
+            .map(wire_event)
+            .collect();
         self.remember(&events);
         Ok(events)
     }
@@ -362,7 +348,7 @@ impl Engine {
                 let state = self
                     .alarms
                     .state(id)
-                    .map(crate::alarms::wire_state)
+                    .map(wire_state)
                     .unwrap_or(v1::AlarmState::Unspecified);
                 if filter.not_normal_only && state == v1::AlarmState::Normal {
                     return None;
@@ -383,46 +369,109 @@ impl Engine {
     }
 }
 
-/// The alarm an interlock raises while it trips: on its input, critical, no delay.
-fn interlock_alarms(rule: &RuleConfig) -> Vec<AlarmConfig> {
-    let RuleConfig::Interlock {
-        name,
-        input,
-        above,
-        below,
-        message,
-        ..
-    } = rule
-    else {
-        return Vec::new();
-    };
-    // With both limits the two alarms are told apart by a suffix.
-    let both = above.is_some() && below.is_some();
-    let mut out = Vec::new();
-    for (kind, limit) in [("high", above), ("low", below)] {
-        let Some(limit) = limit else { continue };
-        let alarm = if both {
-            format!("{name}-{kind}")
-        } else {
-            name.clone()
-        };
-        let text = message
-            .clone()
-            .unwrap_or_else(|| format!("interlock {name} tripped: {input} {kind} {limit}"));
-        if let Ok(c) = parse_alarm(serde_json::json!({
-            "name": alarm,
-            "tag": input,
-            "kind": kind,
-            "limit": limit,
-            "priority": "critical",
-            "message": text,
-        })) {
-            out.push(c);
-        }
+/// The read-back alarm of a writable tag: active while the last write did not read back
+/// what was written.
+fn readback_alarm_config(tag: &str) -> AlarmConfig {
+    AlarmConfig {
+        active_when: Some(DiscreteValue::Bool(false)),
+        priority: Priority::High,
+        message: Some(format!("{tag} did not read back what was written")),
+        ..AlarmConfig::new(
+            readback_alarm(tag),
+            readback_input(tag),
+            AlarmKind::Discrete,
+        )
     }
-    out
 }
 
-fn parse_alarm(json: serde_json::Value) -> Result<AlarmConfig, String> {
-    serde_json::from_value(json).map_err(|e| e.to_string())
+/// An alarm state in wire form.
+pub fn wire_state(state: AlarmState) -> v1::AlarmState {
+    match state {
+        AlarmState::Normal => v1::AlarmState::Normal,
+        AlarmState::UnackedActive => v1::AlarmState::UnackedActive,
+        AlarmState::AckedActive => v1::AlarmState::AckedActive,
+        AlarmState::ReturnedUnacked => v1::AlarmState::ReturnedUnacked,
+        AlarmState::Shelved => v1::AlarmState::Shelved,
+        AlarmState::OutOfService => v1::AlarmState::OutOfService,
+    }
+}
+
+/// An alarm event in wire form, as it is published, streamed and persisted.
+pub fn wire_event(e: AlarmEvent) -> v1::AlarmEvent {
+    let t = e.transition;
+    v1::AlarmEvent {
+        alarm_id: e.alarm_id,
+        tag: e.tag,
+        kind: e.kind.code().to_string(),
+        priority: e.priority.number(),
+        from_state: wire_state(t.from).into(),
+        to_state: wire_state(t.to).into(),
+        value: t.value.map(v1::Value::from),
+        timestamp_ns: t.timestamp_ns,
+        user: t.user.unwrap_or_default(),
+        message: e.message,
+        sequence: t.sequence,
+        comment: t.comment.unwrap_or_default(),
+        shelved_until_ns: t.shelved_until_ns.unwrap_or(0),
+        condition_active: t.condition_active,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fieldline_core::Sample;
+    use prost::Message;
+
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn events_survive_the_wire() {
+        let def = AlarmConfig {
+            limit: Some(80.0),
+            priority: Priority::High,
+            message: Some("Oven too hot".into()),
+            ..AlarmConfig::new("temp-high", "temperature", AlarmKind::High)
+        }
+        .resolve()
+        .unwrap();
+        let defs = [def];
+        let mut alarms = LineAlarms::new("bakery", [("oven-1", &defs[..])]).unwrap();
+        alarms.on_batch(&SampleBatch {
+            line: "bakery".into(),
+            device: "oven-1".into(),
+            adapter_id: "adapter-0".into(),
+            sequence: 1,
+            samples: vec![Sample::good("temperature", Value::F64(90.0), S)],
+        });
+        let events: Vec<_> = alarms
+            .shelve("bakery/oven-1/temp-high", "bob", 9 * S, "noisy", 2 * S)
+            .unwrap()
+            .into_iter()
+            .map(wire_event)
+            .collect();
+        let bytes = events[0].encode_to_vec();
+        let decoded = v1::AlarmEvent::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded, events[0]);
+        assert_eq!(
+            (
+                decoded.sequence,
+                decoded.comment.as_str(),
+                decoded.shelved_until_ns,
+                decoded.condition_active
+            ),
+            (2, "noisy", 9 * S, true)
+        );
+        assert_eq!(
+            (
+                decoded.kind.as_str(),
+                decoded.priority,
+                decoded.user.as_str()
+            ),
+            ("hi", 3, "bob")
+        );
+        assert_eq!(decoded.from_state(), v1::AlarmState::UnackedActive);
+        assert_eq!(decoded.to_state(), v1::AlarmState::Shelved);
+    }
 }

@@ -2,18 +2,24 @@
 //! line on the telemetry bus, drops redeliveries by sequence number, evaluates alarms and
 //! control rules on each new batch, forwards it to storage and acknowledges it to the broker
 //! only once storage has it, and serves PlantService (the MES API).
+//!
+//! The control logic itself (the alarm machines and the line's alarm set, the rule
+//! evaluator, the built-in plugins) is pure and lives in `fieldline-core` beside its
+//! configuration; the processor feeds it batches and the time, hosts the Rhai plugin scripts
+//! ([`plugin_host`]), and carries out what it decides: publishing, persisting, writing.
 
-pub mod alarms;
 pub mod engine;
+pub mod error;
 pub mod forwarder;
 pub mod latest;
 pub mod line;
 pub mod metrics;
 pub mod persist;
 pub mod plant;
-pub mod plugins;
-pub mod rules;
+pub mod plugin_host;
 pub mod writes;
+
+pub use error::{Error, Result};
 
 use std::{
     net::SocketAddr,
@@ -34,34 +40,6 @@ use tokio::{
 };
 
 use crate::{forwarder::Forwarder, latest::Latest, metrics::ProcessorMetrics};
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Runtime(#[from] fieldline_runtime::Error),
-    #[error("processor.{setting} {url:?}: {reason}")]
-    Url {
-        setting: &'static str,
-        url: String,
-        reason: String,
-    },
-    #[error("{0}")]
-    Engine(#[from] engine::EngineError),
-    #[error("stopped before the alarm state could be loaded")]
-    Stopped,
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Runtime(e) => e.kind(),
-            Error::Url { .. } | Error::Engine(_) => "config",
-            Error::Stopped => "stopped",
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A started processor.
 pub struct RunningProcessor {
@@ -194,10 +172,10 @@ pub async fn start(
 /// A lazily connected gRPC channel to a configured URL.
 fn endpoint(setting: &'static str, url: &str) -> Result<tonic::transport::Channel> {
     Ok(tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::Url {
+        .map_err(|source| Error::Url {
             setting,
             url: url.to_string(),
-            reason: e.to_string(),
+            source,
         })?
         .connect_timeout(Duration::from_secs(5))
         .connect_lazy())

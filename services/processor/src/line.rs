@@ -13,9 +13,13 @@ use prost::Message;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{broadcast, mpsc};
 
+use fieldline_core::{
+    alarm::{AlarmEvent, LineAlarms},
+    rules::Intent,
+};
+
 use crate::{
-    engine::Engine, latest::Latest, metrics::ProcessorMetrics, persist::Record, rules::Intent,
-    writes::WritePath,
+    engine::Engine, latest::Latest, metrics::ProcessorMetrics, persist::Record, writes::WritePath,
 };
 
 /// How far ahead of its deadline a rule's write is given up.
@@ -82,10 +86,8 @@ impl LineHandle {
     /// Runs an operator action and hands its transitions on.
     pub fn act(
         &self,
-        action: impl FnOnce(
-            &mut crate::alarms::LineAlarms,
-        ) -> Result<Vec<v1::AlarmEvent>, crate::alarms::AlarmError>,
-    ) -> Result<Vec<v1::AlarmEvent>, crate::alarms::AlarmError> {
+        action: impl FnOnce(&mut LineAlarms) -> fieldline_core::Result<Vec<AlarmEvent>>,
+    ) -> fieldline_core::Result<Vec<v1::AlarmEvent>> {
         let events = self
             .engine
             .lock()

@@ -17,8 +17,9 @@ use fieldline_core::{
     plugin::{BuiltinPlugin, PluginConfig},
 };
 
+use fieldline_core::alarm::{AlarmEvent, LineAlarms};
+
 use crate::{
-    alarms::AlarmError,
     latest::{Latest, matches},
     line::LineHandle,
     writes::WritePath,
@@ -38,10 +39,10 @@ pub struct PlantApi {
 type TagStream = Pin<Box<dyn Stream<Item = Result<v1::TagSample, Status>> + Send>>;
 type AlarmStream = Pin<Box<dyn Stream<Item = Result<v1::AlarmEvent, Status>> + Send>>;
 
-fn alarm_status(e: AlarmError) -> Status {
+fn alarm_status(e: fieldline_core::Error) -> Status {
     match e {
-        AlarmError::UnknownAlarm(_) => Status::not_found(e.to_string()),
-        AlarmError::Refused { .. } => Status::failed_precondition(e.to_string()),
+        fieldline_core::Error::UnknownAlarm(_) => Status::not_found(e.to_string()),
+        fieldline_core::Error::AlarmRefused { .. } => Status::failed_precondition(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -61,10 +62,10 @@ impl PlantApi {
         &self,
         request: Request<v1::AlarmAction>,
         action: impl FnOnce(
-            &mut crate::alarms::LineAlarms,
+            &mut LineAlarms,
             &v1::AlarmAction,
             i64,
-        ) -> Result<Vec<v1::AlarmEvent>, AlarmError>,
+        ) -> fieldline_core::Result<Vec<AlarmEvent>>,
     ) -> Result<Response<v1::AlarmActionResult>, Status> {
         let a = request.into_inner();
         check_user(&a)?;

@@ -14,15 +14,13 @@ use std::{
     time::Duration,
 };
 
-use fieldline_core::{Value, config::LineConfig};
+use fieldline_core::{Value, config::LineConfig, rules::same};
 use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
 use fieldline_storage::events::{CommandAudit, CommandStatus};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::{
-    engine::Engine, latest::Latest, metrics::ProcessorMetrics, persist::Record, rules::same,
-};
+use crate::{engine::Engine, latest::Latest, metrics::ProcessorMetrics, persist::Record};
 
 /// Results kept for answering a repeated command id.
 const REMEMBERED: usize = 10_000;

@@ -12,7 +12,10 @@ use fieldline_core::{
     Quality, QualityReason, Sample, SampleBatch, Value,
     plugin::{PluginConfig, validate_plugins},
 };
-use fieldline_processor::plugins::{Derived, Error, FailureKind, PluginOptions, PluginSet};
+use fieldline_processor::{
+    Error,
+    plugin_host::{Derived, FailureKind, PluginOptions, PluginSet},
+};
 
 const S: i64 = 1_000_000_000;
 
@@ -284,7 +287,7 @@ fn scripts_cannot_import_eval_or_touch_files() {
         match PluginSet::build("cnc", &config, &options(&fixtures())) {
             Err(e @ Error::ScriptCompile { .. }) => {
                 assert!(e.to_string().contains(word), "{e}");
-                assert_eq!(e.metric_label(), "plugin_script_compile");
+                assert_eq!(e.kind(), "plugin_script_compile");
             }
             other => panic!("{file} must not compile: {other:?}"),
         }
@@ -698,7 +701,7 @@ fn an_invalid_entry_is_refused_when_building() {
     )
     .unwrap();
     let e = PluginSet::build("cnc", &config, &options(&fixtures())).unwrap_err();
-    assert_eq!(e.metric_label(), "config");
+    assert_eq!(e.kind(), "config");
     assert!(e.to_string().contains("plugins[0].target_rate"), "{e}");
 }
 

@@ -4,7 +4,9 @@
 //! that type. [`AlarmConfig::resolve`] turns the flat configuration into an
 //! [`AlarmDefinition`] whose [`Condition`] names exactly what is evaluated; the
 //! [`machine::AlarmMachine`] then takes samples, time and operator actions and returns the
-//! state transitions the rest of the pipeline stores and shows.
+//! state transitions the rest of the pipeline stores and shows; [`set::LineAlarms`] holds the
+//! machines of every alarm instance of a line and turns their transitions into
+//! [`AlarmEvent`]s.
 //!
 //! ```yaml
 //! alarms:
@@ -38,6 +40,7 @@
 //! ```
 
 pub mod machine;
+pub mod set;
 
 use std::{collections::HashSet, fmt, time::Duration};
 
@@ -50,6 +53,7 @@ pub use machine::{
     ActionRefused, AlarmMachine, AlarmSnapshot, AlarmState, AlarmTransition, Cause, SampleOutcome,
     SnapshotError,
 };
+pub use set::{AlarmEvent, BatchAlarms, LineAlarms, alarm_id};
 
 /// One alarm of a device type: the tag it watches, its condition, delays and priority.
 ///
@@ -331,6 +335,25 @@ const OPTIONAL_FIELDS: [&str; 5] = [
 ];
 
 impl AlarmConfig {
+    /// An alarm of `kind` on `tag` with nothing else set: no limit, deadband or setpoint, no
+    /// delays, medium priority, the condition's description as its message.
+    pub fn new(name: impl Into<String>, tag: impl Into<String>, kind: AlarmKind) -> Self {
+        Self {
+            name: name.into(),
+            tag: tag.into(),
+            kind,
+            limit: None,
+            deadband: None,
+            setpoint: None,
+            setpoint_tag: None,
+            active_when: None,
+            on_delay: Duration::ZERO,
+            off_delay: Duration::ZERO,
+            priority: Priority::default(),
+            message: None,
+        }
+    }
+
     /// Checks the alarm on its own and against the tags of its device, returning every
     /// problem with its path below `path` (the alarm's own path, e.g.
     /// `device_types.oven.alarms[2]`).

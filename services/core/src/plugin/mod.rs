@@ -6,6 +6,11 @@
 //! OEE). Plugins run in the listed order and each sees what the earlier ones derived, so an
 //! OEE plugin can use a tag a script computed.
 //!
+//! The configuration is here; the built-ins themselves are beside it ([`counter`],
+//! [`runtime_hours`], [`oee`]), pure like the alarm machine: they take a batch in a
+//! [`Context`] and append the samples and events they derive. The processor hosts the Rhai
+//! scripts and runs every plugin in order.
+//!
 //! ```yaml
 //! - script: plugins/spindle.rhai
 //!   outputs: [spindle_temp_f, spindle_starts]
@@ -25,12 +30,21 @@
 //!   target_rate: 120
 //! ```
 
+pub mod builtin;
+pub mod context;
+pub mod counter;
+pub mod oee;
+pub mod runtime_hours;
+
 use std::{collections::HashSet, path::PathBuf, time::Duration};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::names::name_problem;
+
+pub use builtin::{Builtin, BuiltinState};
+pub use context::{Context, InputError, PluginEvent, Reading};
 
 /// Operations one script run may take unless its entry sets `max_operations`.
 pub const DEFAULT_MAX_OPERATIONS: u64 = 100_000;

@@ -1,16 +1,18 @@
-//! The runtime built-in: hours a flag has been true. Between readings the last known state
+//! The runtime built-in (`builtin: runtime`): hours a flag has been true. Between readings the last known state
 //! holds (a flag reported by exception is only sent when it changes); after a Bad reading the
 //! state is unknown and no time is counted until a good one arrives.
 
-use fieldline_core::{Quality, Sample, Value, plugin::RuntimePlugin as RuntimeConfig};
-
-use super::Context;
+use super::{
+    RuntimePlugin,
+    context::{Context, InputError},
+};
+use crate::sample::{Quality, Sample, Value};
 
 const NS_PER_HOUR: f64 = 3_600_000_000_000.0;
 
 /// Run time and known time of a flag, integrated up to the last reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(super) struct RunTrack {
+pub struct RunTrack {
     last: Option<(bool, i64)>,
     run_ns: u128,
     known_ns: u128,
@@ -18,7 +20,7 @@ pub(super) struct RunTrack {
 
 impl RunTrack {
     /// Counts the time up to `ts` with the last known state.
-    pub(super) fn advance(&mut self, ts: i64) {
+    pub fn advance(&mut self, ts: i64) {
         if let Some((on, t0)) = self.last
             && ts > t0
         {
@@ -34,7 +36,7 @@ impl RunTrack {
     /// Takes one reading of the flag. A reading older than the last one (the device's clock
     /// was set back) is taken too, counting no time for the step back, so the track follows
     /// the new clock.
-    pub(super) fn observe(&mut self, sample: &Sample) -> Result<(), String> {
+    pub fn observe(&mut self, sample: &Sample) -> Result<(), InputError> {
         self.advance(sample.timestamp_ns);
         match flag(sample) {
             Ok(on) => {
@@ -48,52 +50,60 @@ impl RunTrack {
         }
     }
 
-    pub(super) fn is_known(&self) -> bool {
+    pub fn is_known(&self) -> bool {
         self.last.is_some()
     }
 
-    pub(super) fn is_running(&self) -> bool {
+    pub fn is_running(&self) -> bool {
         matches!(self.last, Some((true, _)))
     }
 
-    pub(super) fn run_seconds(&self) -> f64 {
+    pub fn run_seconds(&self) -> f64 {
         self.run_ns as f64 / 1e9
     }
 
-    pub(super) fn known_seconds(&self) -> f64 {
+    pub fn known_seconds(&self) -> f64 {
         self.known_ns as f64 / 1e9
     }
 }
 
 /// A run flag: a bool, or a number where non-zero means true (PLC run bits often arrive as
 /// registers).
-fn flag(sample: &Sample) -> Result<bool, String> {
+fn flag(sample: &Sample) -> Result<bool, InputError> {
     match (&sample.quality, &sample.value) {
-        (Quality::Bad { .. }, _) | (_, None) => {
-            Err(format!("input {} is {}", sample.tag, sample.quality))
-        }
+        (Quality::Bad { .. }, _) | (_, None) => Err(InputError::NoValue {
+            tag: sample.tag.clone(),
+            quality: sample.quality.clone(),
+        }),
         (_, Some(Value::Bool(b))) => Ok(*b),
         (_, Some(Value::I64(v))) => Ok(*v != 0),
         (_, Some(Value::U64(v))) => Ok(*v != 0),
         (_, Some(Value::F64(v))) if v.is_finite() => Ok(*v != 0.0),
-        (_, Some(v)) => Err(format!("input {} holds {v}, not a run flag", sample.tag)),
+        (_, Some(v)) => Err(InputError::NotAFlag {
+            tag: sample.tag.clone(),
+            value: v.clone(),
+        }),
     }
 }
 
-pub(super) struct RuntimePlugin {
+/// The runtime built-in of one device type, built from its [`RuntimePlugin`] entry; what it
+/// keeps per device is a [`RunTrack`].
+#[derive(Debug)]
+pub struct RuntimeHours {
     input: String,
     output: String,
 }
 
-impl RuntimePlugin {
-    pub(super) fn new(config: &RuntimeConfig) -> Self {
+impl RuntimeHours {
+    pub fn new(config: &RuntimePlugin) -> Self {
         Self {
             input: config.input.clone(),
             output: config.output.clone(),
         }
     }
 
-    pub(super) fn apply(&self, track: &mut RunTrack, cx: &mut Context<'_>) {
+    /// Derives the run hours up to this batch into `cx`.
+    pub fn apply(&self, track: &mut RunTrack, cx: &mut Context<'_>) {
         let mut seen = false;
         let mut problem = None;
         for sample in cx.samples_of(&self.input) {
@@ -101,7 +111,7 @@ impl RuntimePlugin {
             problem = track.observe(sample).err();
         }
         if let Some(problem) = problem {
-            cx.bad(&self.output, problem);
+            cx.bad(&self.output, problem.to_string());
             return;
         }
         // Without a reading in this batch the hours only change while running.
@@ -117,9 +127,8 @@ impl RuntimePlugin {
 
 #[cfg(test)]
 mod tests {
-    use fieldline_core::QualityReason;
-
     use super::*;
+    use crate::sample::QualityReason;
 
     const S: i64 = 1_000_000_000;
 
@@ -145,7 +154,12 @@ mod tests {
         t.observe(&Sample::good("run", Value::Bool(true), 0))
             .unwrap();
         let bad = Sample::bad("run", Quality::bad(QualityReason::CommFailure, ""), 10 * S);
-        assert!(t.observe(&bad).unwrap_err().contains("bad:comm_failure"));
+        assert!(
+            t.observe(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("bad:comm_failure")
+        );
         t.advance(100 * S);
         assert_eq!(t.run_seconds(), 10.0, "counted up to the bad reading only");
         t.observe(&Sample::good("run", Value::Bool(true), 200 * S))
@@ -161,6 +175,7 @@ mod tests {
         assert!(
             t.observe(&Sample::good("run", Value::String("on".into()), 220 * S))
                 .unwrap_err()
+                .to_string()
                 .contains("not a run flag")
         );
     }

@@ -25,14 +25,15 @@ use std::{
 
 use fieldline_core::{
     Quality, Sample, SampleBatch, Value,
-    plugin::{EVENTS_KEY, ScriptPlugin as ScriptConfig},
+    plugin::{Context, EVENTS_KEY, ScriptPlugin as ScriptConfig},
 };
 use rhai::{
     AST, Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope,
     packages::{Package, StandardPackage},
 };
 
-use super::{Context, Error, FailureKind, PluginStats, Result};
+use super::{FailureKind, Failures, PluginStats};
+use crate::{Error, Result};
 
 const BATCH: &str = "batch";
 const STATE: &str = "state";
@@ -81,13 +82,11 @@ fn sandbox(label: &str, max_operations: u64) -> Engine {
 /// Compiles with `batch` and `state` known, so that strict variables catch a misspelt name at
 /// load time. Both are plain variables here: as constants the optimiser would fold the
 /// placeholder values into the script.
-fn compile(engine: &Engine, source: &str) -> Result<AST, String> {
+fn compile(engine: &Engine, source: &str) -> Result<AST, rhai::ParseError> {
     let mut scope = Scope::new();
     scope.push_dynamic(BATCH, Dynamic::from_map(Map::new()));
     scope.push_dynamic(STATE, Dynamic::from_map(Map::new()));
-    engine
-        .compile_with_scope(&scope, source)
-        .map_err(|e| e.to_string())
+    engine.compile_with_scope(&scope, source)
 }
 
 fn content_hash(source: &str) -> u64 {
@@ -162,17 +161,17 @@ impl ScriptPlugin {
         path: &Path,
         reload_check: Duration,
     ) -> Result<Self> {
-        let read_error = |e: std::io::Error| Error::ScriptRead {
+        let read_error = |source: std::io::Error| Error::ScriptRead {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         };
         // Stamp before reading: a change in between is then seen by the first check.
         let stamp = Stamp::of(path).map_err(read_error)?;
         let source = fs::read_to_string(path).map_err(read_error)?;
         let engine = sandbox(label, config.max_operations());
-        let ast = compile(&engine, &source).map_err(|reason| Error::ScriptCompile {
+        let ast = compile(&engine, &source).map_err(|source| Error::ScriptCompile {
             path: path.to_path_buf(),
-            reason,
+            source,
         })?;
         Ok(Self {
             label: label.to_string(),
@@ -270,6 +269,7 @@ impl ScriptPlugin {
         view: &BatchView,
         state: &mut Dynamic,
         cx: &mut Context<'_>,
+        failures: &mut Failures<'_>,
     ) {
         let scope = &mut shared.scope;
         scope.clear();
@@ -293,7 +293,7 @@ impl ScriptPlugin {
                     | EvalAltResult::ErrorTerminated(..) => FailureKind::Limit,
                     _ => FailureKind::Script,
                 };
-                self.all_bad(cx, kind, e.to_string());
+                self.all_bad(cx, failures, kind, e.to_string());
             }
             Ok(value) => {
                 let value = value.flatten();
@@ -305,31 +305,37 @@ impl ScriptPlugin {
                         "the script returned a {}, not a map of outputs",
                         value.type_name()
                     );
-                    self.all_bad(cx, FailureKind::Return, detail);
+                    self.all_bad(cx, failures, FailureKind::Return, detail);
                     return;
                 }
                 if let Some(map) = value.try_cast::<Map>() {
-                    self.take(map, cx);
+                    self.take(map, cx, failures);
                 }
             }
         }
     }
 
-    fn all_bad(&self, cx: &mut Context<'_>, kind: FailureKind, detail: String) {
+    fn all_bad(
+        &self,
+        cx: &mut Context<'_>,
+        failures: &mut Failures<'_>,
+        kind: FailureKind,
+        detail: String,
+    ) {
         for tag in &self.outputs {
             cx.bad(tag, detail.as_str());
         }
-        cx.fail(kind, detail);
+        failures.fail(kind, detail);
     }
 
-    fn take(&self, map: Map, cx: &mut Context<'_>) {
+    fn take(&self, map: Map, cx: &mut Context<'_>, failures: &mut Failures<'_>) {
         for (key, value) in map {
             if key == EVENTS_KEY {
-                self.events(value, cx);
+                self.events(value, cx, failures);
                 continue;
             }
             let Some(tag) = self.outputs.iter().find(|o| o.as_str() == key.as_str()) else {
-                cx.fail(
+                failures.fail(
                     FailureKind::UndeclaredOutput,
                     format!(
                         "the script returned {key:?}, which is not among its outputs {:?}; refused",
@@ -344,24 +350,24 @@ impl ScriptPlugin {
                 Err(problem) => {
                     let detail = format!("{tag}: {problem}");
                     cx.bad(tag, detail.as_str());
-                    cx.fail(FailureKind::Return, detail);
+                    failures.fail(FailureKind::Return, detail);
                 }
             }
         }
     }
 
-    fn events(&self, value: Dynamic, cx: &mut Context<'_>) {
+    fn events(&self, value: Dynamic, cx: &mut Context<'_>, failures: &mut Failures<'_>) {
         let value = value.flatten();
         let type_name = value.type_name();
         let Some(events) = value.try_cast::<Array>() else {
-            cx.fail(
+            failures.fail(
                 FailureKind::Event,
                 format!("`events` is a {type_name}, not an array of maps"),
             );
             return;
         };
         if events.len() > MAX_EVENTS_PER_RUN {
-            cx.fail(
+            failures.fail(
                 FailureKind::Event,
                 format!(
                     "{} events in one run; the first {MAX_EVENTS_PER_RUN} are kept",
@@ -372,7 +378,7 @@ impl ScriptPlugin {
         for (i, event) in events.into_iter().take(MAX_EVENTS_PER_RUN).enumerate() {
             match to_event(event) {
                 Ok((kind, message, fields)) => cx.event(&kind, message, fields),
-                Err(problem) => cx.fail(FailureKind::Event, format!("events[{i}] {problem}")),
+                Err(problem) => failures.fail(FailureKind::Event, format!("events[{i}] {problem}")),
             }
         }
     }
@@ -380,11 +386,38 @@ impl ScriptPlugin {
 
 type EventParts = (String, String, Vec<(String, Value)>);
 
-fn to_event(event: Dynamic) -> Result<EventParts, String> {
+/// Why part of what a script returned was refused; the text goes into the failure's detail
+/// (and the Bad sample of the output concerned).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum Refused {
+    #[error("{0} is not a finite number")]
+    NotFinite(f64),
+    #[error("a {0} cannot be a tag value")]
+    NotATagValue(&'static str),
+    #[error("is a {0}, not a map with kind and message")]
+    EventNotAMap(&'static str),
+    #[error("has a {key} that is a {type_name}, not a string")]
+    EventTextNotAString {
+        key: String,
+        type_name: &'static str,
+    },
+    #[error("field {key}: {source}")]
+    EventField {
+        key: String,
+        #[source]
+        source: Box<Refused>,
+    },
+    #[error("has an empty kind")]
+    EventEmptyKind,
+    #[error("needs both kind and message")]
+    EventWithoutKindOrMessage,
+}
+
+fn to_event(event: Dynamic) -> Result<EventParts, Refused> {
     let event = event.flatten();
     let type_name = event.type_name();
     let Some(map) = event.try_cast::<Map>() else {
-        return Err(format!("is a {type_name}, not a map with kind and message"));
+        return Err(Refused::EventNotAMap(type_name));
     };
     let mut kind = None;
     let mut message = None;
@@ -392,9 +425,12 @@ fn to_event(event: Dynamic) -> Result<EventParts, String> {
     for (key, value) in map {
         match key.as_str() {
             "kind" | "message" => {
-                let text = value
-                    .into_immutable_string()
-                    .map_err(|t| format!("has a {key} that is a {t}, not a string"))?;
+                let text = value.into_immutable_string().map_err(|type_name| {
+                    Refused::EventTextNotAString {
+                        key: key.to_string(),
+                        type_name,
+                    }
+                })?;
                 if key == "kind" {
                     kind = Some(text.to_string());
                 } else {
@@ -404,19 +440,24 @@ fn to_event(event: Dynamic) -> Result<EventParts, String> {
             _ => match to_value(value) {
                 Ok(Some(v)) => fields.push((key.to_string(), v)),
                 Ok(None) => {}
-                Err(problem) => return Err(format!("field {key}: {problem}")),
+                Err(problem) => {
+                    return Err(Refused::EventField {
+                        key: key.to_string(),
+                        source: Box::new(problem),
+                    });
+                }
             },
         }
     }
     match (kind, message) {
         (Some(kind), Some(message)) if !kind.is_empty() => Ok((kind, message, fields)),
-        (Some(_), Some(_)) => Err("has an empty kind".into()),
-        _ => Err("needs both kind and message".into()),
+        (Some(_), Some(_)) => Err(Refused::EventEmptyKind),
+        _ => Err(Refused::EventWithoutKindOrMessage),
     }
 }
 
 /// A script value as a tag value; `None` for `()`.
-fn to_value(value: Dynamic) -> Result<Option<Value>, String> {
+fn to_value(value: Dynamic) -> Result<Option<Value>, Refused> {
     let value = value.flatten();
     if value.is_unit() {
         return Ok(None);
@@ -431,7 +472,7 @@ fn to_value(value: Dynamic) -> Result<Option<Value>, String> {
         return if f.is_finite() {
             Ok(Some(Value::F64(f)))
         } else {
-            Err(format!("{f} is not a finite number"))
+            Err(Refused::NotFinite(f))
         };
     }
     if let Ok(c) = value.as_char() {
@@ -440,7 +481,7 @@ fn to_value(value: Dynamic) -> Result<Option<Value>, String> {
     let type_name = value.type_name();
     match value.into_immutable_string() {
         Ok(s) => Ok(Some(Value::String(s.to_string()))),
-        Err(_) => Err(format!("a {type_name} cannot be a tag value")),
+        Err(_) => Err(Refused::NotATagValue(type_name)),
     }
 }
 
@@ -546,7 +587,7 @@ mod tests {
 
     fn eval(source: &str) -> std::result::Result<Dynamic, String> {
         let engine = sandbox("test", 200_000);
-        let ast = compile(&engine, source)?;
+        let ast = compile(&engine, source).map_err(|e| e.to_string())?;
         let mut scope = Scope::new();
         let mut tags = Map::new();
         tags.insert("t".into(), Dynamic::from_int(1));

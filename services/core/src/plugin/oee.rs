@@ -19,16 +19,13 @@
 
 use std::collections::VecDeque;
 
-use fieldline_core::{
-    Value,
-    plugin::{OeeOutputs, OeePlugin as OeeConfig},
-};
-
 use super::{
-    Context, Reading,
+    OeeOutputs, OeePlugin,
+    context::{Context, InputError, Reading},
     counter::{CounterTrack, Step, reset_event},
-    runtime::RunTrack,
+    runtime_hours::RunTrack,
 };
+use crate::sample::Value;
 
 /// Snapshots per window: the window's start is known to within 1/64 of its length.
 const SNAPSHOTS_PER_WINDOW: i64 = 64;
@@ -50,7 +47,9 @@ struct Snapshot {
     planned_s: f64,
 }
 
-pub(super) struct OeeState {
+/// What the OEE built-in keeps per device between batches.
+#[derive(Debug)]
+pub struct OeeState {
     units: Total,
     good: Total,
     runtime: Total,
@@ -60,19 +59,34 @@ pub(super) struct OeeState {
     low: bool,
 }
 
+/// Why a figure has no value for the window; the text becomes the detail of its Bad sample.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Undefined {
+    #[error("undefined: no time has passed")]
+    NoTime,
+    #[error("undefined: no planned time in the window")]
+    NoPlannedTime,
+    #[error("undefined: no run time in the window")]
+    NoRunTime,
+    #[error("undefined: no units produced in the window")]
+    NoUnits,
+    #[error("the good count rose by {good}, more than the {units} units produced")]
+    GoodAboveUnits { good: f64, units: f64 },
+}
+
 /// The six figures, each a value or why it has none.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Figures {
-    pub availability: Result<f64, String>,
-    pub performance: Result<f64, String>,
-    pub quality: Result<f64, String>,
-    pub oee: Result<f64, String>,
-    pub production_rate: Result<f64, String>,
-    pub efficiency: Result<f64, String>,
+pub struct Figures {
+    pub availability: Result<f64, Undefined>,
+    pub performance: Result<f64, Undefined>,
+    pub quality: Result<f64, Undefined>,
+    pub oee: Result<f64, Undefined>,
+    pub production_rate: Result<f64, Undefined>,
+    pub efficiency: Result<f64, Undefined>,
 }
 
 /// The figures for the increases over a window; `target` in units per minute.
-pub(super) fn figures(
+pub fn figures(
     units: f64,
     good: f64,
     run_s: f64,
@@ -82,40 +96,38 @@ pub(super) fn figures(
 ) -> Figures {
     let (run_min, planned_min, elapsed_min) = (run_s / 60.0, planned_s / 60.0, elapsed_s / 60.0);
     let good_fits = if good > units {
-        Err(format!(
-            "the good count rose by {good}, more than the {units} units produced"
-        ))
+        Err(Undefined::GoodAboveUnits { good, units })
     } else {
         Ok(())
     };
     let production_rate = if elapsed_min > 0.0 {
         Ok(units / elapsed_min)
     } else {
-        Err("undefined: no time has passed".to_string())
+        Err(Undefined::NoTime)
     };
     Figures {
         availability: if planned_min > 0.0 {
             Ok(run_min / planned_min)
         } else {
-            Err("undefined: no planned time in the window".into())
+            Err(Undefined::NoPlannedTime)
         },
         performance: if run_min > 0.0 {
             Ok(units / (target * run_min))
         } else {
-            Err("undefined: no run time in the window".into())
+            Err(Undefined::NoRunTime)
         },
         quality: good_fits.clone().and_then(|()| {
             if units > 0.0 {
                 Ok(good / units)
             } else {
-                Err("undefined: no units produced in the window".into())
+                Err(Undefined::NoUnits)
             }
         }),
         oee: good_fits.and_then(|()| {
             if planned_min > 0.0 {
                 Ok(good / (target * planned_min))
             } else {
-                Err("undefined: no planned time in the window".into())
+                Err(Undefined::NoPlannedTime)
             }
         }),
         efficiency: production_rate.clone().map(|rate| rate / target),
@@ -123,7 +135,9 @@ pub(super) fn figures(
     }
 }
 
-pub(super) struct OeePlugin {
+/// The OEE built-in of one device type, built from its [`OeePlugin`] entry.
+#[derive(Debug)]
+pub struct Oee {
     units: String,
     good: String,
     runtime: Option<String>,
@@ -136,8 +150,8 @@ pub(super) struct OeePlugin {
     outputs: OeeOutputs,
 }
 
-impl OeePlugin {
-    pub(super) fn new(config: &OeeConfig) -> Self {
+impl Oee {
+    pub fn new(config: &OeePlugin) -> Self {
         Self {
             units: config.units_produced.clone(),
             good: config.good_count.clone(),
@@ -152,7 +166,8 @@ impl OeePlugin {
         }
     }
 
-    pub(super) fn fresh_state(&self) -> OeeState {
+    /// The state of a device not seen before.
+    pub fn fresh_state(&self) -> OeeState {
         OeeState {
             units: Total::default(),
             good: Total::default(),
@@ -172,7 +187,7 @@ impl OeePlugin {
         total: &mut Total,
         seen: &mut bool,
         cx: &mut Context<'_>,
-    ) -> Option<String> {
+    ) -> Option<InputError> {
         let mut problem = None;
         let mut resets = Vec::new();
         for sample in cx.samples_of(tag) {
@@ -206,7 +221,8 @@ impl OeePlugin {
         problem
     }
 
-    pub(super) fn apply(&self, st: &mut OeeState, cx: &mut Context<'_>) {
+    /// Derives the figures of the window ending at this batch into `cx`.
+    pub fn apply(&self, st: &mut OeeState, cx: &mut Context<'_>) {
         let mut seen = false;
         let mut problem = None;
         for (tag, total) in [
@@ -236,8 +252,9 @@ impl OeePlugin {
             return;
         }
         if let Some(problem) = problem {
+            let detail = problem.to_string();
             for (_, tag) in self.outputs.named() {
-                cx.bad(tag, problem.as_str());
+                cx.bad(tag, detail.as_str());
             }
             return;
         }
@@ -298,7 +315,7 @@ impl OeePlugin {
         ] {
             match figure {
                 Ok(v) => cx.good(tag, Value::F64(*v)),
-                Err(why) => cx.bad(tag, why.as_str()),
+                Err(why) => cx.bad(tag, why.to_string()),
             }
         }
         if let (Some(threshold), Ok(efficiency)) = (self.low_efficiency, &f.efficiency) {
@@ -337,7 +354,7 @@ impl OeePlugin {
 mod tests {
     use super::*;
 
-    fn close(a: &Result<f64, String>, b: f64) -> bool {
+    fn close(a: &Result<f64, Undefined>, b: f64) -> bool {
         a.as_ref().is_ok_and(|a| (a - b).abs() < 1e-9)
     }
 
@@ -366,12 +383,22 @@ mod tests {
     fn undefined_figures_say_why_instead_of_being_zero() {
         let f = figures(0.0, 0.0, 0.0, 60.0, 60.0, 10.0);
         assert_eq!(f.availability, Ok(0.0));
-        assert!(f.performance.unwrap_err().contains("no run time"));
-        assert!(f.quality.unwrap_err().contains("no units"));
+        assert!(
+            f.performance
+                .unwrap_err()
+                .to_string()
+                .contains("no run time")
+        );
+        assert!(f.quality.unwrap_err().to_string().contains("no units"));
         assert_eq!(f.oee, Ok(0.0));
         assert_eq!(f.efficiency, Ok(0.0));
         let f = figures(10.0, 12.0, 60.0, 60.0, 60.0, 10.0);
-        assert!(f.quality.unwrap_err().contains("more than the 10 units"));
+        assert!(
+            f.quality
+                .unwrap_err()
+                .to_string()
+                .contains("more than the 10 units")
+        );
         assert!(f.oee.is_err());
     }
 }

@@ -1,13 +1,14 @@
-//! Control rules, evaluated on every batch: hysteresis control and interlocks. Pure: the
-//! caller passes the current value of each output and the time, and carries out the writes the
-//! rules ask for through the safe write path. An interlock that trips forces its output and
-//! keeps every other writer (a hysteresis rule, the MES) off it until it resets.
+//! The control rules of a line, evaluated on every batch: hysteresis control and interlocks.
+//! Pure: the caller passes the current value of each output and the time, and carries out the
+//! writes the rules ask for through the safe write path. An interlock that trips forces its
+//! output and keeps every other writer (a hysteresis rule, the MES) off it until it resets.
 
 use std::collections::HashMap;
 
-use fieldline_core::{
-    SampleBatch, Value,
-    rules::{HysteresisAction, RuleConfig},
+use super::{HysteresisAction, RuleConfig};
+use crate::{
+    alarm::DiscreteValue,
+    sample::{SampleBatch, Value},
 };
 
 /// A rule asks again for a write it already asked for, when the output still disagrees, after
@@ -103,7 +104,7 @@ impl LineRules {
                     ..
                 } if r.tripped && output == tag => Some(Hold {
                     rule: name.clone(),
-                    value: json_value(value)?,
+                    value: forced_value(value)?,
                 }),
                 _ => None,
             }
@@ -164,7 +165,7 @@ impl LineRules {
                         }
                     }
                     if trip {
-                        json_value(value).map(|v| {
+                        forced_value(value).map(|v| {
                             let why = match reading {
                                 Some(r) => format!("interlock {name}: {input} = {r}"),
                                 None => format!("interlock {name}: {input} is Bad"),
@@ -247,22 +248,26 @@ pub fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// A configured forced value (`true`, `false` or a number).
-pub fn json_value(v: &serde_json::Value) -> Option<Value> {
+/// The value an interlock forces its output to: `true`, `false` or a finite number (a whole
+/// number as an integer). `None` for a text, which no interlock may force.
+pub fn forced_value(v: &DiscreteValue) -> Option<Value> {
+    /// 2^63: the first f64 above every i64.
+    const I64_END: f64 = 9_223_372_036_854_775_808.0;
     match v {
-        serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .map(Value::I64)
-            .or_else(|| n.as_f64().map(Value::F64)),
-        _ => None,
+        DiscreteValue::Bool(b) => Some(Value::Bool(*b)),
+        DiscreteValue::Number(n) if !n.is_finite() => None,
+        DiscreteValue::Number(n) if n.fract() == 0.0 && (-I64_END..I64_END).contains(n) => {
+            Some(Value::I64(*n as i64))
+        }
+        DiscreteValue::Number(n) => Some(Value::F64(*n)),
+        DiscreteValue::Text(_) => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fieldline_core::{Quality, QualityReason, Sample};
+    use crate::sample::{Quality, QualityReason, Sample};
 
     const S: i64 = 1_000_000_000;
 

@@ -3,19 +3,21 @@
 //! a decrease is either a rollover (the counter wrapped at its configured range) or a reset
 //! (it was zeroed), and a reset counts from 0 and is reported as an event.
 
-use fieldline_core::{Value, plugin::CounterPlugin as CounterConfig};
-
-use super::{Context, Reading};
+use super::{
+    CounterPlugin,
+    context::{Context, InputError, Reading},
+};
+use crate::sample::Value;
 
 /// The last accepted reading of a counter, and how the next one compares to it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(super) struct CounterTrack {
+pub struct CounterTrack {
     prev: Option<(Reading, i64)>,
 }
 
 /// What one reading adds to a counter.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Step {
+pub enum Step {
     /// The first reading: nothing to compare with yet.
     Baseline,
     /// The counter rose by `delta` over `span_ns`; `reset_from` is the reading before a reset.
@@ -30,28 +32,25 @@ pub(super) enum Step {
 
 impl CounterTrack {
     /// Whether a first reading has been taken.
-    pub(super) fn has_baseline(&self) -> bool {
+    pub fn has_baseline(&self) -> bool {
         self.prev.is_some()
     }
 
     /// Takes a reading; a refused reading (negative, or not below the rollover) leaves the
     /// track as it was, so the next good reading covers the gap.
-    pub(super) fn step(
+    pub fn step(
         &mut self,
         value: Reading,
         ts: i64,
         rollover: Option<u64>,
-    ) -> Result<Step, String> {
+    ) -> Result<Step, InputError> {
         if value.as_f64() < 0.0 {
-            return Err(format!("counter value {} is negative", show(value)));
+            return Err(InputError::NegativeCount(value));
         }
         if let Some(r) = rollover
             && value.as_f64() >= r as f64
         {
-            return Err(format!(
-                "counter value {} is not below its rollover {r}",
-                show(value)
-            ));
+            return Err(InputError::NotBelowRollover { value, rollover: r });
         }
         let Some((prev, prev_ts)) = self.prev else {
             self.prev = Some((value, ts));
@@ -89,46 +88,28 @@ impl CounterTrack {
     }
 }
 
-fn show(r: Reading) -> String {
-    match r {
-        Reading::Int(v) => v.to_string(),
-        Reading::Float(v) => v.to_string(),
-    }
-}
-
 /// The event that reports a reset of `tag`.
 pub(super) fn reset_event(cx: &mut Context<'_>, tag: &str, from: Reading, to: Reading) {
     cx.event(
         "counter_reset",
-        format!(
-            "counter {tag} went from {} to {}; counted as a reset to 0",
-            show(from),
-            show(to)
-        ),
+        format!("counter {tag} went from {from} to {to}; counted as a reset to 0"),
         vec![
             ("tag".into(), Value::String(tag.to_string())),
-            ("from".into(), to_value(from)),
-            ("to".into(), to_value(to)),
+            ("from".into(), from.to_value()),
+            ("to".into(), to.to_value()),
         ],
     );
 }
 
-fn to_value(r: Reading) -> Value {
-    match r {
-        Reading::Int(v) => match u64::try_from(v) {
-            Ok(u) => Value::U64(u),
-            Err(_) => Value::F64(v as f64),
-        },
-        Reading::Float(v) => Value::F64(v),
-    }
-}
-
+/// What the counter built-in keeps per device between batches.
 #[derive(Debug, Default)]
-pub(super) struct CounterState {
+pub struct CounterState {
     track: CounterTrack,
 }
 
-pub(super) struct CounterPlugin {
+/// The counter built-in of one device type, built from its [`CounterPlugin`] entry.
+#[derive(Debug)]
+pub struct Counter {
     input: String,
     delta: Option<String>,
     rate: Option<String>,
@@ -136,8 +117,8 @@ pub(super) struct CounterPlugin {
     rollover: Option<u64>,
 }
 
-impl CounterPlugin {
-    pub(super) fn new(config: &CounterConfig) -> Self {
+impl Counter {
+    pub fn new(config: &CounterPlugin) -> Self {
         Self {
             input: config.input.clone(),
             delta: config.delta.clone(),
@@ -147,13 +128,14 @@ impl CounterPlugin {
         }
     }
 
-    pub(super) fn apply(&self, state: &mut CounterState, cx: &mut Context<'_>) {
+    /// Derives the delta and rate of this batch's readings into `cx`.
+    pub fn apply(&self, state: &mut CounterState, cx: &mut Context<'_>) {
         // Work on a copy: when the batch ends with a bad reading nothing is taken, so the
         // next good reading's increase covers this batch too and no count is lost.
         let mut track = state.track;
         let mut increase: Option<(Reading, i64)> = None;
         let mut resets = Vec::new();
-        let mut last_problem: Option<String> = None;
+        let mut last_problem: Option<InputError> = None;
         let mut seen = false;
         for sample in cx.samples_of(&self.input) {
             seen = true;
@@ -188,8 +170,9 @@ impl CounterPlugin {
             return;
         }
         if let Some(problem) = last_problem {
+            let detail = problem.to_string();
             for tag in self.delta.iter().chain(&self.rate) {
-                cx.bad(tag, problem.as_str());
+                cx.bad(tag, detail.as_str());
             }
             return;
         }
@@ -201,7 +184,7 @@ impl CounterPlugin {
             return;
         };
         if let Some(tag) = &self.delta {
-            cx.good(tag, to_value(delta));
+            cx.good(tag, delta.to_value());
         }
         if let Some(tag) = &self.rate {
             if span_ns > 0 {
@@ -228,7 +211,7 @@ fn add(a: Reading, b: Reading) -> Reading {
 mod tests {
     use super::*;
 
-    fn inc(delta: Reading, span_ns: i64, reset_from: Option<Reading>) -> Result<Step, String> {
+    fn inc(delta: Reading, span_ns: i64, reset_from: Option<Reading>) -> Result<Step, InputError> {
         Ok(Step::Increase {
             delta,
             span_ns,
@@ -285,6 +268,7 @@ mod tests {
         assert!(
             t.step(Reading::Int(-1), 0, None)
                 .unwrap_err()
+                .to_string()
                 .contains("negative")
         );
         assert!(!t.has_baseline());
@@ -292,6 +276,7 @@ mod tests {
         assert!(
             t.step(Reading::Int(12), 200, Some(10))
                 .unwrap_err()
+                .to_string()
                 .contains("not below its rollover 10")
         );
         assert_eq!(

@@ -1,21 +1,19 @@
-//! Plugins: per-device-type logic that turns each sample batch into derived samples and
-//! events before alarms and control rules see it.
+//! The plugin host: runs the per-device-type plugins that turn each sample batch into derived
+//! samples and events before alarms and control rules see it.
 //!
 //! A [`PluginSet`] is built once per device type from its configured plugins
 //! ([`fieldline_core::plugin::PluginConfig`]) and then fed every batch of every device of that
-//! type through [`PluginSet::apply`]. Plugins run in their configured order; each sees the
-//! batch's samples plus what the earlier plugins derived from it. Every derived sample carries
-//! the batch's timestamp (its newest source timestamp).
+//! type through [`PluginSet::apply`]. The built-ins are pure and live in
+//! [`fieldline_core::plugin`]; the Rhai scripts are hosted here (`script.rs`). Plugins run in
+//! their configured order; each sees the batch's samples plus what the earlier plugins derived
+//! from it. Every derived sample carries the batch's timestamp (its newest source timestamp).
 //!
-//! Scripts are compiled once, watched for changes and swapped between two batches; built-ins
-//! are plain Rust. Whatever a plugin does wrong, the processor keeps going: the outputs it
-//! could not derive become Bad (processing) samples that say why, the failure is counted in
-//! the returned [`Derived::failures`] and in [`PluginSet::stats`], and logged at most once per
-//! ten seconds per plugin.
+//! Scripts are compiled once, watched for changes and swapped between two batches. Whatever a
+//! plugin does wrong, the processor keeps going: the outputs it could not derive become Bad
+//! (processing) samples that say why, the failure is counted in the returned
+//! [`Derived::failures`] and in [`PluginSet::stats`], and logged at most once per ten seconds
+//! per plugin.
 
-mod counter;
-mod oee;
-mod runtime;
 mod script;
 
 use std::{
@@ -25,38 +23,14 @@ use std::{
 };
 
 use fieldline_core::{
-    Quality, QualityReason, Sample, SampleBatch, Value,
-    plugin::{BuiltinPlugin, PluginConfig, validate_plugins},
+    Sample, SampleBatch,
+    plugin::{Builtin, BuiltinState, Context, PluginConfig, validate_plugins},
 };
 
-use self::{counter::CounterPlugin, oee::OeePlugin, runtime::RuntimePlugin, script::ScriptPlugin};
+pub use fieldline_core::plugin::PluginEvent;
 
-/// Why a plugin set could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("plugin script {path}: {reason}")]
-    ScriptRead { path: PathBuf, reason: String },
-    #[error("plugin script {path} does not compile: {reason}")]
-    ScriptCompile { path: PathBuf, reason: String },
-    #[error("plugins of device type {device_type}: {problems}")]
-    Config {
-        device_type: String,
-        problems: String,
-    },
-}
-
-impl Error {
-    /// Short kind for the `errors_total{kind}` metric.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::ScriptRead { .. } => "plugin_script_read",
-            Error::ScriptCompile { .. } => "plugin_script_compile",
-            Error::Config { .. } => "config",
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+use self::script::ScriptPlugin;
+use crate::{Error, Result};
 
 /// How plugin sets find and watch their scripts.
 #[derive(Debug, Clone)]
@@ -99,23 +73,6 @@ impl Derived {
     pub fn sample(&self, tag: &str) -> Option<&Sample> {
         self.samples.iter().find(|s| s.tag == tag)
     }
-}
-
-/// An event raised by a plugin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PluginEvent {
-    /// The plugin that raised it, e.g. `script plugins/cnc.rhai` or `counter parts_total`.
-    pub plugin: String,
-    pub line: String,
-    pub device: String,
-    /// What happened, e.g. `counter_reset`, `low_efficiency` or a script's own kind.
-    pub kind: String,
-    /// For people.
-    pub message: String,
-    /// Further values a script attached.
-    pub fields: Vec<(String, Value)>,
-    /// The batch's timestamp, in nanoseconds since the Unix epoch.
-    pub timestamp_ns: i64,
 }
 
 /// Something a plugin did wrong on one batch.
@@ -253,17 +210,13 @@ struct Plugin {
 
 enum PluginKind {
     Script(Box<ScriptPlugin>),
-    Counter(CounterPlugin),
-    Runtime(RuntimePlugin),
-    Oee(Box<OeePlugin>),
+    Builtin(Builtin),
 }
 
 /// What one plugin keeps per device between batches.
 enum PluginState {
     Script(rhai::Dynamic),
-    Counter(counter::CounterState),
-    Runtime(runtime::RunTrack),
-    Oee(Box<oee::OeeState>),
+    Builtin(BuiltinState),
 }
 
 impl PluginSet {
@@ -276,7 +229,7 @@ impl PluginSet {
     ) -> Result<Self> {
         let problems = validate_plugins(plugins, "plugins");
         if !problems.is_empty() {
-            return Err(Error::Config {
+            return Err(Error::PluginConfig {
                 device_type: device_type.to_string(),
                 problems: problems
                     .iter()
@@ -296,15 +249,7 @@ impl PluginSet {
                     &resolve(&options.base_dir, &s.script),
                     options.reload_check,
                 )?)),
-                PluginConfig::Builtin(BuiltinPlugin::Counter(c)) => {
-                    PluginKind::Counter(CounterPlugin::new(c))
-                }
-                PluginConfig::Builtin(BuiltinPlugin::Runtime(r)) => {
-                    PluginKind::Runtime(RuntimePlugin::new(r))
-                }
-                PluginConfig::Builtin(BuiltinPlugin::Oee(o)) => {
-                    PluginKind::Oee(Box::new(OeePlugin::new(o)))
-                }
+                PluginConfig::Builtin(b) => PluginKind::Builtin(b.build()),
             };
             built.push(Plugin {
                 stats: PluginStats {
@@ -386,17 +331,19 @@ impl PluginSet {
                 plugin: &plugin.label,
                 emit: &mut self.scratch,
                 events: &mut out.events,
-                failures: &mut out.failures,
             };
             match (&mut plugin.kind, state) {
                 (PluginKind::Script(s), PluginState::Script(st)) => {
                     if let Some(view) = &view {
-                        s.run(&mut self.scripts, view, st, &mut cx);
+                        let mut failures = Failures {
+                            plugin: &plugin.label,
+                            device: &batch.device,
+                            failures: &mut out.failures,
+                        };
+                        s.run(&mut self.scripts, view, st, &mut cx, &mut failures);
                     }
                 }
-                (PluginKind::Counter(c), PluginState::Counter(st)) => c.apply(st, &mut cx),
-                (PluginKind::Runtime(r), PluginState::Runtime(st)) => r.apply(st, &mut cx),
-                (PluginKind::Oee(o), PluginState::Oee(st)) => o.apply(st, &mut cx),
+                (PluginKind::Builtin(b), PluginState::Builtin(st)) => b.apply(st, &mut cx),
                 // States are made from the plugins they sit beside; a mismatch cannot occur,
                 // and if it did the outputs of this batch would simply be missing.
                 _ => {}
@@ -430,9 +377,7 @@ impl Plugin {
     fn fresh_state(&self) -> PluginState {
         match &self.kind {
             PluginKind::Script(_) => PluginState::Script(rhai::Dynamic::from_map(rhai::Map::new())),
-            PluginKind::Counter(_) => PluginState::Counter(counter::CounterState::default()),
-            PluginKind::Runtime(_) => PluginState::Runtime(runtime::RunTrack::default()),
-            PluginKind::Oee(o) => PluginState::Oee(Box::new(o.fresh_state())),
+            PluginKind::Builtin(b) => PluginState::Builtin(b.fresh_state()),
         }
     }
 }
@@ -445,88 +390,21 @@ fn resolve(base: &Path, path: &Path) -> PathBuf {
     }
 }
 
-/// What a plugin sees of the batch and where it puts what it derives.
-struct Context<'a> {
-    batch: &'a SampleBatch,
-    /// The batch's timestamp: its newest source timestamp.
-    ts: i64,
-    /// What earlier plugins derived from this batch.
-    derived: &'a [Sample],
+/// Where a script's failures on one batch go: each one names the plugin and the device.
+struct Failures<'a> {
     plugin: &'a str,
-    emit: &'a mut Vec<Sample>,
-    events: &'a mut Vec<PluginEvent>,
+    device: &'a str,
     failures: &'a mut Vec<PluginFailure>,
 }
 
-impl Context<'_> {
-    /// The samples of `tag` in this batch, oldest first, then what earlier plugins derived.
-    fn samples_of<'s>(&'s self, tag: &'s str) -> impl Iterator<Item = &'s Sample> + 's {
-        self.batch
-            .samples
-            .iter()
-            .chain(self.derived.iter())
-            .filter(move |s| s.tag == tag)
-    }
-
-    fn good(&mut self, tag: &str, value: Value) {
-        self.emit.push(Sample::good(tag, value, self.ts));
-    }
-
-    fn bad(&mut self, tag: &str, detail: impl Into<String>) {
-        self.emit.push(Sample::bad(
-            tag,
-            Quality::bad(QualityReason::Processing, detail),
-            self.ts,
-        ));
-    }
-
-    fn event(&mut self, kind: &str, message: String, fields: Vec<(String, Value)>) {
-        self.events.push(PluginEvent {
-            plugin: self.plugin.to_string(),
-            line: self.batch.line.clone(),
-            device: self.batch.device.clone(),
-            kind: kind.to_string(),
-            message,
-            fields,
-            timestamp_ns: self.ts,
-        });
-    }
-
+impl Failures<'_> {
     fn fail(&mut self, kind: FailureKind, detail: String) {
         self.failures.push(PluginFailure {
             plugin: self.plugin.to_string(),
-            device: self.batch.device.clone(),
+            device: self.device.to_string(),
             kind,
             detail,
         });
-    }
-}
-
-/// A counter or flag reading as a number the built-ins can work with.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Reading {
-    Int(i128),
-    Float(f64),
-}
-
-impl Reading {
-    fn of(sample: &Sample) -> Result<Reading, String> {
-        match (&sample.quality, &sample.value) {
-            (Quality::Bad { .. }, _) | (_, None) => {
-                Err(format!("input {} is {}", sample.tag, sample.quality))
-            }
-            (_, Some(Value::I64(v))) => Ok(Reading::Int(i128::from(*v))),
-            (_, Some(Value::U64(v))) => Ok(Reading::Int(i128::from(*v))),
-            (_, Some(Value::F64(v))) if v.is_finite() => Ok(Reading::Float(*v)),
-            (_, Some(v)) => Err(format!("input {} holds {v}, not a number", sample.tag)),
-        }
-    }
-
-    fn as_f64(self) -> f64 {
-        match self {
-            Reading::Int(v) => v as f64,
-            Reading::Float(v) => v,
-        }
     }
 }
 
@@ -543,21 +421,5 @@ mod tests {
         assert_eq!(limit.allow(t0 + Duration::from_secs(9)), None);
         assert_eq!(limit.allow(t0 + LOG_EVERY), Some(2));
         assert_eq!(limit.allow(t0 + LOG_EVERY), None);
-    }
-
-    #[test]
-    fn bad_and_non_numeric_readings_are_refused_with_the_tag() {
-        let bad = Sample::bad("units", Quality::bad(QualityReason::CommFailure, ""), 1);
-        assert!(
-            Reading::of(&bad)
-                .unwrap_err()
-                .contains("units is bad:comm_failure")
-        );
-        let text = Sample::good("units", Value::String("x".into()), 1);
-        assert!(Reading::of(&text).unwrap_err().contains("not a number"));
-        let nan = Sample::good("units", Value::F64(f64::NAN), 1);
-        assert!(Reading::of(&nan).is_err());
-        let big = Sample::good("units", Value::U64(u64::MAX), 1);
-        assert_eq!(Reading::of(&big), Ok(Reading::Int(i128::from(u64::MAX))));
     }
 }
