@@ -89,6 +89,11 @@ fn codec(u: &mut Unstructured<'_>) -> arbitrary::Result<TagCodec> {
         bit,
         scale: finite(u)?,
         offset: finite(u)?,
+        decimals: if u.arbitrary()? {
+            Some(u.int_in_range(0..=15)?)
+        } else {
+            None
+        },
     })
 }
 

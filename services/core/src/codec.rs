@@ -244,6 +244,25 @@ pub enum EncodeError {
     OutOfRange(String),
 }
 
+/// `x` rounded to `decimals` places: the f64 nearest to the decimal an engineer would write.
+pub fn round_to(x: f64, decimals: u8) -> f64 {
+    let factor = 10f64.powi(i32::from(decimals.min(15)));
+    let rounded = (x * factor).round() / factor;
+    // Beyond 2^53 (or for huge factors) the product has no fraction left to round.
+    if rounded.is_finite() { rounded } else { x }
+}
+
+/// The decimals a scale and offset give an integer reading: those of the scale (0.1 gives one,
+/// 0.25 two) or of the offset, whichever has more.
+pub fn implied_decimals(scale: Option<f64>, offset: Option<f64>) -> u8 {
+    let places = |v: f64| {
+        let text = v.abs().to_string();
+        text.split_once('.')
+            .map_or(0, |(_, fraction)| fraction.len().min(15) as u8)
+    };
+    scale.map_or(0, places).max(offset.map_or(0, places))
+}
+
 /// Everything needed to turn a tag's words into a value and back.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TagCodec {
@@ -254,6 +273,9 @@ pub struct TagCodec {
     pub bit: Option<u8>,
     pub scale: Option<f64>,
     pub offset: Option<f64>,
+    /// Decimals a decoded number is rounded to, so `538 × 0.1` is published as 53.8 and
+    /// not as 53.800000000000004.
+    pub decimals: Option<u8>,
 }
 
 impl TagCodec {
@@ -265,6 +287,7 @@ impl TagCodec {
             bit: None,
             scale: None,
             offset: None,
+            decimals: None,
         }
     }
 
@@ -312,12 +335,17 @@ impl TagCodec {
             DataType::F64 => Value::F64(finite(f64::from_be_bytes(arr(&bytes)))?),
         };
         if !self.is_scaled() {
-            return Ok(raw);
+            return Ok(match (raw, self.decimals) {
+                (Value::F64(x), Some(d)) => Value::F64(round_to(x, d)),
+                (raw, _) => raw,
+            });
         }
         let x = raw.as_f64().unwrap_or_default();
-        Ok(Value::F64(finite(
-            x * self.scale.unwrap_or(1.0) + self.offset.unwrap_or(0.0),
-        )?))
+        let scaled = finite(x * self.scale.unwrap_or(1.0) + self.offset.unwrap_or(0.0))?;
+        Ok(Value::F64(match self.decimals {
+            Some(d) => round_to(scaled, d),
+            None => scaled,
+        }))
     }
 
     /// Encodes a value into the tag's registers, undoing scale and offset.
@@ -640,6 +668,25 @@ mod tests {
                 got: 1
             })
         );
+    }
+
+    #[test]
+    fn scaled_integers_come_out_as_an_engineer_writes_them() {
+        let c = TagCodec {
+            scale: Some(0.1),
+            decimals: Some(implied_decimals(Some(0.1), None)),
+            ..TagCodec::new(DataType::U16)
+        };
+        // 538 × 0.1 is 53.800000000000004 in f64 arithmetic.
+        assert_eq!(c.decode_registers(&[538]), Ok(Value::F64(53.8)));
+        assert_eq!(c.decode_registers(&[538]).unwrap().to_string(), "53.8");
+        assert_eq!(implied_decimals(Some(0.1), None), 1);
+        assert_eq!(implied_decimals(Some(0.25), Some(-40.0)), 2);
+        assert_eq!(implied_decimals(Some(2.0), Some(273.15)), 2);
+        assert_eq!(implied_decimals(None, None), 0);
+        assert_eq!(round_to(21.456, 2), 21.46);
+        assert_eq!(round_to(-0.05, 1), -0.1);
+        assert_eq!(round_to(1e300, 15), 1e300);
     }
 
     #[test]

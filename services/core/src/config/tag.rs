@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    codec::{Address, ByteOrder, DataType, TagCodec, WordOrder},
+    codec::{Address, ByteOrder, DataType, TagCodec, WordOrder, implied_decimals, round_to},
     deadband::DeadbandRule,
     sample::Value,
     value_type::ValueType,
@@ -37,6 +37,12 @@ pub struct TagConfig {
     /// value = raw * scale + offset.
     #[serde(default)]
     pub offset: Option<f64>,
+    /// Decimals a value is rounded to before it is published. By default a scaled integer
+    /// reading keeps the decimals its scale and offset imply (a scale of 0.1 gives one,
+    /// 0.25 two) and floats are published as read. For the raw register value, add a second
+    /// tag at the same address without `scale`.
+    #[serde(default)]
+    pub decimals: Option<u8>,
     /// Engineering unit, e.g. `degC`.
     #[serde(default)]
     pub unit: Option<String>,
@@ -120,6 +126,16 @@ impl TagConfig {
                 problems.push((field, format!("{d} must be a number of at least 0")));
             }
         }
+        if let Some(d) = self.decimals {
+            if !numeric {
+                problems.push((
+                    "decimals",
+                    format!("applies to numbers, not to {type_name}"),
+                ));
+            } else if d > 15 {
+                problems.push(("decimals", format!("{d} is more than the 15 an f64 holds")));
+            }
+        }
         if self.heartbeat.is_some_and(|h| h.is_zero()) {
             problems.push(("heartbeat", "must be more than 0".into()));
         }
@@ -128,6 +144,14 @@ impl TagConfig {
         {
             problems.push(("min", format!("min {min} is above max {max}")));
         }
+    }
+
+    /// The decimals values are rounded to: the tag's own, else those its scale and offset
+    /// give an integer reading.
+    fn rounding(&self, integer: bool) -> Option<u8> {
+        let scaled = self.scale.is_some() || self.offset.is_some();
+        self.decimals
+            .or_else(|| (integer && scaled).then(|| implied_decimals(self.scale, self.offset)))
     }
 
     /// The tag's report-by-exception settings.
@@ -199,6 +223,7 @@ impl TagConfig {
                 bit: address.bit,
                 scale: self.scale,
                 offset: self.offset,
+                decimals: self.rounding(!matches!(data_type, DataType::F32 | DataType::F64)),
             },
             deadband: self.deadband_rule(),
             poll_interval: self.poll_interval,
@@ -218,6 +243,8 @@ pub struct ResolvedValueTag {
     pub value_type: ValueType,
     pub scale: Option<f64>,
     pub offset: Option<f64>,
+    /// Decimals a number is rounded to before it is published.
+    pub decimals: Option<u8>,
     pub deadband: DeadbandRule,
     pub writable: bool,
     pub min: Option<f64>,
@@ -225,14 +252,22 @@ pub struct ResolvedValueTag {
 }
 
 impl ResolvedValueTag {
-    /// Converts what the device sent to the tag's type, then applies scale and offset.
+    /// Converts what the device sent to the tag's type, then applies scale and offset and
+    /// rounds to the tag's decimals.
     pub fn convert(&self, value: Value) -> crate::Result<Value> {
         let value = self.value_type.convert(value)?;
         if self.scale.is_none() && self.offset.is_none() {
-            return Ok(value);
+            return Ok(match (value, self.decimals) {
+                (Value::F64(x), Some(d)) => Value::F64(round_to(x, d)),
+                (value, _) => value,
+            });
         }
         let raw = value.as_f64().ok_or_else(|| cannot_scale(&value))?;
         let scaled = raw * self.scale.unwrap_or(1.0) + self.offset.unwrap_or(0.0);
+        let scaled = match self.decimals {
+            Some(d) => round_to(scaled, d),
+            None => scaled,
+        };
         self.value_type.convert(Value::F64(scaled)).or_else(|_| {
             // A scaled integer is usually no longer whole: it becomes a float.
             ValueType::Float(64).convert(Value::F64(scaled))
@@ -281,6 +316,10 @@ impl TagConfig {
             value_type,
             scale: self.scale,
             offset: self.offset,
+            decimals: self.rounding(matches!(
+                value_type,
+                ValueType::Signed(_) | ValueType::Unsigned(_)
+            )),
             deadband: self.deadband_rule(),
             writable: self.writable,
             min: self.min,

@@ -234,6 +234,7 @@ mod tests {
             value_type: t.parse().unwrap(),
             scale: None,
             offset: None,
+            decimals: None,
             deadband: DeadbandRule::default(),
             writable: false,
             min: None,
