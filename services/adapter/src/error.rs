@@ -86,6 +86,21 @@ pub enum Error {
         addr: std::net::SocketAddr,
         after: Duration,
     },
+    /// A Modbus request sent without a connection.
+    #[error("not connected")]
+    NotConnected,
+    /// A Modbus request without a reply within the timeout.
+    #[error("no response within {}ms", .0.as_millis())]
+    NoResponse(Duration),
+    /// A Modbus request that failed on the wire (I/O, a garbled or foreign frame).
+    #[error("{0}")]
+    ModbusTransport(#[source] std::io::Error),
+    /// A Modbus reply that does not belong to the request (wrong function code, length).
+    #[error("{0}")]
+    ModbusProtocol(#[source] tokio_modbus::Error),
+    /// A well-framed reply that does not answer what was asked.
+    #[error("{detail}")]
+    FaultyReply { detail: String },
     /// A serial port that could not be opened.
     #[error("cannot open {path}: {source}")]
     SerialOpen {
@@ -203,6 +218,11 @@ impl Error {
             | Error::SerialOpen { .. }
             | Error::OpcuaEndpoint(_)
             | Error::SessionEnded => "connect",
+            Error::NotConnected
+            | Error::NoResponse(_)
+            | Error::ModbusTransport(_)
+            | Error::ModbusProtocol(_)
+            | Error::FaultyReply { .. } => "transport",
             Error::PortClosed | Error::PortWrite(_) | Error::PortWriteTimeout(_) => "port",
             Error::NotKeyValue { .. }
             | Error::NoKey { .. }

@@ -38,7 +38,7 @@ pub enum Outcome {
     /// The request failed on the way. `link_broken` says whether the link itself must be
     /// re-established (TCP: always; RTU: only when the port failed).
     Transport {
-        reason: String,
+        error: Error,
         link_broken: bool,
     },
 }
@@ -242,9 +242,9 @@ impl Link {
 
     /// A reply that arrived intact but says something other than what was asked: the slave is
     /// at fault, the link is fine.
-    fn faulty(&self, reason: String) -> Outcome {
+    fn faulty(&self, detail: String) -> Outcome {
         Outcome::Transport {
-            reason,
+            error: Error::FaultyReply { detail },
             link_broken: false,
         }
     }
@@ -263,7 +263,7 @@ impl Link {
         }
         let Some(ctx) = self.connection.as_mut() else {
             return Err(Outcome::Transport {
-                reason: "not connected".into(),
+                error: Error::NotConnected,
                 link_broken: true,
             });
         };
@@ -272,7 +272,7 @@ impl Link {
         self.last_frame = Instant::now();
         match result {
             Err(_) => Err(Outcome::Transport {
-                reason: format!("no response within {}ms", timeout.as_millis()),
+                error: Error::NoResponse(timeout),
                 link_broken: !rtu,
             }),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
@@ -283,12 +283,12 @@ impl Link {
                     std::io::ErrorKind::InvalidData | std::io::ErrorKind::TimedOut
                 );
                 Err(Outcome::Transport {
-                    reason: e.to_string(),
+                    error: Error::ModbusTransport(e),
                     link_broken: !rtu || port_failed,
                 })
             }
             Ok(Err(e @ tokio_modbus::Error::Protocol(_))) => Err(Outcome::Transport {
-                reason: e.to_string(),
+                error: Error::ModbusProtocol(e),
                 link_broken: !rtu,
             }),
             Ok(Ok(Err(code))) => Err(Outcome::Exception(code)),

@@ -419,10 +419,8 @@ impl ModbusBus {
                     }
                     i += 1;
                 }
-                Outcome::Transport {
-                    reason,
-                    link_broken,
-                } => {
+                Outcome::Transport { error, link_broken } => {
+                    let reason = error.to_string();
                     slave.error("transport");
                     // A device that answered smaller reads this cycle but not this one may be
                     // refusing its size by silence: read it in parts from the next cycle on.
@@ -562,7 +560,9 @@ impl ModbusBus {
                             .await
                     }
                     Outcome::Data(_) => Outcome::Transport {
-                        reason: "short reply to the read before a bit write".into(),
+                        error: Error::FaultyReply {
+                            detail: "short reply to the read before a bit write".into(),
+                        },
                         link_broken: false,
                     },
                     other => other,
@@ -599,10 +599,8 @@ impl ModbusBus {
                     format!("device refused the write: {code}"),
                 );
             }
-            Outcome::Transport {
-                reason,
-                link_broken,
-            } => {
+            Outcome::Transport { error, link_broken } => {
+                let reason = error.to_string();
                 self.slaves[s].error("transport");
                 if link_broken {
                     self.link.fail(&reason);
