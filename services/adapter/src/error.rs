@@ -294,3 +294,59 @@ pub fn session_failure_kind(code: StatusCode) -> &'static str {
         "connect"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labels dashboards and alerts select on (README, serial-line and Modbus kinds).
+    #[test]
+    fn kinds_are_the_documented_labels() {
+        let io = || std::io::Error::other("gone");
+        let cases: Vec<(Error, &str)> = vec![
+            (Error::PortWrite(io()), "port"),
+            (Error::PortClosed, "port"),
+            (Error::PortWriteTimeout(Duration::from_millis(5)), "port"),
+            (Error::NoPairs, "unparsable_line"),
+            (Error::NoMatch, "unparsable_line"),
+            (
+                Error::AckRefused {
+                    answer: "ERR".into(),
+                    expected: "OK".into(),
+                },
+                "ack",
+            ),
+            (Error::AckPortClosed, "ack"),
+            (
+                Error::NoAddress {
+                    endpoint: "plc:502".into(),
+                },
+                "connect",
+            ),
+            (Error::NoResponse(Duration::from_millis(200)), "transport"),
+            (Error::ModbusTransport(io()), "transport"),
+            (Error::Waiting, "waiting"),
+            (Error::setting("no request"), "config"),
+            // A setting said of a device keeps the kind of what went wrong.
+            (Error::NoMatch.at("scale", "parser"), "unparsable_line"),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn messages_name_what_was_wrong_and_keep_the_source() {
+        let error = Error::PortWrite(std::io::Error::other("unplugged"));
+        assert_eq!(error.to_string(), "write failed: unplugged");
+        assert!(std::error::Error::source(&error).is_some());
+        let error = Error::tag("temp", [("scale", "must not be 0"), ("type", "unknown")])
+            .at("oven", "tags");
+        assert_eq!(
+            error.to_string(),
+            "oven: tags: tag temp: scale: must not be 0; type: unknown"
+        );
+        let error = Error::NoResponse(Duration::from_millis(200));
+        assert_eq!(error.to_string(), "no response within 200ms");
+    }
+}
