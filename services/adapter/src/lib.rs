@@ -166,8 +166,8 @@ pub async fn start(
     })
 }
 
-/// How long the drivers may take to finish a poll in flight at shutdown: longer than any
-/// device timeout a poll waits out, short enough for a pod's termination grace period.
+/// How long the drivers may take to finish a poll in flight at shutdown: room for a poll to
+/// wait out its device timeout, short enough for a pod's termination grace period.
 pub const DRIVERS_STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Waits until every driver task has returned, or `limit` has passed (logged: the batches of
