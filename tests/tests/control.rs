@@ -30,33 +30,86 @@ async fn set(peer: &mut kit::ModbusPeer, register: u16, value: f64) -> anyhow::R
 
 /// Waits until the pump coil is `on`, read from the device itself.
 async fn pump_becomes(peer: &mut kit::ModbusPeer, on: bool, why: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if coil(peer).await? == on {
-            return Ok(());
+    let peer = &tokio::sync::Mutex::new(peer);
+    let what = format!("the pump to turn {} ({why})", if on { "on" } else { "off" });
+    kit::wait_for(WAIT, &what, || async move {
+        match coil(*peer.lock().await).await {
+            Ok(now) => (now == on).then_some(Ok(())),
+            Err(e) => Some(Err(e)),
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "pump did not turn {} ({why})",
-            if on { "on" } else { "off" }
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await?
 }
 
-/// The pump coil stays `on` for `for_how_long`.
-async fn pump_stays(
-    peer: &mut kit::ModbusPeer,
-    on: bool,
-    for_how_long: Duration,
-    why: &str,
-) -> anyhow::Result<()> {
-    let until = tokio::time::Instant::now() + for_how_long;
-    while tokio::time::Instant::now() < until {
-        anyhow::ensure!(coil(peer).await? == on, "pump changed ({why})");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// What the test watches besides the device: the processor's latest values (through the
+/// MES API) and the adapter's poll count (in the shared registry).
+struct Watch<'a> {
+    mes: PlantServiceClient<tonic::transport::Channel>,
+    registry: &'a Registry,
+    line: String,
+}
+
+impl Watch<'_> {
+    /// Waits until the processor holds `value` for the tank's `tag`: its rules have judged it.
+    async fn processor_has(&self, tag: &str, value: f64) -> anyhow::Result<()> {
+        let what = format!("the processor to hold {tag} = {value}");
+        kit::wait_for(WAIT, &what, || {
+            let mut mes = self.mes.clone();
+            let filter = v1::TagFilter {
+                line: self.line.clone(),
+                device: "tank".into(),
+                tags: vec![tag.to_string()],
+            };
+            async move {
+                let latest = mes.read_latest(filter).await.ok()?.into_inner().samples;
+                // The registers hold f32: compare at f32 precision.
+                latest
+                    .into_iter()
+                    .filter_map(|s| {
+                        fieldline_core::Value::try_from(s.sample?.value?)
+                            .ok()?
+                            .as_f64()
+                    })
+                    .any(|x| (x - value).abs() < 1e-4)
+                    .then_some(())
+            }
+        })
+        .await
     }
-    Ok(())
+
+    /// The polls the adapter has made of the tank so far.
+    fn polls(&self) -> f64 {
+        let mut page = String::new();
+        if prometheus_client::encoding::text::encode(&mut page, self.registry).is_err() {
+            return 0.0;
+        }
+        kit::metric_value(&page, "fieldline_adapter_polls_total{device=\"tank\"} ").unwrap_or(0.0)
+    }
+
+    /// Once the processor holds `value` for `tag`, the pump coil stays `on` while the adapter
+    /// polls the tank `polls` more times: a write the rule made would have reached the
+    /// device, and been read back, well within that.
+    async fn pump_stays(
+        &self,
+        peer: &mut kit::ModbusPeer,
+        (tag, value): (&str, f64),
+        on: bool,
+        polls: u32,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        self.processor_has(tag, value).await?;
+        let until = self.polls() + f64::from(polls);
+        let peer = &tokio::sync::Mutex::new(peer);
+        let what = format!("{polls} polls with the pump unchanged ({why})");
+        kit::wait_for(WAIT, &what, || async move {
+            match coil(*peer.lock().await).await {
+                Ok(now) if now != on => Some(Err(anyhow::anyhow!("pump changed ({why})"))),
+                Ok(_) => (self.polls() >= until).then_some(Ok(())),
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .await?
+    }
 }
 
 /// Waits until the MES lists `alarm_id` in `state`.
@@ -127,7 +180,8 @@ device_types:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::Result<()> {
-    kit::require_backends()?;
+    kit::require_mqtt()?;
+    kit::require_mysql()?;
     let mut peer = kit::ModbusPeer::start(&json!({
         "holding": [
             {"address": 0, "type": "float32", "value": 49.0},
@@ -148,68 +202,64 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
     let processor =
         fieldline_processor::start(&config, &health, &mut registry, stop.clone()).await?;
     let mut mes = PlantServiceClient::connect(format!("http://{}", processor.grpc_addr)).await?;
+    let watch = Watch {
+        mes: mes.clone(),
+        registry: &registry,
+        line: line.clone(),
+    };
 
     // Inside the band (48..52): the rule leaves the pump alone.
-    pump_stays(
-        &mut peer,
-        false,
-        Duration::from_secs(1),
-        "49 is inside the band",
-    )
-    .await?;
+    watch
+        .pump_stays(
+            &mut peer,
+            ("temperature", 49.0),
+            false,
+            10,
+            "49 is inside the band",
+        )
+        .await?;
     // Below 48: on. Rising through the band: stays on. Above 52: off.
     set(&mut peer, 0, 47.5).await?;
     pump_becomes(&mut peer, true, "47.5 is below 48").await?;
     set(&mut peer, 0, 51.5).await?;
-    pump_stays(
-        &mut peer,
-        true,
-        Duration::from_millis(800),
-        "51.5 is inside the band",
-    )
-    .await?;
+    watch
+        .pump_stays(
+            &mut peer,
+            ("temperature", 51.5),
+            true,
+            8,
+            "51.5 is inside the band",
+        )
+        .await?;
     set(&mut peer, 0, 52.5).await?;
     pump_becomes(&mut peer, false, "52.5 is above 52").await?;
     set(&mut peer, 0, 45.0).await?;
     pump_becomes(&mut peer, true, "45 is below 48").await?;
 
     // Alarm events also go to the line's MQTT topic, for other consumers.
-    let (host, port) = kit::MQTT.split_once(':').unwrap_or(("127.0.0.1", "1883"));
-    let (mqtt, mut mqtt_events) = rumqttc::AsyncClient::new(
-        rumqttc::MqttOptions::new(kit::unique("alarm-watch"), host, port.parse()?),
-        10,
-    );
-    mqtt.subscribe(
-        format!("fieldline/v1/{line}/alarms"),
-        rumqttc::QoS::AtLeastOnce,
-    )
-    .await?;
+    let mut alarms = kit::subscribe(&format!("fieldline/v1/{line}/alarms")).await?;
     let on_mqtt = tokio::spawn(async move {
-        loop {
-            match mqtt_events.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    if let Ok(e) = <v1::AlarmEvent as prost::Message>::decode(p.payload.as_ref()) {
-                        return Some(e);
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return None,
+        while let Some((_, payload)) = alarms.recv().await {
+            if let Ok(e) = <v1::AlarmEvent as prost::Message>::decode(payload.as_slice()) {
+                return Some(e);
             }
         }
+        None
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Overpressure: the interlock switches the pump off although the temperature asks for on,
     // and holds it off.
     set(&mut peer, 2, 3.4).await?;
     pump_becomes(&mut peer, false, "the interlock trips above 3.0 bar").await?;
-    pump_stays(
-        &mut peer,
-        false,
-        Duration::from_secs(2),
-        "the interlock wins over hysteresis",
-    )
-    .await?;
+    watch
+        .pump_stays(
+            &mut peer,
+            ("pressure", 3.4),
+            false,
+            20,
+            "the interlock wins over hysteresis",
+        )
+        .await?;
     // The MES cannot switch it on either.
     let refused = mes
         .write(v1::Command {
@@ -332,7 +382,7 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
 
     // An MES write outside the interlock goes through the same path and is read back.
     set(&mut peer, 0, 50.0).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    watch.processor_has("temperature", 50.0).await?;
     let written = mes
         .write(v1::Command {
             id: format!("{line}-mes-2"),
@@ -400,7 +450,7 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
     }
     // The first step from 0 is beyond 10 too, so the device gets a value the step allows.
     peer.command("set holding 4 float32 50").await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.processor_has("setpoint", 50.0).await?;
     let first = mes
         .write(command("sp1", "setpoint", 58.0, soon))
         .await?
@@ -558,7 +608,8 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
 /// a write reads back equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_reads_back_different_raises_the_readback_alarm() -> anyhow::Result<()> {
-    kit::require_backends()?;
+    kit::require_mqtt()?;
+    kit::require_mysql()?;
     // Holding registers always read 7; a write (function 6) is acknowledged but changes nothing.
     let device = kit::faulty_modbus(|_, request| match request[7] {
         3 => kit::Answer::Bytes(kit::modbus_reply(request, &kit::registers_pdu(request, 7))),

@@ -85,6 +85,6 @@ impl CommandRouter {
         handle
             .write(command, path.tag)
             .await
-            .unwrap_or_else(|why| refuse(id, "unavailable", why.into()))
+            .unwrap_or_else(|why| refuse(id, "unavailable", why.to_string()))
     }
 }

@@ -5,10 +5,14 @@
 
 pub mod commands;
 pub mod drivers;
+pub mod error;
 pub mod metrics;
 pub mod publisher;
 pub mod sequence;
+pub mod serial;
 pub mod service;
+
+pub use error::{Error, Result};
 
 use std::{
     collections::HashMap,
@@ -33,29 +37,6 @@ use crate::{
     publisher::Publisher,
     sequence::Sequence,
 };
-
-/// Errors that stop the adapter from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Runtime(#[from] fieldline_runtime::Error),
-    #[error("device {device}: {message}")]
-    Device { device: String, message: String },
-    #[error(transparent)]
-    Sequence(#[from] sequence::SequenceError),
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Runtime(e) => e.kind(),
-            Error::Device { .. } => "device",
-            Error::Sequence(_) => "sequence",
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A started adapter; [`RunningAdapter::wait`] returns once it has stopped and flushed.
 pub struct RunningAdapter {
@@ -130,6 +111,7 @@ pub async fn start(
         commands,
     );
     let mut tasks = JoinSet::new();
+    let mut drivers = JoinSet::new();
     let now_us = u64::try_from(fieldline_runtime::now_ns() / 1000).unwrap_or(0);
     for ((_, members), writes) in links.into_iter().zip(write_queues) {
         let mut devices = Vec::with_capacity(members.len());
@@ -144,13 +126,13 @@ pub async fn start(
                 sequence: Arc::new(Mutex::new(sequence)),
             };
             // Fail at start-up, not in the supervisor, when a device cannot be driven.
-            check(device).map_err(|message| Error::Device {
+            check(device).map_err(|source| Error::Device {
                 device: device.name().to_string(),
-                message,
+                source: Box::new(source),
             })?;
             devices.push((device.clone(), cx));
         }
-        tasks.spawn(supervise(devices, writes, pollers_stop.clone()));
+        drivers.spawn(supervise(devices, writes, pollers_stop.clone()));
     }
     let api = service::AdapterApi {
         line: config.line.clone(),
@@ -170,12 +152,12 @@ pub async fn start(
         let _ = server.await;
     });
     tracing::info!(line = %config.line, devices = config.devices.len(), grpc = %grpc_addr, "adapter started");
-    // When every poller has stopped, let the publisher flush and disconnect.
+    // On `stop` every driver finishes what it is doing (a poll in flight completes and hands
+    // over its batch); once all have returned, the publisher flushes and disconnects.
     let flush = publisher_stop.clone();
     tasks.spawn(async move {
         pollers_stop.cancelled().await;
-        // Give pollers a moment to hand over their last batch.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        join_drivers(drivers, DRIVERS_STOP_LIMIT).await;
         flush.cancel();
     });
     Ok(RunningAdapter {
@@ -185,8 +167,29 @@ pub async fn start(
     })
 }
 
+/// How long the drivers may take to finish a poll in flight at shutdown: room for a poll to
+/// wait out its device timeout, short enough for a pod's termination grace period.
+pub const DRIVERS_STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits until every driver task has returned, or `limit` has passed (logged: the batches of
+/// drivers still running then are lost).
+async fn join_drivers(mut drivers: JoinSet<()>, limit: Duration) {
+    let all = tokio::time::timeout(limit, async {
+        while drivers.join_next().await.is_some() {}
+    })
+    .await;
+    if all.is_err() {
+        tracing::warn!(
+            running = drivers.len(),
+            ?limit,
+            "drivers did not stop in time; stopping without their last batches"
+        );
+        drivers.abort_all();
+    }
+}
+
 /// Whether the driver of `device`'s protocol can drive it; the reason when not.
-fn check(device: &DeviceConfig) -> Result<(), String> {
+fn check(device: &DeviceConfig) -> Result<()> {
     match device {
         DeviceConfig::ModbusTcp(_) | DeviceConfig::ModbusRtu(_) => {
             ModbusDevice::new(device).map(drop)
@@ -213,8 +216,8 @@ async fn run_driver(
             for (config, cx) in devices {
                 match ModbusDevice::new(config) {
                     Ok(device) => built.push((device, cx.clone())),
-                    Err(message) => {
-                        tracing::error!(device = %config.name(), %message, "device cannot be driven");
+                    Err(error) => {
+                        tracing::error!(device = %config.name(), %error, "device cannot be driven");
                         return;
                     }
                 }

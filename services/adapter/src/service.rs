@@ -74,7 +74,7 @@ impl AdapterService for AdapterApi {
         let result = device
             .write(command, path.tag)
             .await
-            .map_err(Status::unavailable)?;
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(result))
     }
 }

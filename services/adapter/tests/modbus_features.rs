@@ -47,7 +47,12 @@ async fn a_read_the_device_refuses_is_split_and_remembered() -> anyhow::Result<(
         .map(|i| format!("      - {{ name: r{i}, address: \"holding:{i}\", type: u16 }}\n"))
         .collect();
     let mut run = start(&format!("  - name: plc\n    type: t\n    protocol: modbus-tcp\n    endpoint: \"{addr}\"\n    poll_interval: 100ms\n    tags:\n{tags}")).await?;
-    let batches = run.batches(Duration::from_millis(700)).await?;
+    // Several cycles: the first learns the split, the later ones use it.
+    let mut stream = run.stream().await?;
+    let ((), batches) = common::until(&mut stream, Duration::from_secs(30), "5 batches", |seen| {
+        (seen.len() >= 5).then_some(())
+    })
+    .await?;
     let first = batches.first().ok_or_else(|| anyhow::anyhow!("no batch"))?;
     assert_eq!(first.samples.len(), 6);
     assert!(
@@ -80,15 +85,25 @@ async fn poll_groups_run_at_their_own_rates() -> anyhow::Result<()> {
         "  - name: plc\n    type: t\n    protocol: modbus-tcp\n    endpoint: \"{addr}\"\n    poll_interval: 400ms\n    tags:\n      - {{ name: fast, address: \"holding:0\", type: u16, poll_interval: 50ms }}\n      - {{ name: slow, address: \"holding:1\", type: u16 }}\n"
     ))
     .await?;
-    let batches = run.batches(Duration::from_millis(1300)).await?;
-    let count = |tag: &str| {
+    let count = |batches: &[v1::SampleBatch], tag: &str| {
         batches
             .iter()
             .flat_map(|b| &b.samples)
             .filter(|s| s.tag == tag)
             .count()
     };
-    let (fast, slow) = (count("fast"), count("slow"));
+    // Judged when the slow group has been polled three times, however long that took.
+    let mut stream = run.stream().await?;
+    let ((fast, slow), _) = common::until(
+        &mut stream,
+        Duration::from_secs(30),
+        "three polls of the slow group",
+        |seen| {
+            let slow = count(seen, "slow");
+            (slow >= 3).then(|| (count(seen, "fast"), slow))
+        },
+    )
+    .await?;
     assert!(slow >= 2, "slow group polled: {slow}");
     assert!(
         fast >= 4 * slow,

@@ -49,12 +49,26 @@ fn require_port(what: &str, addr: &str) -> anyhow::Result<()> {
         .with_context(|| format!("{what} is not answering on {addr}; {HOW}"))
 }
 
-/// Fails unless Mosquitto, MariaDB and InfluxDB answer.
+/// Fails unless Mosquitto, MariaDB and InfluxDB answer: for tests that use all three.
 pub fn require_backends() -> anyhow::Result<()> {
-    require_port("the MQTT broker", MQTT)?;
-    require_port("MariaDB", "127.0.0.1:3306")?;
-    require_port("InfluxDB", "127.0.0.1:8086")?;
-    Ok(())
+    require_mqtt()?;
+    require_mysql()?;
+    require_influxdb()
+}
+
+/// Fails unless the MQTT broker answers on [`MQTT`].
+pub fn require_mqtt() -> anyhow::Result<()> {
+    require_port("the MQTT broker", MQTT)
+}
+
+/// Fails unless MariaDB answers (at [`MYSQL_URL`]).
+pub fn require_mysql() -> anyhow::Result<()> {
+    require_port("MariaDB", "127.0.0.1:3306")
+}
+
+/// Fails unless InfluxDB answers on [`INFLUX_URL`].
+pub fn require_influxdb() -> anyhow::Result<()> {
+    require_port("InfluxDB", "127.0.0.1:8086")
 }
 
 /// Fails unless VictoriaMetrics answers on [`VM_URL`].
@@ -168,7 +182,8 @@ impl ModbusPeer {
     }
 }
 
-/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`. Tests wait
+/// for an observable condition this way, never for a fixed time.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -184,6 +199,51 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A client of the test's own on the broker at [`MQTT`], subscribed to `filter`: every message
+/// it receives from then on, as topic and payload. Returns once the broker has confirmed the
+/// subscription, so nothing published afterwards is missed.
+pub async fn subscribe(
+    filter: &str,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let (host, port) = MQTT
+        .rsplit_once(':')
+        .with_context(|| format!("broker address {MQTT}"))?;
+    let mut options = MqttOptions::new(unique("tap"), host, port.parse()?);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(16 << 20, 16 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // Queued now, sent once the event loop runs.
+    client.subscribe(filter, QoS::AtLeastOnce).await?;
+    let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    tokio::spawn(async move {
+        // The client lives as long as its event loop.
+        let _client = client;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .map_err(|_| anyhow::anyhow!("the test's client could not subscribe to {filter}"))??;
+    Ok(messages)
 }
 
 /// Runs an InfluxQL query against `db` on the shared InfluxDB and returns the JSON answer.

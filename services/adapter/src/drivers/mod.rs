@@ -47,7 +47,7 @@ impl DeviceHandle {
         &self,
         command: v1::Command,
         tag: String,
-    ) -> Result<v1::CommandResult, &'static str> {
+    ) -> crate::Result<v1::CommandResult> {
         let (reply, outcome) = oneshot::channel();
         let request = WriteRequest {
             command,
@@ -58,10 +58,10 @@ impl DeviceHandle {
         self.writes
             .send(request)
             .await
-            .map_err(|_| "the device's driver has stopped")?;
+            .map_err(|_| crate::Error::DriverStopped)?;
         outcome
             .await
-            .map_err(|_| "the device's driver stopped during the write")
+            .map_err(|_| crate::Error::DriverStoppedDuringWrite)
     }
 }
 

@@ -9,7 +9,6 @@ use fieldline_runtime::{CancellationToken, Health};
 use fieldline_testkit as kit;
 use prometheus_client::registry::Registry;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 pub struct TestAdapter {
@@ -29,7 +28,7 @@ pub struct TestAdapter {
 /// Starts an adapter for `devices` (the YAML list items, indented two spaces) and waits until
 /// it is ready (connected to the broker and subscribed to commands).
 pub async fn start(prefix: &str, devices: &str) -> anyhow::Result<TestAdapter> {
-    kit::require_backends()?;
+    kit::require_mqtt()?;
     let state = tempfile::tempdir()?;
     let line = kit::unique(prefix);
     let yaml = format!(
@@ -121,45 +120,49 @@ pub async fn collect(
 
 /// A client of the test's own subscribed to the line's sample topics, with the batches it
 /// receives, decoded.
-async fn tap(line: &str) -> anyhow::Result<mpsc::UnboundedReceiver<v1::SampleBatch>> {
-    let (host, port) = kit::MQTT
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow::anyhow!("broker address {}", kit::MQTT))?;
-    let mut options = MqttOptions::new(kit::unique("tap"), host, port.parse()?);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(16 << 20, 16 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let filter = format!("fieldline/v1/{line}/+/samples");
-    // Queued now, sent once the event loop runs.
-    client.subscribe(filter.as_str(), QoS::AtLeastOnce).await?;
+pub async fn tap(line: &str) -> anyhow::Result<mpsc::UnboundedReceiver<v1::SampleBatch>> {
+    let mut messages = kit::subscribe(&format!("fieldline/v1/{line}/+/samples")).await?;
     let (tx, batches) = mpsc::unbounded_channel();
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-    let mut subscribed_tx = Some(subscribed_tx);
     tokio::spawn(async move {
-        // The client lives as long as its event loop.
-        let _client = client;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Ok(batch) = v1::SampleBatch::decode(p.payload.as_ref()) else {
-                        continue;
-                    };
-                    if tx.send(batch).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        while let Some((_, payload)) = messages.recv().await {
+            let Ok(batch) = v1::SampleBatch::decode(payload.as_slice()) else {
+                continue;
+            };
+            if tx.send(batch).is_err() {
+                return;
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(10), subscribed)
-        .await
-        .map_err(|_| anyhow::anyhow!("the test's client could not subscribe to {filter}"))??;
     Ok(batches)
+}
+
+/// Reads `stream` until `done` finds what it waits for in the batches seen so far; fails
+/// after `timeout`, naming `what` and showing what was seen. Returns what `done` found and
+/// every batch seen.
+#[allow(dead_code)]
+pub async fn until<T>(
+    stream: &mut tonic::Streaming<v1::SampleBatch>,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&[v1::SampleBatch]) -> Option<T>,
+) -> anyhow::Result<(T, Vec<v1::SampleBatch>)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        if let Some(found) = done(&seen) {
+            return Ok((found, seen));
+        }
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(batch))) => seen.push(batch),
+            Ok(Ok(None)) => {
+                anyhow::bail!("the stream ended while waiting for {what}; seen: {seen:?}")
+            }
+            Ok(Err(status)) => {
+                anyhow::bail!("the stream failed while waiting for {what}: {status}")
+            }
+            Err(_) => {
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}; seen: {seen:?}")
+            }
+        }
+    }
 }

@@ -21,6 +21,8 @@ use tokio_modbus::{
     client::{Client, Context},
 };
 
+use crate::{Error, Result};
+
 /// What a reply carried.
 pub enum Reply {
     Words(Vec<u16>),
@@ -36,7 +38,7 @@ pub enum Outcome {
     /// The request failed on the way. `link_broken` says whether the link itself must be
     /// re-established (TCP: always; RTU: only when the port failed).
     Transport {
-        reason: String,
+        error: Error,
         link_broken: bool,
     },
 }
@@ -88,9 +90,6 @@ pub struct Link {
     last_frame: Instant,
 }
 
-/// Why a request was not sent: the link is waiting out its reconnect backoff.
-pub const WAITING: &str = "waiting to reconnect";
-
 impl Link {
     pub fn new(kind: LinkKind, max_backoff: Duration) -> Self {
         let frame_gap = match &kind {
@@ -116,13 +115,14 @@ impl Link {
         self.kind.is_rtu()
     }
 
-    /// Connects (or opens the port) if needed and the backoff allows an attempt now.
-    pub async fn ensure_open(&mut self, timeout: Duration) -> Result<(), String> {
+    /// Connects (or opens the port) if needed and the backoff allows an attempt now;
+    /// [`Error::Waiting`] while the backoff does not.
+    pub async fn ensure_open(&mut self, timeout: Duration) -> Result<()> {
         if self.connection.is_some() {
             return Ok(());
         }
         if Instant::now() < self.retry_at {
-            return Err(WAITING.into());
+            return Err(Error::Waiting);
         }
         match open(&self.kind, timeout).await {
             Ok(ctx) => {
@@ -132,7 +132,7 @@ impl Link {
                 Ok(())
             }
             Err(e) => {
-                self.fail(&e);
+                self.fail(&e.to_string());
                 Err(e)
             }
         }
@@ -242,9 +242,9 @@ impl Link {
 
     /// A reply that arrived intact but says something other than what was asked: the slave is
     /// at fault, the link is fine.
-    fn faulty(&self, reason: String) -> Outcome {
+    fn faulty(&self, detail: String) -> Outcome {
         Outcome::Transport {
-            reason,
+            error: Error::FaultyReply { detail },
             link_broken: false,
         }
     }
@@ -263,7 +263,7 @@ impl Link {
         }
         let Some(ctx) = self.connection.as_mut() else {
             return Err(Outcome::Transport {
-                reason: "not connected".into(),
+                error: Error::NotConnected,
                 link_broken: true,
             });
         };
@@ -272,7 +272,7 @@ impl Link {
         self.last_frame = Instant::now();
         match result {
             Err(_) => Err(Outcome::Transport {
-                reason: format!("no response within {}ms", timeout.as_millis()),
+                error: Error::NoResponse(timeout),
                 link_broken: !rtu,
             }),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
@@ -283,12 +283,12 @@ impl Link {
                     std::io::ErrorKind::InvalidData | std::io::ErrorKind::TimedOut
                 );
                 Err(Outcome::Transport {
-                    reason: e.to_string(),
+                    error: Error::ModbusTransport(e),
                     link_broken: !rtu || port_failed,
                 })
             }
             Ok(Err(e @ tokio_modbus::Error::Protocol(_))) => Err(Outcome::Transport {
-                reason: e.to_string(),
+                error: Error::ModbusProtocol(e),
                 link_broken: !rtu,
             }),
             Ok(Ok(Err(code))) => Err(Outcome::Exception(code)),
@@ -297,14 +297,19 @@ impl Link {
     }
 }
 
-async fn open(kind: &LinkKind, timeout: Duration) -> Result<Context, String> {
+async fn open(kind: &LinkKind, timeout: Duration) -> Result<Context> {
     match kind {
         LinkKind::Tcp { endpoint } => {
             let addr = tokio::net::lookup_host(endpoint)
                 .await
-                .map_err(|e| format!("cannot resolve {endpoint}: {e}"))?
+                .map_err(|source| Error::Resolve {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?
                 .next()
-                .ok_or_else(|| format!("{endpoint} resolves to no address"))?;
+                .ok_or_else(|| Error::NoAddress {
+                    endpoint: endpoint.clone(),
+                })?;
             match tokio::time::timeout(
                 timeout,
                 tokio_modbus::client::tcp::connect_slave(addr, Slave(1)),
@@ -312,34 +317,15 @@ async fn open(kind: &LinkKind, timeout: Duration) -> Result<Context, String> {
             .await
             {
                 Ok(Ok(ctx)) => Ok(ctx),
-                Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
-                Err(_) => Err(format!(
-                    "cannot connect to {addr} within {}ms",
-                    timeout.as_millis()
-                )),
+                Ok(Err(source)) => Err(Error::Connect { addr, source }),
+                Err(_) => Err(Error::ConnectTimeout {
+                    addr,
+                    after: timeout,
+                }),
             }
         }
         LinkKind::Rtu { port, serial } => {
-            use tokio_serial::SerialPortBuilderExt;
-            let builder = tokio_serial::new(port, serial.baud_rate)
-                .data_bits(if serial.data_bits == 7 {
-                    tokio_serial::DataBits::Seven
-                } else {
-                    tokio_serial::DataBits::Eight
-                })
-                .stop_bits(if serial.stop_bits == 2 {
-                    tokio_serial::StopBits::Two
-                } else {
-                    tokio_serial::StopBits::One
-                })
-                .parity(match serial.parity {
-                    Parity::None => tokio_serial::Parity::None,
-                    Parity::Even => tokio_serial::Parity::Even,
-                    Parity::Odd => tokio_serial::Parity::Odd,
-                });
-            let stream = builder
-                .open_native_async()
-                .map_err(|e| format!("cannot open {port}: {e}"))?;
+            let stream = crate::serial::open(port, serial)?;
             Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(1)))
         }
     }

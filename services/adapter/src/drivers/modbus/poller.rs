@@ -26,10 +26,13 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_modbus::ExceptionCode;
 
 use super::{
-    link::{Link, LinkKind, Outcome, Reply, WAITING, WriteOp},
+    link::{Link, LinkKind, Outcome, Reply, WriteOp},
     planner::{PlanLimits, ReadRequest, TagSpan, plan, split},
 };
-use crate::drivers::{DeviceContext, WriteRequest};
+use crate::{
+    Error, Result,
+    drivers::{DeviceContext, WriteRequest},
+};
 
 /// Commands whose results are remembered for idempotency, per device.
 const REMEMBERED_COMMANDS: usize = 1024;
@@ -57,7 +60,7 @@ type Reading = (Option<Value>, Quality, i64);
 impl ModbusDevice {
     /// Resolves the tags, forms poll groups and plans their reads. The config was validated,
     /// so errors here mean a caller skipped validation; they are reported, not unwrapped.
-    pub fn new(device: &DeviceConfig) -> Result<Self, String> {
+    pub fn new(device: &DeviceConfig) -> Result<Self> {
         let (config, link) = match device {
             DeviceConfig::ModbusTcp(c) => (
                 c.clone(),
@@ -73,18 +76,17 @@ impl ModbusDevice {
                 },
             ),
             other => {
-                return Err(format!(
-                    "{} is not a Modbus protocol",
-                    other.protocol().as_str()
-                ));
+                return Err(Error::WrongProtocol {
+                    device: other.name().to_string(),
+                    expected: "Modbus",
+                });
             }
         };
         let mut tags = Vec::with_capacity(config.tags.len());
         for tag in &config.tags {
-            let resolved = tag.resolve().map_err(|problems| {
-                let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-                format!("tag {}: {}", tag.name, text.join("; "))
-            })?;
+            let resolved = tag
+                .resolve()
+                .map_err(|problems| Error::tag(&tag.name, problems))?;
             tags.push(resolved);
         }
         let spans: Vec<TagSpan> = tags
@@ -366,13 +368,13 @@ impl ModbusBus {
     async fn poll_group(&mut self, s: usize, g: usize, readings: &mut [Option<Reading>]) {
         let started = std::time::Instant::now();
         let timeout = self.slaves[s].timeout();
-        if let Err(reason) = self.link.ensure_open(timeout).await {
-            if reason != WAITING {
-                self.slaves[s].error("connect");
+        if let Err(error) = self.link.ensure_open(timeout).await {
+            if !matches!(error, Error::Waiting) {
+                self.slaves[s].error(error.kind());
                 fill(
                     &self.slaves[s].device.groups[g].plan,
                     readings,
-                    &Quality::bad(QualityReason::CommFailure, reason),
+                    &Quality::bad(QualityReason::CommFailure, error.to_string()),
                 );
             }
             return;
@@ -425,10 +427,8 @@ impl ModbusBus {
                     }
                     i += 1;
                 }
-                Outcome::Transport {
-                    reason,
-                    link_broken,
-                } => {
+                Outcome::Transport { error, link_broken } => {
+                    let reason = error.to_string();
                     slave.error("transport");
                     // A device that answered smaller reads this cycle but not this one may be
                     // refusing its size by silence: read it in parts from the next cycle on.
@@ -568,7 +568,9 @@ impl ModbusBus {
                             .await
                     }
                     Outcome::Data(_) => Outcome::Transport {
-                        reason: "short reply to the read before a bit write".into(),
+                        error: Error::FaultyReply {
+                            detail: "short reply to the read before a bit write".into(),
+                        },
                         link_broken: false,
                     },
                     other => other,
@@ -605,10 +607,8 @@ impl ModbusBus {
                     format!("device refused the write: {code}"),
                 );
             }
-            Outcome::Transport {
-                reason,
-                link_broken,
-            } => {
+            Outcome::Transport { error, link_broken } => {
+                let reason = error.to_string();
                 self.slaves[s].error("transport");
                 if link_broken {
                     self.link.fail(&reason);

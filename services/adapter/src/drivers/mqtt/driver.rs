@@ -21,8 +21,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 use super::{json::JsonMapper, sparkplug::Node};
-use crate::drivers::{
-    DeviceContext, RememberedCommands, WriteRequest, check_value_command, command_result,
+use crate::{
+    Error, Result,
+    drivers::{
+        DeviceContext, RememberedCommands, WriteRequest, check_value_command, command_result,
+    },
 };
 
 /// Largest MQTT packet the client accepts. Messages above `max_payload` but below this are
@@ -45,7 +48,7 @@ struct Built {
     rules: HashMap<String, DeadbandRule>,
 }
 
-fn build(device: &MqttDeviceConfig, line: &str) -> Result<Built, String> {
+fn build(device: &MqttDeviceConfig, line: &str) -> Result<Built> {
     let settings = device.mqtt.clone();
     let (host, port) = device
         .endpoint
@@ -56,7 +59,13 @@ fn build(device: &MqttDeviceConfig, line: &str) -> Result<Built, String> {
                 p.parse::<u16>().ok()?,
             ))
         })
-        .ok_or_else(|| format!("{:?} is not the broker's host:port", device.endpoint))?;
+        .ok_or_else(|| {
+            Error::setting(format_args!(
+                "{:?} is not the broker's host:port",
+                device.endpoint
+            ))
+            .at(&device.name, "endpoint")
+        })?;
     let client_id = settings
         .client_id
         .clone()
@@ -70,9 +79,12 @@ fn build(device: &MqttDeviceConfig, line: &str) -> Result<Built, String> {
         .set_max_packet_size(PACKET_LIMIT, 1024 * 1024);
     if let Some(user) = &settings.username {
         let password = match &settings.password {
-            Some(secret) => {
-                fieldline_runtime::secret::resolve(secret).map_err(|e| e.to_string())?
-            }
+            Some(secret) => fieldline_runtime::secret::resolve(secret).map_err(|e| {
+                Error::Secret {
+                    detail: e.to_string(),
+                }
+                .at(&device.name, "password")
+            })?,
             None => String::new(),
         };
         options.set_credentials(user.clone(), password);
@@ -80,9 +92,7 @@ fn build(device: &MqttDeviceConfig, line: &str) -> Result<Built, String> {
     let mut rules = HashMap::new();
     let mut tags = Vec::with_capacity(device.tags.len());
     for t in &device.tags {
-        let tag = t
-            .resolve_value()
-            .map_err(|p| format!("tag {}: {p:?}", t.name))?;
+        let tag = t.resolve_value().map_err(|p| Error::tag(&t.name, p))?;
         rules.insert(tag.name.clone(), tag.deadband);
         tags.push(tag);
     }
@@ -93,7 +103,10 @@ fn build(device: &MqttDeviceConfig, line: &str) -> Result<Built, String> {
         ),
         PayloadFormat::SparkplugB => {
             let (Some(group), Some(node)) = (&settings.group_id, &settings.edge_node_id) else {
-                return Err("a sparkplug-b device needs group_id and edge_node_id".into());
+                return Err(
+                    Error::setting("a sparkplug-b device needs group_id and edge_node_id")
+                        .at(&device.name, "mqtt"),
+                );
             };
             let node = Node::new(group, node, settings.device_id.as_deref(), tags);
             let filter = node.filter();
@@ -116,7 +129,7 @@ fn build(device: &MqttDeviceConfig, line: &str) -> Result<Built, String> {
 }
 
 /// Whether `device` can be driven; the reason when not.
-pub fn check(device: &MqttDeviceConfig) -> Result<(), String> {
+pub fn check(device: &MqttDeviceConfig) -> Result<()> {
     build(device, "check").map(drop)
 }
 
@@ -129,9 +142,9 @@ pub async fn run(
 ) {
     let built = match build(&device, &cx.line) {
         Ok(built) => built,
-        Err(message) => {
-            cx.error(&device.name, "config");
-            tracing::error!(device = %device.name, %message, "device cannot be driven");
+        Err(error) => {
+            cx.error(&device.name, error.kind());
+            tracing::error!(device = %device.name, %error, "device cannot be driven");
             return;
         }
     };
@@ -336,7 +349,7 @@ fn command_message(
     tag: &ResolvedValueTag,
     value: &Value,
     command_id: &str,
-) -> Result<(String, Vec<u8>), String> {
+) -> Result<(String, Vec<u8>)> {
     match target {
         Target::Sparkplug(node) => {
             let now_ms = u64::try_from(now_ns() / 1_000_000).unwrap_or(0);
@@ -344,17 +357,18 @@ fn command_message(
             Ok((topic, payload.encode_to_vec()))
         }
         Target::Json(writes) => {
-            let w = writes
-                .iter()
-                .find(|w| w.tag == tag.name)
-                .ok_or_else(|| format!("tag {} has no write template", tag.name))?;
+            let w = writes.iter().find(|w| w.tag == tag.name).ok_or_else(|| {
+                Error::NoWriteTemplate {
+                    tag: tag.name.clone(),
+                }
+            })?;
             let json = match value {
                 Value::Bool(b) => serde_json::Value::from(*b),
                 Value::I64(i) => serde_json::Value::from(*i),
                 Value::U64(u) => serde_json::Value::from(*u),
                 Value::F64(x) => serde_json::Number::from_f64(*x)
                     .map(serde_json::Value::Number)
-                    .ok_or_else(|| format!("{x} is not a finite number"))?,
+                    .ok_or_else(|| Error::value(format_args!("{x} is not a finite number")))?,
                 Value::String(text) => serde_json::Value::from(text.as_str()),
             };
             Ok((w.topic.clone(), w.render(&json, command_id).into_bytes()))
@@ -382,7 +396,13 @@ fn write(
         match check_value_command(tags, &device.name, &request.tag, command) {
             Err(result) => result,
             Ok((tag, raw)) => match command_message(&target, tag, &raw, &command.id) {
-                Err(detail) => command_result(command, v1::CommandStatus::Failed, "", None, detail),
+                Err(error) => command_result(
+                    command,
+                    v1::CommandStatus::Failed,
+                    "",
+                    None,
+                    error.to_string(),
+                ),
                 Ok((topic, message)) => {
                     match client.try_publish(topic.clone(), QoS::AtLeastOnce, false, message) {
                         Ok(()) => command_result(

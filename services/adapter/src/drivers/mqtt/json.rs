@@ -55,12 +55,12 @@ pub struct JsonMapper {
 
 impl JsonMapper {
     /// The mapper of a validated json device; `Err` names the first tag that cannot be used.
-    pub fn new(device: &MqttDeviceConfig, settings: &MqttIngestSettings) -> Result<Self, String> {
+    pub fn new(device: &MqttDeviceConfig, settings: &MqttIngestSettings) -> crate::Result<Self> {
         let mut tags = Vec::with_capacity(device.tags.len());
         for t in &device.tags {
             let tag = t
                 .resolve_value()
-                .map_err(|p| format!("tag {}: {p:?}", t.name))?;
+                .map_err(|p| crate::Error::tag(&t.name, p))?;
             let (topic, pointer) = split_json_address(&t.address);
             tags.push(JsonTag {
                 topic: topic.map(str::to_string),

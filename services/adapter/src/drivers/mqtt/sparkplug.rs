@@ -370,17 +370,17 @@ impl Node {
         name: &str,
         value: &Value,
         now_ms: u64,
-    ) -> Result<(String, Payload), String> {
+    ) -> crate::Result<(String, Payload)> {
         let birth = self
             .birth()
             .filter(|_| self.node_birth.is_some())
-            .ok_or_else(|| {
-                "the edge node or device is offline (no birth certificate)".to_string()
-            })?;
+            .ok_or(crate::Error::Offline)?;
         let dt = *birth
             .datatypes
             .get(name)
-            .ok_or_else(|| format!("the birth certificate has no metric {name:?}"))?;
+            .ok_or_else(|| crate::Error::UnknownMetric {
+                metric: name.to_string(),
+            })?;
         let topic = match &self.device {
             Some(d) => format!("spBv1.0/{}/DCMD/{}/{d}", self.group, self.node),
             None => self.ncmd_topic(),
@@ -401,18 +401,21 @@ impl Node {
 }
 
 /// `value` as a metric value of datatype `dt`.
-fn encode(dt: u32, value: &Value) -> Result<metric::Value, String> {
+fn encode(dt: u32, value: &Value) -> crate::Result<metric::Value> {
+    use crate::Error;
     use metric::Value as V;
-    let whole = |min: i128, max: i128| -> Result<i128, String> {
+    let whole = |min: i128, max: i128| -> crate::Result<i128> {
         let i = match value {
             Value::I64(v) => i128::from(*v),
             Value::U64(v) => i128::from(*v),
             Value::Bool(b) => i128::from(*b),
             Value::F64(x) if x.fract() == 0.0 && x.is_finite() => *x as i128,
-            other => return Err(format!("{other} is not a whole number")),
+            other => return Err(Error::value(format_args!("{other} is not a whole number"))),
         };
         if i < min || i > max {
-            return Err(format!("{i} does not fit Sparkplug datatype {dt}"));
+            return Err(Error::value(format_args!(
+                "{i} does not fit Sparkplug datatype {dt}"
+            )));
         }
         Ok(i)
     };
@@ -429,7 +432,7 @@ fn encode(dt: u32, value: &Value) -> Result<metric::Value, String> {
             let x = value
                 .as_f64()
                 .filter(|x| x.is_finite() && !matches!(value, Value::Bool(_)))
-                .ok_or_else(|| format!("{value} is not a finite number"))?;
+                .ok_or_else(|| Error::value(format_args!("{value} is not a finite number")))?;
             if dt == datatype::FLOAT {
                 V::FloatValue(x as f32)
             } else {
@@ -442,12 +445,12 @@ fn encode(dt: u32, value: &Value) -> Result<metric::Value, String> {
         },
         datatype::STRING | datatype::TEXT | datatype::UUID => match value {
             Value::String(s) => V::StringValue(s.clone()),
-            other => return Err(format!("{other} is not a string")),
+            other => return Err(Error::value(format_args!("{other} is not a string"))),
         },
         other => {
-            return Err(format!(
+            return Err(Error::value(format_args!(
                 "writing Sparkplug datatype {other} is not supported"
-            ));
+            )));
         }
     })
 }

@@ -13,10 +13,21 @@ use opcua::{
 /// Why a client could not be built from the settings.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("PKI folder {path}: {message}")]
-    Pki { path: String, message: String },
+    #[error("PKI folder {path}: {source}")]
+    Pki {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("trusted server certificate {path}: {message}")]
     TrustedCertificate { path: String, message: String },
+    #[error("trusted server certificate {path}: cannot write {target}: {source}")]
+    WriteTrusted {
+        path: String,
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("identity: {0}")]
     Identity(String),
     #[error("client: {0}")]
@@ -66,16 +77,13 @@ pub fn setup(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let pki = &settings.pki_dir;
     for sub in ["trusted", "rejected", "own", "private"] {
-        std::fs::create_dir_all(pki.join(sub)).map_err(|e| SetupError::Pki {
+        std::fs::create_dir_all(pki.join(sub)).map_err(|source| SetupError::Pki {
             path: pki.display().to_string(),
-            message: e.to_string(),
+            source,
         })?;
     }
     for path in &settings.trusted_server_certificates {
-        trust(pki, path).map_err(|message| SetupError::TrustedCertificate {
-            path: path.display().to_string(),
-            message,
-        })?;
+        trust(pki, path)?;
     }
     let identity = identity(&settings.identity)?;
     // Creating a session with an encrypting policy signs and decrypts with RSA, which takes
@@ -116,13 +124,21 @@ pub fn setup(
 
 /// Adds the certificate at `path` to the trust list under `pki`, named the way the library
 /// looks certificates up.
-fn trust(pki: &Path, path: &Path) -> Result<(), String> {
-    let cert = CertificateStore::read_cert(path)?;
-    let der = cert.to_der().map_err(|e| format!("{e:?}"))?;
+fn trust(pki: &Path, path: &Path) -> Result<(), SetupError> {
+    let refused = |message: String| SetupError::TrustedCertificate {
+        path: path.display().to_string(),
+        message,
+    };
+    let cert = CertificateStore::read_cert(path).map_err(refused)?;
+    let der = cert.to_der().map_err(|e| refused(format!("{e:?}")))?;
     let target = pki
         .join("trusted")
         .join(CertificateStore::cert_file_name(&cert));
-    std::fs::write(&target, der).map_err(|e| format!("cannot write {}: {e}", target.display()))
+    std::fs::write(&target, der).map_err(|source| SetupError::WriteTrusted {
+        path: path.display().to_string(),
+        target: target.display().to_string(),
+        source,
+    })
 }
 
 fn identity(identity: &Identity) -> Result<IdentityToken, SetupError> {

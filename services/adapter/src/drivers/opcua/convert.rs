@@ -7,6 +7,8 @@ use fieldline_core::{
 };
 use opcua::types::{DataValue, DateTime, StatusCode, UAString, Variant};
 
+use crate::{Error, Result};
+
 /// OPC UA DateTime ticks (100 ns since 1601-01-01) at the Unix epoch.
 const UNIX_EPOCH_TICKS: i64 = 116_444_736_000_000_000;
 
@@ -21,7 +23,7 @@ pub fn unix_ns(t: &DateTime) -> Option<i64> {
 }
 
 /// The value a variant holds, when it is a scalar Fieldline can carry.
-pub fn from_variant(v: &Variant) -> Result<Value, String> {
+pub fn from_variant(v: &Variant) -> Result<Value> {
     Ok(match v {
         Variant::Boolean(b) => Value::Bool(*b),
         Variant::SByte(x) => Value::I64(i64::from(*x)),
@@ -36,34 +38,36 @@ pub fn from_variant(v: &Variant) -> Result<Value, String> {
         Variant::Double(x) => finite(*x)?,
         Variant::String(s) => match s.value() {
             Some(s) => Value::String(s.clone()),
-            None => return Err("the server sent a null string".into()),
+            None => return Err(Error::value("the server sent a null string")),
         },
         Variant::LocalizedText(t) => match t.text.value() {
             Some(s) => Value::String(s.clone()),
-            None => return Err("the server sent a null text".into()),
+            None => return Err(Error::value("the server sent a null text")),
         },
-        Variant::Empty => return Err("the server sent no value (null)".into()),
+        Variant::Empty => return Err(Error::value("the server sent no value (null)")),
         other => {
-            return Err(format!(
+            return Err(Error::value(format_args!(
                 "the server sent a {:?}, which no tag type holds",
                 other.type_id()
-            ));
+            )));
         }
     })
 }
 
-fn finite(x: f64) -> Result<Value, String> {
+fn finite(x: f64) -> Result<Value> {
     if x.is_finite() {
         Ok(Value::F64(x))
     } else {
-        Err(format!("the server sent {x}, not a finite number"))
+        Err(Error::value(format_args!(
+            "the server sent {x}, not a finite number"
+        )))
     }
 }
 
 /// The variant of the tag's own type for a raw value (already unconverted by the tag), as
 /// written to the server.
-pub fn to_variant(value_type: ValueType, value: &Value) -> Result<Variant, String> {
-    let wrong = || format!("{value} does not fit a {value_type} tag");
+pub fn to_variant(value_type: ValueType, value: &Value) -> Result<Variant> {
+    let wrong = || Error::value(format_args!("{value} does not fit a {value_type} tag"));
     let signed = |v: &Value| match v {
         Value::I64(x) => Some(*x),
         Value::U64(x) => i64::try_from(*x).ok(),
@@ -191,12 +195,12 @@ pub fn sample(tag: &ResolvedValueTag, dv: &DataValue, now_ns: i64) -> Sample {
             ..Sample::bad(&tag.name, quality, timestamp_ns)
         };
     }
-    let converted = dv
-        .value
-        .as_ref()
-        .ok_or_else(|| "the server sent no value".to_string())
-        .and_then(from_variant)
-        .and_then(|v| tag.convert(v).map_err(|e| e.to_string()));
+    let converted = match dv.value.as_ref() {
+        None => Err("the server sent no value".to_string()),
+        Some(v) => from_variant(v)
+            .map_err(|e| e.to_string())
+            .and_then(|v| tag.convert(v).map_err(|e| e.to_string())),
+    };
     match converted {
         Ok(value) => Sample {
             tag: tag.name.clone(),
@@ -258,23 +262,30 @@ mod tests {
 
     #[test]
     fn scalars_become_values() {
-        assert_eq!(from_variant(&Variant::Boolean(true)), Ok(Value::Bool(true)));
-        assert_eq!(from_variant(&Variant::SByte(-3)), Ok(Value::I64(-3)));
-        assert_eq!(from_variant(&Variant::UInt32(7)), Ok(Value::U64(7)));
         assert_eq!(
-            from_variant(&Variant::Int64(i64::MIN)),
-            Ok(Value::I64(i64::MIN))
+            from_variant(&Variant::Boolean(true)).ok(),
+            Some(Value::Bool(true))
         );
-        assert_eq!(from_variant(&Variant::Float(1.5)), Ok(Value::F64(1.5)));
+        assert_eq!(from_variant(&Variant::SByte(-3)).ok(), Some(Value::I64(-3)));
+        assert_eq!(from_variant(&Variant::UInt32(7)).ok(), Some(Value::U64(7)));
         assert_eq!(
-            from_variant(&Variant::String("ok".into())),
-            Ok(Value::String("ok".into()))
+            from_variant(&Variant::Int64(i64::MIN)).ok(),
+            Some(Value::I64(i64::MIN))
+        );
+        assert_eq!(
+            from_variant(&Variant::Float(1.5)).ok(),
+            Some(Value::F64(1.5))
+        );
+        assert_eq!(
+            from_variant(&Variant::String("ok".into())).ok(),
+            Some(Value::String("ok".into()))
         );
         assert_eq!(
             from_variant(&Variant::LocalizedText(Box::new(LocalizedText::new(
                 "en", "hi"
-            )))),
-            Ok(Value::String("hi".into()))
+            ))))
+            .ok(),
+            Some(Value::String("hi".into()))
         );
         for wrong in [
             Variant::Empty,
@@ -290,24 +301,24 @@ mod tests {
     #[test]
     fn writes_use_the_tag_type() {
         assert_eq!(
-            to_variant(ValueType::Signed(16), &Value::I64(-2)),
-            Ok(Variant::Int16(-2))
+            to_variant(ValueType::Signed(16), &Value::I64(-2)).ok(),
+            Some(Variant::Int16(-2))
         );
         assert_eq!(
-            to_variant(ValueType::Unsigned(32), &Value::U64(70000)),
-            Ok(Variant::UInt32(70000))
+            to_variant(ValueType::Unsigned(32), &Value::U64(70000)).ok(),
+            Some(Variant::UInt32(70000))
         );
         assert_eq!(
-            to_variant(ValueType::Float(32), &Value::F64(0.1)),
-            Ok(Variant::Float(0.1))
+            to_variant(ValueType::Float(32), &Value::F64(0.1)).ok(),
+            Some(Variant::Float(0.1))
         );
         assert_eq!(
-            to_variant(ValueType::Float(64), &Value::F64(0.1)),
-            Ok(Variant::Double(0.1))
+            to_variant(ValueType::Float(64), &Value::F64(0.1)).ok(),
+            Some(Variant::Double(0.1))
         );
         assert_eq!(
-            to_variant(ValueType::String, &Value::String("a".into())),
-            Ok(Variant::String("a".into()))
+            to_variant(ValueType::String, &Value::String("a".into())).ok(),
+            Some(Variant::String("a".into()))
         );
         assert!(to_variant(ValueType::Signed(16), &Value::I64(40000)).is_err());
         assert!(to_variant(ValueType::Unsigned(64), &Value::I64(-1)).is_err());

@@ -29,9 +29,13 @@ use super::{
     convert,
     plan::{self, ServerLimits},
 };
-use crate::drivers::{
-    DeviceContext, RememberedCommands, SampleMeters, WriteRequest, check_value_command,
-    command_result,
+use crate::{
+    Error, Result,
+    drivers::{
+        DeviceContext, RememberedCommands, SampleMeters, WriteRequest, check_value_command,
+        command_result,
+    },
+    error::session_failure_kind,
 };
 
 /// Why a session ended.
@@ -94,17 +98,18 @@ impl Driver {
             self.settings.clone(),
         );
         let built = tokio::task::spawn_blocking(move || {
-            setup(&endpoint, timeout, &settings, &application_name).map_err(|e| e.to_string())
+            setup(&endpoint, timeout, &settings, &application_name).map_err(Error::from)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("setting up the client failed: {e}")));
+        .unwrap_or_else(|e| Err(Error::SetupAborted(e)));
         let mut setup = match built {
             Ok(s) => s,
-            Err(e) => {
-                self.cx.error(self.name(), "config");
-                tracing::error!(device = %self.name(), error = %e, "OPC UA client cannot be set up");
-                self.mark_down(&e);
-                self.refuse_writes_until(writes, &stop, None, &e).await;
+            Err(error) => {
+                self.cx.error(self.name(), error.kind());
+                tracing::error!(device = %self.name(), %error, "OPC UA client cannot be set up");
+                let why = error.to_string();
+                self.mark_down(&why);
+                self.refuse_writes_until(writes, &stop, None, &why).await;
                 return;
             }
         };
@@ -122,7 +127,7 @@ impl Driver {
                     tracing::warn!(device = %self.name(), reason = %why, "OPC UA connection lost; reconnecting");
                     why
                 }
-                Err(why) => why,
+                Err(error) => error.to_string(),
             };
             self.mark_down(&why);
             let delay = backoff.next_delay();
@@ -202,7 +207,7 @@ impl Driver {
         setup: &mut Setup,
         writes: &mut mpsc::Receiver<WriteRequest>,
         stop: &CancellationToken,
-    ) -> Result<Ended, String> {
+    ) -> Result<Ended> {
         let name = self.name().to_string();
         let connect = async {
             let url = setup.endpoint.endpoint_url.as_ref().to_string();
@@ -241,9 +246,10 @@ impl Driver {
         };
         let connected = connected.map_err(|_| self.no_answer(limit))?;
         let (session, event_loop) = connected.map_err(|e| {
-            self.cx.error(&name, "connect");
-            tracing::warn!(device = %name, error = %e, "cannot reach the OPC UA server's endpoint");
-            format!("cannot reach the server's endpoint: {e}")
+            let error = Error::OpcuaEndpoint(e);
+            self.cx.error(&name, error.kind());
+            tracing::warn!(device = %name, %error, "cannot reach the OPC UA server's endpoint");
+            error
         })?;
         // The event loop runs beside the driver; what matters to the driver (connected, lost,
         // failed) comes back over a channel.
@@ -273,7 +279,7 @@ impl Driver {
         match first {
             Some(Event::Connected) => {}
             Some(Event::Failed(code) | Event::Lost(code)) => {
-                let kind = failure_kind(code);
+                let kind = session_failure_kind(code);
                 self.cx.error(&name, kind);
                 let hint = match kind {
                     "untrusted_server" => {
@@ -283,9 +289,9 @@ impl Driver {
                     _ => "",
                 };
                 tracing::error!(device = %name, status = %code, "OPC UA session could not be established{hint}");
-                return Err(format!("session refused: {code}{hint}"));
+                return Err(Error::SessionRefused { status: code, hint });
             }
-            Some(Event::Ended) | None => return Err("the session ended while connecting".into()),
+            Some(Event::Ended) | None => return Err(Error::SessionEnded),
         }
         // Reconnecting is the driver's job: the library's loop ends when the connection drops.
         session.disable_reconnects();
@@ -315,7 +321,7 @@ impl Driver {
         writes: &mut mpsc::Receiver<WriteRequest>,
         events: &mut mpsc::UnboundedReceiver<Event>,
         stop: &CancellationToken,
-    ) -> Result<Ended, String> {
+    ) -> Result<Ended> {
         let (changes_tx, mut changes) = mpsc::unbounded_channel::<(usize, DataValue)>();
         let publishing = self
             .settings
@@ -342,15 +348,13 @@ impl Driver {
             let subscription = session
                 .create_subscription(publishing, 30, 10, 0, 0, true, callback)
                 .await
-                .map_err(|e| self.failed_call("subscribe", format!("CreateSubscription: {e}")))?;
+                .map_err(|e| self.failed_call("subscribe", "CreateSubscription", e))?;
             for call in planned.calls {
                 let requests: Vec<_> = call.clone().map(|i| self.item(i, sampling, true)).collect();
                 let results = session
                     .create_monitored_items(subscription, TimestampsToReturn::Both, requests)
                     .await
-                    .map_err(|e| {
-                        self.failed_call("subscribe", format!("CreateMonitoredItems: {e}"))
-                    })?;
+                    .map_err(|e| self.failed_call("subscribe", "CreateMonitoredItems", e))?;
                 let mut retry = Vec::new();
                 for (i, created) in call.clone().zip(&results) {
                     let status = created.result.status_code;
@@ -375,9 +379,7 @@ impl Driver {
                     let results = session
                         .create_monitored_items(subscription, TimestampsToReturn::Both, requests)
                         .await
-                        .map_err(|e| {
-                            self.failed_call("subscribe", format!("CreateMonitoredItems: {e}"))
-                        })?;
+                        .map_err(|e| self.failed_call("subscribe", "CreateMonitoredItems", e))?;
                     for (&i, created) in retry.iter().zip(&results) {
                         self.server_band[i] = false;
                         if !created.result.status_code.is_good() {
@@ -429,7 +431,7 @@ impl Driver {
         writes: &mut mpsc::Receiver<WriteRequest>,
         events: &mut mpsc::UnboundedReceiver<Event>,
         stop: &CancellationToken,
-    ) -> Result<Ended, String> {
+    ) -> Result<Ended> {
         let mut tick = tokio::time::interval(self.device.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -444,7 +446,7 @@ impl Driver {
                         let values = session
                             .read(&ids, TimestampsToReturn::Both, 0.0)
                             .await
-                            .map_err(|e| self.failed_call("read", format!("Read: {e}")))?;
+                            .map_err(|e| self.failed_call("read", "Read", e))?;
                         let now = now_ns();
                         samples.extend(
                             range
@@ -463,16 +465,24 @@ impl Driver {
     }
 
     /// Counts and logs a connection attempt the server did not complete within `limit`.
-    fn no_answer(&self, limit: Duration) -> String {
-        self.cx.error(self.name(), "timeout");
+    fn no_answer(&self, limit: Duration) -> Error {
+        let error = Error::OpcuaNoAnswer(limit);
+        self.cx.error(self.name(), error.kind());
         tracing::warn!(device = %self.name(), ?limit, "the OPC UA server did not complete the connection in time");
-        format!("the server did not complete the connection within {limit:?}")
+        error
     }
 
-    fn failed_call(&self, kind: &str, message: String) -> String {
-        self.cx.error(self.name(), kind);
-        tracing::warn!(device = %self.name(), error = %message, "OPC UA request failed");
-        message
+    /// Counts and logs a failed service call; the error ends the session.
+    fn failed_call(
+        &self,
+        kind: &'static str,
+        call: &'static str,
+        source: opcua::types::Error,
+    ) -> Error {
+        let error = Error::OpcuaCall { kind, call, source };
+        self.cx.error(self.name(), error.kind());
+        tracing::warn!(device = %self.name(), %error, "OPC UA request failed");
+        error
     }
 
     fn has_band(&self, i: usize) -> bool {
@@ -574,7 +584,13 @@ impl Driver {
         let variant = match convert::to_variant(tag.value_type, &raw) {
             Ok(v) => v,
             Err(e) => {
-                return command_result(command, v1::CommandStatus::Rejected, "type", None, e);
+                return command_result(
+                    command,
+                    v1::CommandStatus::Rejected,
+                    "type",
+                    None,
+                    e.to_string(),
+                );
             }
         };
         let write = WriteValue {
@@ -631,18 +647,6 @@ fn lost(event: Option<Event>) -> String {
     match event {
         Some(Event::Lost(code) | Event::Failed(code)) => format!("connection lost: {code}"),
         _ => "connection lost".into(),
-    }
-}
-
-/// The error kind a failed session establishment is counted under.
-fn failure_kind(code: StatusCode) -> &'static str {
-    let name = code.to_string();
-    if name.starts_with("BadCertificateUntrusted") || name.starts_with("BadSecurityChecksFailed") {
-        "untrusted_server"
-    } else if name.starts_with("BadIdentityToken") || name.starts_with("BadUserAccessDenied") {
-        "identity"
-    } else {
-        "connect"
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::{DeviceContext, WriteRequest};
 
 /// The device's tags with their parsed NodeIds; the problems when there are any.
-fn resolve(device: &OpcuaDeviceConfig) -> Result<(Vec<ResolvedValueTag>, Vec<NodeId>), String> {
+fn resolve(device: &OpcuaDeviceConfig) -> crate::Result<(Vec<ResolvedValueTag>, Vec<NodeId>)> {
     let mut tags = Vec::with_capacity(device.tags.len());
     let mut nodes = Vec::with_capacity(device.tags.len());
     let mut problems = Vec::new();
@@ -45,12 +45,12 @@ fn resolve(device: &OpcuaDeviceConfig) -> Result<(Vec<ResolvedValueTag>, Vec<Nod
     if problems.is_empty() {
         Ok((tags, nodes))
     } else {
-        Err(format!("{}: {}", device.name, problems.join("; ")))
+        Err(crate::Error::setting(problems.join("; ")).at(&device.name, "tags"))
     }
 }
 
 /// Whether `device` can be driven; the reason when not.
-pub fn check(device: &OpcuaDeviceConfig) -> Result<(), String> {
+pub fn check(device: &OpcuaDeviceConfig) -> crate::Result<()> {
     resolve(device).map(drop)
 }
 
@@ -67,8 +67,8 @@ pub async fn run(
                 .run(writes, stop)
                 .await
         }
-        Err(message) => {
-            tracing::error!(device = %device.name, %message, "device cannot be driven");
+        Err(error) => {
+            tracing::error!(device = %device.name, %error, "device cannot be driven");
         }
     }
 }

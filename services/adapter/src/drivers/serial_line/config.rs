@@ -8,6 +8,7 @@ use fieldline_core::config::{
 };
 
 use super::parser::Parser;
+use crate::{Error, Result};
 
 /// How one tag is written.
 pub struct WriteSetup {
@@ -36,36 +37,36 @@ pub struct Setup {
 impl Setup {
     /// Resolves `device`. The config was validated, so errors here mean a caller skipped
     /// validation; they are reported, not unwrapped.
-    pub fn new(device: &SerialLineDeviceConfig) -> Result<Self, String> {
+    pub fn new(device: &SerialLineDeviceConfig) -> Result<Self> {
         let settings = &device.serial_line;
-        let at = |what: &str, e: String| format!("{}: {what}: {e}", device.name);
+        let name = device.name.as_str();
         let tags = device
             .tags
             .iter()
             .map(|t| {
                 t.resolve_value()
-                    .map_err(|p| at(&format!("tag {}", t.name), format!("{p:?}")))
+                    .map_err(|p| Error::tag(&t.name, p).at(name, "tags"))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let request = match (&settings.mode, &settings.request) {
             (SerialLineMode::Request, Some(r)) => {
-                unescape(r).map_err(|e| at("request", e.to_string()))?
+                unescape(r).map_err(|e| Error::setting(e).at(name, "request"))?
             }
             (SerialLineMode::Request, None) => {
-                return Err(at("request", "request mode needs a request".into()));
+                return Err(Error::setting("request mode needs a request").at(name, "request"));
             }
             (SerialLineMode::Stream, _) => Vec::new(),
         };
         let mut writes = HashMap::new();
         for (tag, w) in &settings.writes {
-            let pieces =
-                parse_template(&w.template, &w.params).map_err(|e| at("writes", e.to_string()))?;
+            let pieces = parse_template(&w.template, &w.params)
+                .map_err(|e| Error::setting(e).at(name, "writes"))?;
             let ack = w
                 .ack
                 .as_deref()
                 .map(|a| regex::Regex::new(&ack_regex(a)))
                 .transpose()
-                .map_err(|e| at("ack", e.to_string()))?;
+                .map_err(|e| Error::from(e).at(name, "ack"))?;
             writes.insert(tag.clone(), WriteSetup { pieces, ack });
         }
         Ok(Self {
@@ -76,7 +77,7 @@ impl Setup {
             request,
             reply_lines: settings.reply_lines.max(1),
             max_line_length: settings.max_line_length.max(1),
-            parser: Parser::new(&settings.parser).map_err(|e| at("parser", e))?,
+            parser: Parser::new(&settings.parser).map_err(|e| e.at(name, "parser"))?,
             tags,
             writes,
             poll_interval: device.poll_interval,

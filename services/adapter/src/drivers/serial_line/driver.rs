@@ -30,10 +30,12 @@ use tokio_serial::SerialStream;
 use super::{
     config::Setup,
     parser::{Frame, Framer, decode},
-    port,
 };
-use crate::drivers::{
-    DeviceContext, RememberedCommands, WriteRequest, check_value_command, command_result,
+use crate::{
+    Error, Result,
+    drivers::{
+        DeviceContext, RememberedCommands, WriteRequest, check_value_command, command_result,
+    },
 };
 
 /// A tag's reading: value (absent when Bad), quality, timestamp.
@@ -144,19 +146,19 @@ impl Driver {
     }
 
     fn open(&mut self) {
-        match port::open(&self.s.path, &self.s.serial) {
+        match crate::serial::open(&self.s.path, &self.s.serial) {
             Ok(stream) => {
                 tracing::info!(device = %self.s.name, port = %self.s.path, "serial port open");
                 self.port = Some(stream);
                 self.backoff.reset();
                 self.framer.reset();
             }
-            Err(reason) => {
-                self.cx.error(&self.s.name, "connect");
+            Err(error) => {
+                self.cx.error(&self.s.name, error.kind());
                 let delay = self.backoff.next_delay();
                 self.retry_at = Instant::now() + delay;
-                tracing::warn!(device = %self.s.name, error = %reason, retry_in = ?delay, "cannot open the serial port");
-                self.down_reason = reason;
+                tracing::warn!(device = %self.s.name, %error, retry_in = ?delay, "cannot open the serial port");
+                self.down_reason = error.to_string();
             }
         }
     }
@@ -349,8 +351,8 @@ impl Driver {
                 }
                 self.polls.inc();
                 let request = self.s.request.clone();
-                if let Err(reason) = self.send(&request).await {
-                    self.port_failed(reason);
+                if let Err(error) = self.send(&request).await {
+                    self.port_failed(error.to_string());
                     return;
                 }
                 let sent = Instant::now();
@@ -365,9 +367,9 @@ impl Driver {
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         let Some(port) = self.port.as_mut() else {
-            return Err("the port is not open".into());
+            return Err(Error::PortClosed);
         };
         let write = async {
             port.write_all(bytes).await?;
@@ -375,11 +377,8 @@ impl Driver {
         };
         match tokio::time::timeout(self.s.timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write failed: {e}")),
-            Err(_) => Err(format!(
-                "write not done within {}ms",
-                self.s.timeout.as_millis()
-            )),
+            Ok(Err(e)) => Err(Error::PortWrite(e)),
+            Err(_) => Err(Error::PortWriteTimeout(self.s.timeout)),
         }
     }
 
@@ -477,41 +476,41 @@ impl Driver {
                 self.s.path, self.down_reason
             ));
         }
-        if let Err(reason) = self.send(&bytes).await {
+        if let Err(error) = self.send(&bytes).await {
+            let reason = error.to_string();
             self.port_failed(reason.clone());
             return failed(reason);
         }
         if let Some(ack) = ack
-            && let Err(detail) = self.await_ack(&ack).await
+            && let Err(error) = self.await_ack(&ack).await
         {
-            self.cx.error(&self.s.name, "ack");
-            return failed(detail);
+            self.cx.error(&self.s.name, error.kind());
+            return failed(error.to_string());
         }
         command_result(command, v1::CommandStatus::Written, "", None, String::new())
     }
 
     /// Reads lines until one matches `ack` (confirmed) or one that is not data arrives
     /// (refused); data lines are read as usual meanwhile.
-    async fn await_ack(&mut self, ack: &regex::Regex) -> Result<(), String> {
+    async fn await_ack(&mut self, ack: &regex::Regex) -> Result<()> {
         let deadline = Instant::now() + self.s.timeout;
         let mut buf = vec![0u8; 1024];
         loop {
             let read = tokio::time::timeout_at(deadline, read_some(&mut self.port, &mut buf)).await;
             let n = match read {
                 Err(_) => {
-                    return Err(format!(
-                        "no reply matching {:?} within {}ms",
-                        ack.as_str(),
-                        self.s.timeout.as_millis()
-                    ));
+                    return Err(Error::AckTimeout {
+                        expected: ack.as_str().to_string(),
+                        after: self.s.timeout,
+                    });
                 }
                 Ok(Ok(0)) => {
                     self.port_failed("the port reported end of file".into());
-                    return Err("the port closed before the write was acknowledged".into());
+                    return Err(Error::AckPortClosed);
                 }
                 Ok(Err(e)) => {
                     self.port_failed(format!("read failed: {e}"));
-                    return Err(format!("read failed before the acknowledgement: {e}"));
+                    return Err(Error::AckPortRead(e));
                 }
                 Ok(Ok(n)) => n,
             };
@@ -532,10 +531,10 @@ impl Driver {
                     // refusal such as `ERR`.
                     Some(t) if !t.is_empty() && self.s.parser.parse(t).is_err() => {
                         let shown: String = t.chars().take(80).collect();
-                        outcome = Some(Err(format!(
-                            "the device answered {shown:?}, not {:?}",
-                            ack.as_str()
-                        )));
+                        outcome = Some(Err(Error::AckRefused {
+                            answer: shown,
+                            expected: ack.as_str().to_string(),
+                        }));
                     }
                     _ => self.on_frame(frame, now),
                 }

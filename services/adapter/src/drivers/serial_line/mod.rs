@@ -1,14 +1,13 @@
 //! Serial-line driver: Arduino-style devices that speak lines of text on a serial port.
 //!
 //! `config.rs` turns the device's settings into what the driver needs, `parser.rs` cuts bytes
-//! into bounded lines and reads their fields (pure, unit-tested), `port.rs` opens the port,
-//! and `driver.rs` is the one task that owns the port: it sends requests, reads lines,
+//! into bounded lines and reads their fields (pure, unit-tested), and `driver.rs` is the one
+//! task that owns the port (opened by [`crate::serial::open`]): it sends requests, reads lines,
 //! performs writes between them, and reopens the port with backoff when it vanishes.
 
 mod config;
 mod driver;
 pub mod parser;
-mod port;
 
 use fieldline_core::config::SerialLineDeviceConfig;
 use fieldline_runtime::CancellationToken;
@@ -17,7 +16,7 @@ use tokio::sync::mpsc;
 use super::{DeviceContext, WriteRequest};
 
 /// Whether `device` can be driven; the reason when not.
-pub fn check(device: &SerialLineDeviceConfig) -> Result<(), String> {
+pub fn check(device: &SerialLineDeviceConfig) -> crate::Result<()> {
     config::Setup::new(device).map(drop)
 }
 
@@ -30,8 +29,8 @@ pub async fn run(
 ) {
     match config::Setup::new(&device) {
         Ok(setup) => driver::Driver::new(setup, cx).run(writes, stop).await,
-        Err(message) => {
-            tracing::error!(device = %device.name, %message, "device cannot be driven");
+        Err(error) => {
+            tracing::error!(device = %device.name, %error, "device cannot be driven");
         }
     }
 }

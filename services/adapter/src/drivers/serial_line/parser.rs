@@ -11,6 +11,8 @@ use fieldline_core::{
     value_type::ValueType,
 };
 
+use crate::Error;
+
 /// What the framer found in the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -108,7 +110,7 @@ pub enum Parser {
 }
 
 impl Parser {
-    pub fn new(config: &LineParser) -> Result<Self, String> {
+    pub fn new(config: &LineParser) -> crate::Result<Self> {
         Ok(match config {
             LineParser::KeyValue {
                 pair_separator,
@@ -118,14 +120,12 @@ impl Parser {
                 key: key_separator.clone(),
             },
             LineParser::Json => Parser::Json,
-            LineParser::Regex { pattern } => {
-                Parser::Regex(regex::Regex::new(pattern).map_err(|e| e.to_string())?)
-            }
+            LineParser::Regex { pattern } => Parser::Regex(regex::Regex::new(pattern)?),
         })
     }
 
     /// The fields of `line`, or why the line cannot be read at all.
-    pub fn parse(&self, line: &str) -> Result<Fields, String> {
+    pub fn parse(&self, line: &str) -> crate::Result<Fields> {
         match self {
             Parser::KeyValue { pair, key } => {
                 let mut map = HashMap::new();
@@ -134,26 +134,29 @@ impl Parser {
                         continue;
                     }
                     let Some((k, v)) = part.split_once(key.as_str()) else {
-                        return Err(format!("{part:?} is not key{key}value"));
+                        return Err(Error::NotKeyValue {
+                            part: part.to_string(),
+                            separator: key.clone(),
+                        });
                     };
                     let k = k.trim();
                     if k.is_empty() {
-                        return Err(format!("{part:?} has no key"));
+                        return Err(Error::NoKey {
+                            part: part.to_string(),
+                        });
                     }
                     map.insert(k.to_string(), v.trim().to_string());
                 }
                 if map.is_empty() {
-                    return Err("no key-value pair".into());
+                    return Err(Error::NoPairs);
                 }
                 Ok(Fields::Named(map))
             }
             Parser::Json => serde_json::from_str::<serde_json::Value>(line)
                 .map(Fields::Json)
-                .map_err(|e| format!("not JSON: {e}")),
+                .map_err(Error::NotJson),
             Parser::Regex(re) => {
-                let caps = re
-                    .captures(line)
-                    .ok_or_else(|| "does not match the pattern".to_string())?;
+                let caps = re.captures(line).ok_or(Error::NoMatch)?;
                 let map = re
                     .capture_names()
                     .flatten()

@@ -1,10 +1,13 @@
-//! Opening the serial port of a serial-line device.
+//! Opening a serial port with a device's line settings. The Modbus RTU link and the
+//! serial-line driver both open their port here, so a port is always opened the same way.
 
 use fieldline_core::config::{Parity, SerialConfig};
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
-/// Opens `path` with `serial`'s settings.
-pub fn open(path: &str, serial: &SerialConfig) -> Result<SerialStream, String> {
+use crate::{Error, Result};
+
+/// Opens `path` with `serial`'s baud rate, data bits, parity and stop bits.
+pub fn open(path: &str, serial: &SerialConfig) -> Result<SerialStream> {
     tokio_serial::new(path, serial.baud_rate)
         .data_bits(if serial.data_bits == 7 {
             tokio_serial::DataBits::Seven
@@ -22,5 +25,8 @@ pub fn open(path: &str, serial: &SerialConfig) -> Result<SerialStream, String> {
             Parity::Odd => tokio_serial::Parity::Odd,
         })
         .open_native_async()
-        .map_err(|e| format!("cannot open {path}: {e}"))
+        .map_err(|source| Error::SerialOpen {
+            path: path.to_string(),
+            source,
+        })
 }
