@@ -13,7 +13,7 @@ use fieldline_proto::{
 use fieldline_runtime::now_ns;
 use fieldline_testkit as kit;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, QoS};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
     process::{Child, ChildStdin, ChildStdout, Command},
@@ -213,56 +213,11 @@ struct EdgeNode {
     group: String,
 }
 
-/// A client of the test's own subscribed to `filters`, with the messages it receives.
-async fn listen(
-    filters: Vec<String>,
-) -> anyhow::Result<(AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>)>)> {
-    let (_, port) = kit::MQTT.rsplit_once(':').context("broker address")?;
-    let mut options = MqttOptions::new(kit::unique("listener"), "127.0.0.1", port.parse()?);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let (tx, messages) = mpsc::unbounded_channel();
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-    let mut subscribed_tx = Some(subscribed_tx);
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    client
-        .subscribe_many(
-            filters
-                .into_iter()
-                .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)),
-        )
-        .await?;
-    tokio::time::timeout(Duration::from_secs(10), subscribed)
-        .await
-        .context("the test's client could not subscribe")??;
-    Ok((client, messages))
-}
-
 impl EdgeNode {
     async fn start(group: &str) -> anyhow::Result<Self> {
-        let (client, commands) = listen(
-            ["NCMD", "DCMD"]
-                .map(|kind| format!("spBv1.0/{group}/{kind}/#"))
-                .to_vec(),
-        )
-        .await?;
+        let (client, commands) =
+            kit::subscribe_many(&["NCMD", "DCMD"].map(|kind| format!("spBv1.0/{group}/{kind}/#")))
+                .await?;
         Ok(Self {
             client,
             commands,
@@ -532,7 +487,7 @@ async fn json_writes_publish_their_template_once_per_command() -> anyhow::Result
         "  - name: cnc\n    type: cnc\n    protocol: mqtt\n    endpoint: \"{mqtt}\"\n    mqtt:\n      format: json\n      topics: [\"{p}/+/status\"]\n      writes:\n        - {{ tag: setpoint, topic: \"{p}/1/cmd\", template: '{{\"spindle\": {{\"setpoint\": {{value}}}}, \"id\": {{command_id}}}}' }}\n    tags:\n      - {{ name: setpoint, address: /spindle/setpoint, type: f64, writable: true, min: 0, max: 5000 }}\n      - {{ name: speed, address: /spindle/speed, type: f64 }}\n",
         mqtt = kit::MQTT
     );
-    let (_listener, mut messages) = listen(vec![format!("{p}/1/cmd")]).await?;
+    let (_listener, mut messages) = kit::subscribe_many(&[format!("{p}/1/cmd")]).await?;
     let mut run = common::start("mqtt-json-write", &device).await?;
     let line = run.line.clone();
     let result = run

@@ -7,18 +7,23 @@ use fieldline_testkit as kit;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldline");
 
-#[test]
-fn config_check_prints_every_problem_with_its_path() -> anyhow::Result<()> {
+/// `fieldline config check` with `args` on a file holding `document`.
+fn config_check(document: &str, args: &[&str]) -> anyhow::Result<(std::process::Output, String)> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("line.yaml");
-    std::fs::write(
-        &file,
-        "line: packaging-1\ndevices:\n  - name: filler\n    type: filler-v2\n    protocol: modbus-tcp\n    endpoint: 127.0.0.1:5020\n    tags:\n      - { name: a, address: \"holding:0\", type: f32 }\n      - { name: b, address: \"coil:0\", type: bool }\n      - { name: c, address: \"holdng:0\", type: u16 }\n      - { name: D, address: \"input:1\", type: i17 }\n",
-    )?;
+    std::fs::write(&file, document)?;
     let out = Command::new(BIN)
         .args(["config", "check"])
+        .args(args)
         .arg(&file)
         .output()?;
+    Ok((out, file.display().to_string()))
+}
+
+#[test]
+fn config_check_prints_every_problem_with_its_path() -> anyhow::Result<()> {
+    let bad = "line: packaging-1\ndevices:\n  - name: filler\n    type: filler-v2\n    protocol: modbus-tcp\n    endpoint: 127.0.0.1:5020\n    tags:\n      - { name: a, address: \"holding:0\", type: f32 }\n      - { name: b, address: \"coil:0\", type: bool }\n      - { name: c, address: \"holdng:0\", type: u16 }\n      - { name: D, address: \"input:1\", type: i17 }\n";
+    let (out, _) = config_check(bad, &[])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -35,15 +40,11 @@ fn config_check_prints_every_problem_with_its_path() -> anyhow::Result<()> {
     );
     assert!(stderr.contains("3 problem(s) found"), "{stderr}");
 
-    let good = std::fs::read_to_string(&file)?
+    let good = bad
         .replace("holdng", "holding")
         .replace("name: D", "name: d")
         .replace("i17", "i16");
-    std::fs::write(&file, good)?;
-    let out = Command::new(BIN)
-        .args(["config", "check"])
-        .arg(&file)
-        .output()?;
+    let (out, _) = config_check(&good, &[])?;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -58,19 +59,10 @@ fn config_check_prints_every_problem_with_its_path() -> anyhow::Result<()> {
 
 #[test]
 fn config_check_reports_type_and_semantic_problems_together_with_lines() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("line.yaml");
-    std::fs::write(
-        &file,
-        "line: l\ndevices:\n  - name: filler\n    type: t\n    protocol: modbus-tcp\n    endpoint: 127.0.0.1:5020\n    poll_interval: fast\n    tags:\n      - { name: a, address: \"holding:0\", type: u16 }\n      - { name: a, address: \"holding:1\", type: u16 }\n  - name: oven\n    type: t\n    protocol: opcua\n    endpoint: opc.tcp://127.0.0.1:4840\n    pol_interval: 1s\n    tags: [ { name: t, address: \"ns=2;s=T\", type: f64 } ]\n",
-    )?;
-    let out = Command::new(BIN)
-        .args(["config", "check"])
-        .arg(&file)
-        .output()?;
+    let document = "line: l\ndevices:\n  - name: filler\n    type: t\n    protocol: modbus-tcp\n    endpoint: 127.0.0.1:5020\n    poll_interval: fast\n    tags:\n      - { name: a, address: \"holding:0\", type: u16 }\n      - { name: a, address: \"holding:1\", type: u16 }\n  - name: oven\n    type: t\n    protocol: opcua\n    endpoint: opc.tcp://127.0.0.1:4840\n    pol_interval: 1s\n    tags: [ { name: t, address: \"ns=2;s=T\", type: f64 } ]\n";
+    let (out, at) = config_check(document, &[])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let at = file.display();
     for expected in [
         format!(
             "{at}:7: devices[0].poll_interval: invalid value: string \"fast\", expected a duration"
@@ -87,10 +79,7 @@ fn config_check_reports_type_and_semantic_problems_together_with_lines() -> anyh
     }
     assert!(stderr.contains("3 problem(s) found"), "{stderr}");
 
-    let out = Command::new(BIN)
-        .args(["config", "check", "--format", "json"])
-        .arg(&file)
-        .output()?;
+    let (out, _) = config_check(document, &["--format", "json"])?;
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(report["ok"], false);

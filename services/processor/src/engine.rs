@@ -303,10 +303,8 @@ impl Engine {
                 let meta = self.meta.get(id)?;
                 let snapshot = self.alarms.snapshot(id)?;
                 let last = self.last_events.get(id)?;
-                let state = fieldline_storage::events::AlarmState::try_from(
-                    v1::AlarmState::try_from(last.to_state).ok()?,
-                )
-                .ok()?;
+                let state =
+                    AlarmState::try_from(v1::AlarmState::try_from(last.to_state).ok()?).ok()?;
                 let (active, acked) = state
                     .implied_flags()
                     .unwrap_or((snapshot.condition_active, false));
@@ -348,7 +346,7 @@ impl Engine {
                 let state = self
                     .alarms
                     .state(id)
-                    .map(wire_state)
+                    .map(v1::AlarmState::from)
                     .unwrap_or(v1::AlarmState::Unspecified);
                 if filter.not_normal_only && state == v1::AlarmState::Normal {
                     return None;
@@ -384,18 +382,6 @@ fn readback_alarm_config(tag: &str) -> AlarmConfig {
     }
 }
 
-/// An alarm state in wire form.
-pub fn wire_state(state: AlarmState) -> v1::AlarmState {
-    match state {
-        AlarmState::Normal => v1::AlarmState::Normal,
-        AlarmState::UnackedActive => v1::AlarmState::UnackedActive,
-        AlarmState::AckedActive => v1::AlarmState::AckedActive,
-        AlarmState::ReturnedUnacked => v1::AlarmState::ReturnedUnacked,
-        AlarmState::Shelved => v1::AlarmState::Shelved,
-        AlarmState::OutOfService => v1::AlarmState::OutOfService,
-    }
-}
-
 /// An alarm event in wire form, as it is published, streamed and persisted.
 pub fn wire_event(e: AlarmEvent) -> v1::AlarmEvent {
     let t = e.transition;
@@ -404,8 +390,8 @@ pub fn wire_event(e: AlarmEvent) -> v1::AlarmEvent {
         tag: e.tag,
         kind: e.kind.code().to_string(),
         priority: e.priority.number(),
-        from_state: wire_state(t.from).into(),
-        to_state: wire_state(t.to).into(),
+        from_state: v1::AlarmState::from(t.from).into(),
+        to_state: v1::AlarmState::from(t.to).into(),
         value: t.value.map(v1::Value::from),
         timestamp_ns: t.timestamp_ns,
         user: t.user.unwrap_or_default(),

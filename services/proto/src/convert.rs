@@ -203,6 +203,37 @@ impl TryFrom<v1::SampleBatch> for SampleBatch {
     }
 }
 
+impl From<fieldline_core::alarm::AlarmState> for v1::AlarmState {
+    fn from(s: fieldline_core::alarm::AlarmState) -> Self {
+        use fieldline_core::alarm::AlarmState as S;
+        match s {
+            S::Normal => v1::AlarmState::Normal,
+            S::UnackedActive => v1::AlarmState::UnackedActive,
+            S::AckedActive => v1::AlarmState::AckedActive,
+            S::ReturnedUnacked => v1::AlarmState::ReturnedUnacked,
+            S::Shelved => v1::AlarmState::Shelved,
+            S::OutOfService => v1::AlarmState::OutOfService,
+        }
+    }
+}
+
+impl TryFrom<v1::AlarmState> for fieldline_core::alarm::AlarmState {
+    type Error = crate::Error;
+
+    fn try_from(s: v1::AlarmState) -> Result<Self, crate::Error> {
+        use fieldline_core::alarm::AlarmState as S;
+        match s {
+            v1::AlarmState::Unspecified => Err(crate::Error::Unspecified("alarm state")),
+            v1::AlarmState::Normal => Ok(S::Normal),
+            v1::AlarmState::UnackedActive => Ok(S::UnackedActive),
+            v1::AlarmState::AckedActive => Ok(S::AckedActive),
+            v1::AlarmState::ReturnedUnacked => Ok(S::ReturnedUnacked),
+            v1::AlarmState::Shelved => Ok(S::Shelved),
+            v1::AlarmState::OutOfService => Ok(S::OutOfService),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

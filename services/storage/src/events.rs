@@ -11,6 +11,7 @@
 
 use std::{fmt, ops::Range};
 
+pub use fieldline_core::alarm::AlarmState;
 use fieldline_core::{Value, config::SqlConfig};
 use fieldline_proto::v1;
 use sqlx::{
@@ -34,98 +35,6 @@ pub const TEXT_MAX: usize = 16_383;
 pub const DEFAULT_LIMIT: u32 = 1000;
 
 type AnyQuery<'q> = sqlx::query::Query<'q, Any, AnyArguments>;
-
-/// The state of an alarm (ISA-18.2), as in `fieldline.v1.AlarmState`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AlarmState {
-    /// Not active, nothing to acknowledge.
-    Normal,
-    /// Active and not yet acknowledged.
-    UnackedActive,
-    /// Active and acknowledged.
-    AckedActive,
-    /// Returned to normal before anyone acknowledged it.
-    ReturnedUnacked,
-    /// Hidden from operators by a person until a time (`shelved_until_ns`).
-    Shelved,
-    /// Taken out of service (maintenance, a broken instrument).
-    OutOfService,
-}
-
-impl AlarmState {
-    pub const ALL: [AlarmState; 6] = [
-        AlarmState::Normal,
-        AlarmState::UnackedActive,
-        AlarmState::AckedActive,
-        AlarmState::ReturnedUnacked,
-        AlarmState::Shelved,
-        AlarmState::OutOfService,
-    ];
-
-    /// The name stored in the database.
-    pub fn code(self) -> &'static str {
-        match self {
-            AlarmState::Normal => "normal",
-            AlarmState::UnackedActive => "unacked_active",
-            AlarmState::AckedActive => "acked_active",
-            AlarmState::ReturnedUnacked => "returned_unacked",
-            AlarmState::Shelved => "shelved",
-            AlarmState::OutOfService => "out_of_service",
-        }
-    }
-
-    /// The value of a stored name; `None` for a name this version does not know.
-    pub fn from_code(code: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.code() == code)
-    }
-
-    /// Whether the alarm condition is present and whether it is acknowledged, for the states
-    /// that say so; shelved and out-of-service alarms keep their condition beside the state.
-    pub fn implied_flags(self) -> Option<(bool, bool)> {
-        match self {
-            AlarmState::Normal => Some((false, true)),
-            AlarmState::UnackedActive => Some((true, false)),
-            AlarmState::AckedActive => Some((true, true)),
-            AlarmState::ReturnedUnacked => Some((false, false)),
-            AlarmState::Shelved | AlarmState::OutOfService => None,
-        }
-    }
-}
-
-impl fmt::Display for AlarmState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-impl From<AlarmState> for v1::AlarmState {
-    fn from(s: AlarmState) -> Self {
-        match s {
-            AlarmState::Normal => v1::AlarmState::Normal,
-            AlarmState::UnackedActive => v1::AlarmState::UnackedActive,
-            AlarmState::AckedActive => v1::AlarmState::AckedActive,
-            AlarmState::ReturnedUnacked => v1::AlarmState::ReturnedUnacked,
-            AlarmState::Shelved => v1::AlarmState::Shelved,
-            AlarmState::OutOfService => v1::AlarmState::OutOfService,
-        }
-    }
-}
-
-impl TryFrom<v1::AlarmState> for AlarmState {
-    type Error = fieldline_proto::Error;
-
-    fn try_from(s: v1::AlarmState) -> Result<Self, fieldline_proto::Error> {
-        match s {
-            v1::AlarmState::Unspecified => Err(fieldline_proto::Error::Unspecified("alarm state")),
-            v1::AlarmState::Normal => Ok(AlarmState::Normal),
-            v1::AlarmState::UnackedActive => Ok(AlarmState::UnackedActive),
-            v1::AlarmState::AckedActive => Ok(AlarmState::AckedActive),
-            v1::AlarmState::ReturnedUnacked => Ok(AlarmState::ReturnedUnacked),
-            v1::AlarmState::Shelved => Ok(AlarmState::Shelved),
-            v1::AlarmState::OutOfService => Ok(AlarmState::OutOfService),
-        }
-    }
-}
 
 /// One transition of one alarm, as in `fieldline.v1.AlarmEvent`.
 #[derive(Debug, Clone, PartialEq)]

@@ -207,7 +207,17 @@ where
 pub async fn subscribe(
     filter: &str,
 ) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>> {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    Ok(subscribe_many(&[filter.to_string()]).await?.1)
+}
+
+/// [`subscribe`] to several filters, with the client, which can publish too.
+pub async fn subscribe_many(
+    filters: &[String],
+) -> anyhow::Result<(
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+)> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
     let (host, port) = MQTT
         .rsplit_once(':')
         .with_context(|| format!("broker address {MQTT}"))?;
@@ -216,13 +226,20 @@ pub async fn subscribe(
     options.set_max_packet_size(16 << 20, 16 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     // Queued now, sent once the event loop runs.
-    client.subscribe(filter, QoS::AtLeastOnce).await?;
+    client
+        .subscribe_many(
+            filters
+                .iter()
+                .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+        )
+        .await?;
     let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     let mut subscribed_tx = Some(subscribed_tx);
+    let keep = client.clone();
     tokio::spawn(async move {
         // The client lives as long as its event loop.
-        let _client = client;
+        let _client = keep;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -242,8 +259,8 @@ pub async fn subscribe(
     });
     tokio::time::timeout(Duration::from_secs(10), subscribed)
         .await
-        .map_err(|_| anyhow::anyhow!("the test's client could not subscribe to {filter}"))??;
-    Ok(messages)
+        .map_err(|_| anyhow::anyhow!("the test's client could not subscribe to {filters:?}"))??;
+    Ok((client, messages))
 }
 
 /// Runs an InfluxQL query against `db` on the shared InfluxDB and returns the JSON answer.

@@ -44,7 +44,17 @@ pub enum AlarmState {
 }
 
 impl AlarmState {
-    pub fn as_str(self) -> &'static str {
+    pub const ALL: [AlarmState; 6] = [
+        AlarmState::Normal,
+        AlarmState::UnackedActive,
+        AlarmState::AckedActive,
+        AlarmState::ReturnedUnacked,
+        AlarmState::Shelved,
+        AlarmState::OutOfService,
+    ];
+
+    /// The state's name, as stored in the database.
+    pub fn code(self) -> &'static str {
         match self {
             AlarmState::Normal => "normal",
             AlarmState::UnackedActive => "unacked_active",
@@ -52,6 +62,23 @@ impl AlarmState {
             AlarmState::ReturnedUnacked => "returned_unacked",
             AlarmState::Shelved => "shelved",
             AlarmState::OutOfService => "out_of_service",
+        }
+    }
+
+    /// The state of a stored name; `None` for a name this version does not know.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// Whether the alarm condition is present and whether it is acknowledged, for the states
+    /// that say so; shelved and out-of-service alarms keep their condition beside the state.
+    pub fn implied_flags(self) -> Option<(bool, bool)> {
+        match self {
+            AlarmState::Normal => Some((false, true)),
+            AlarmState::UnackedActive => Some((true, false)),
+            AlarmState::AckedActive => Some((true, true)),
+            AlarmState::ReturnedUnacked => Some((false, false)),
+            AlarmState::Shelved | AlarmState::OutOfService => None,
         }
     }
 
@@ -78,7 +105,7 @@ impl AlarmState {
 
 impl std::fmt::Display for AlarmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.code())
     }
 }
 
