@@ -220,7 +220,8 @@ async fn drive(
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 unacked.fetch_sub(1, Ordering::Relaxed);
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {}
+            // Stopping: the broker closes the connection next, which is no failure.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(error) => {
                 ready.set(false);

@@ -2,6 +2,42 @@
 
 use fieldline_core::{Quality, Value};
 use fieldline_proto::v1::{self, plant_service_client::PlantServiceClient};
+use serde_json::json;
+
+use crate::output::Output;
+
+fn value_of(v: &Option<v1::Value>) -> Option<Value> {
+    v.clone().and_then(|v| Value::try_from(v).ok())
+}
+
+/// A value as JSON: numbers as numbers, strings as strings, none as null.
+fn json_value(v: Option<Value>) -> serde_json::Value {
+    match v {
+        None => serde_json::Value::Null,
+        Some(Value::Bool(b)) => json!(b),
+        Some(Value::I64(i)) => json!(i),
+        Some(Value::U64(u)) => json!(u),
+        Some(Value::F64(x)) => json!(x),
+        Some(Value::String(s)) => json!(s),
+    }
+}
+
+fn sample_json(s: &v1::TagSample) -> serde_json::Value {
+    let sample = s.sample.clone().unwrap_or_default();
+    let quality = sample
+        .quality
+        .clone()
+        .and_then(|q| Quality::try_from(q).ok());
+    json!({
+        "line": s.line,
+        "device": s.device,
+        "tag": sample.tag,
+        "value": json_value(value_of(&sample.value)),
+        "quality": quality.as_ref().map(Quality::code),
+        "detail": quality.as_ref().map(|q| q.to_string()),
+        "timestamp_ns": sample.timestamp_ns,
+    })
+}
 
 fn show(s: &v1::TagSample) -> String {
     let Some(sample) = &s.sample else {
@@ -31,11 +67,11 @@ fn show(s: &v1::TagSample) -> String {
 }
 
 /// Prints the latest value of every matching tag.
-pub async fn read(server: String, filter: v1::TagFilter) -> anyhow::Result<()> {
+pub async fn read(server: String, filter: v1::TagFilter, output: Output) -> anyhow::Result<()> {
     let mut client = PlantServiceClient::connect(server).await?;
     let latest = client.read_latest(filter).await?.into_inner();
     for s in &latest.samples {
-        println!("{}", show(s));
+        output.emit(|| show(s), || sample_json(s))?;
     }
     if latest.samples.is_empty() {
         eprintln!("no samples match");
@@ -44,11 +80,11 @@ pub async fn read(server: String, filter: v1::TagFilter) -> anyhow::Result<()> {
 }
 
 /// Prints the latest values, then every change, until interrupted.
-pub async fn watch(server: String, filter: v1::TagFilter) -> anyhow::Result<()> {
+pub async fn watch(server: String, filter: v1::TagFilter, output: Output) -> anyhow::Result<()> {
     let mut client = PlantServiceClient::connect(server).await?;
     let mut stream = client.subscribe(filter).await?.into_inner();
     while let Some(s) = stream.message().await? {
-        println!("{}", show(&s));
+        output.emit(|| show(&s), || sample_json(&s))?;
     }
     Ok(())
 }
@@ -69,16 +105,30 @@ pub fn parse_value(text: &str, string: bool) -> Value {
     }
 }
 
+/// One write, as asked for on the command line.
+pub struct WriteRequest {
+    /// Tag path `{line}/{device}/{tag}`.
+    pub tag: String,
+    pub value: Value,
+    /// Who asks (recorded in the audit trail).
+    pub user: String,
+    pub reason: String,
+    /// Give up when not written within this time.
+    pub deadline: std::time::Duration,
+    /// The idempotency key; a new one when absent.
+    pub id: Option<String>,
+}
+
 /// Writes one tag; true when written (and read back equal).
-pub async fn write(
-    server: String,
-    tag: String,
-    value: Value,
-    user: String,
-    reason: String,
-    deadline: std::time::Duration,
-    id: Option<String>,
-) -> anyhow::Result<bool> {
+pub async fn write(server: String, request: WriteRequest, output: Output) -> anyhow::Result<bool> {
+    let WriteRequest {
+        tag,
+        value,
+        user,
+        reason,
+        deadline,
+        id,
+    } = request;
     let mut client = PlantServiceClient::connect(server).await?;
     let now = fieldline_runtime::now_ns();
     let id = id.unwrap_or_else(|| format!("cli-{user}-{now}"));
@@ -99,19 +149,31 @@ pub async fn write(
         .clone()
         .and_then(|v| Value::try_from(v).ok())
         .map_or_else(|| "-".to_string(), |v| v.to_string());
-    match status {
+    let text = || match status {
         v1::CommandStatus::Written => {
-            println!("{tag} = {value}: written, read back {read_back} (command {id})")
+            format!("{tag} = {value}: written, read back {read_back} (command {id})")
         }
-        v1::CommandStatus::Rejected => println!(
+        v1::CommandStatus::Rejected => format!(
             "{tag} = {value}: refused by {}: {} (command {id})",
             result.rejected_by, result.detail
         ),
-        other => println!(
+        other => format!(
             "{tag} = {value}: {other:?}: {} (read back {read_back}, command {id})",
             result.detail
         ),
-    }
+    };
+    let json = || {
+        json!({
+            "command_id": id,
+            "tag": tag,
+            "value": json_value(Some(value.clone())),
+            "status": status.as_str_name().trim_start_matches("COMMAND_STATUS_").to_lowercase(),
+            "rejected_by": result.rejected_by,
+            "detail": result.detail,
+            "read_back": json_value(value_of(&result.read_back)),
+        })
+    };
+    output.emit(text, json)?;
     Ok(status == v1::CommandStatus::Written)
 }
 
@@ -123,6 +185,18 @@ fn state_name(state: i32) -> String {
                 .to_lowercase()
         })
         .unwrap_or_else(|_| state.to_string())
+}
+
+fn event_json(e: &v1::AlarmEvent) -> serde_json::Value {
+    json!({
+        "alarm_id": e.alarm_id,
+        "from": state_name(e.from_state),
+        "to": state_name(e.to_state),
+        "value": json_value(value_of(&e.value)),
+        "user": e.user,
+        "message": e.message,
+        "timestamp_ns": e.timestamp_ns,
+    })
 }
 
 fn show_event(e: &v1::AlarmEvent) -> String {
@@ -145,7 +219,12 @@ fn show_event(e: &v1::AlarmEvent) -> String {
     )
 }
 
-pub async fn list_alarms(server: String, device: String, active: bool) -> anyhow::Result<()> {
+pub async fn list_alarms(
+    server: String,
+    device: String,
+    active: bool,
+    output: Output,
+) -> anyhow::Result<()> {
     let mut client = PlantServiceClient::connect(server).await?;
     let alarms = client
         .list_alarms(v1::AlarmFilter {
@@ -157,14 +236,29 @@ pub async fn list_alarms(server: String, device: String, active: bool) -> anyhow
         .into_inner()
         .alarms;
     for a in &alarms {
-        println!(
-            "{:<40} {:<16} p{} {:<10} {}",
-            a.alarm_id,
-            state_name(a.state),
-            a.priority,
-            a.kind,
-            a.message
-        );
+        let text = || {
+            format!(
+                "{:<40} {:<16} p{} {:<10} {}",
+                a.alarm_id,
+                state_name(a.state),
+                a.priority,
+                a.kind,
+                a.message
+            )
+        };
+        let json = || {
+            json!({
+                "alarm_id": a.alarm_id,
+                "tag": a.tag,
+                "kind": a.kind,
+                "priority": a.priority,
+                "state": state_name(a.state),
+                "condition_active": a.condition_active,
+                "shelved_until_ns": a.shelved_until_ns,
+                "message": a.message,
+            })
+        };
+        output.emit(text, json)?;
     }
     if alarms.is_empty() {
         eprintln!("no alarms match");
@@ -172,7 +266,7 @@ pub async fn list_alarms(server: String, device: String, active: bool) -> anyhow
     Ok(())
 }
 
-pub async fn watch_alarms(server: String, device: String) -> anyhow::Result<()> {
+pub async fn watch_alarms(server: String, device: String, output: Output) -> anyhow::Result<()> {
     let mut client = PlantServiceClient::connect(server).await?;
     let mut events = client
         .subscribe_alarms(v1::AlarmFilter {
@@ -183,7 +277,7 @@ pub async fn watch_alarms(server: String, device: String) -> anyhow::Result<()> 
         .await?
         .into_inner();
     while let Some(e) = events.message().await? {
-        println!("{}", show_event(&e));
+        output.emit(|| show_event(&e), || event_json(&e))?;
     }
     Ok(())
 }
@@ -204,6 +298,7 @@ pub async fn alarm_action(
     action: &str,
     args: AlarmArgs,
     shelve_for: Option<std::time::Duration>,
+    output: Output,
 ) -> anyhow::Result<()> {
     let mut client = PlantServiceClient::connect(server).await?;
     let until_ns = shelve_for.map_or(0, |d| {
@@ -224,10 +319,13 @@ pub async fn alarm_action(
     }?
     .into_inner();
     for e in &result.events {
-        println!("{}", show_event(e));
+        output.emit(|| show_event(e), || event_json(e))?;
     }
-    if result.events.is_empty() {
-        println!("nothing to do: the alarm is already in that state");
+    if result.events.is_empty() && output == Output::Text {
+        output.emit(
+            || "nothing to do: the alarm is already in that state".into(),
+            || json!(null),
+        )?;
     }
     Ok(())
 }

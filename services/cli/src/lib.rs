@@ -6,4 +6,5 @@
 pub mod broker;
 pub mod client;
 pub mod opcua;
+pub mod output;
 pub mod up;

@@ -3,14 +3,27 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use fieldline::{client, up};
+use fieldline::{client, output::Output, up};
 use fieldline_proto::v1;
 use fieldline_runtime::{shutdown, telemetry};
 
 /// Fieldline: data acquisition and supervisory control for production lines.
 #[derive(Parser)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "Examples:\n  fieldline up                      run the demo line\n  fieldline watch                   follow its values (in another terminal)\n  fieldline config check line.yaml  validate a line document\n\nExit codes: 0 done; 1 the outcome was a failure (problems found, a write refused or not\nread back, a server that cannot be reached); 2 wrong arguments. Output that is cut off\n(`fieldline watch | head`) ends the command quietly with 0."
+)]
 struct Cli {
+    /// How commands print their data: `text` for people, `json` for scripts (one JSON
+    /// document per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        alias = "format"
+    )]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,6 +33,7 @@ struct Cli {
 enum SimDevice {
     /// An Arduino-style sensor board on a serial port (e.g. one end of a socat pty pair):
     /// answers `READ_SENSORS`, takes `LED,{pin},{state}`.
+    #[command(after_help = "Example: fieldline sim serial --port /tmp/ttyB --stream 1s")]
     Serial {
         /// The serial port path.
         #[arg(long)]
@@ -35,6 +49,7 @@ enum SimDevice {
 enum Command {
     /// Run the whole pipeline in this process: the demo line by default, or `--config FILE`
     /// against the broker and databases that file names.
+    #[command(after_help = "Example: fieldline up --data-dir /tmp/fieldline (stop with Ctrl-C)")]
     Up {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -51,11 +66,15 @@ enum Command {
         http_listen: SocketAddr,
     },
     /// Line documents.
+    #[command(
+        after_help = "Examples:\n  fieldline config check line.yaml\n  fieldline config check --output json line.yaml\n  fieldline config schema > line-config.schema.json"
+    )]
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
     /// Serve the simulated tank over Modbus TCP (or, with `serial`, another device).
+    #[command(after_help = "Example: fieldline sim --listen 127.0.0.1:5020")]
     Sim {
         #[command(subcommand)]
         device: Option<SimDevice>,
@@ -66,11 +85,16 @@ enum Command {
         step: Duration,
     },
     /// Print the latest value of tags from the MES API.
+    #[command(after_help = "Example: fieldline read --device tank temperature level")]
     Read(Query),
     /// Print the latest values, then every change, from the MES API.
+    #[command(after_help = "Example: fieldline watch --output json | head -5")]
     Watch(Query),
     /// Write one tag through the line's safe write path; prints the outcome (exit 1 unless
     /// written).
+    #[command(
+        after_help = "Example: fieldline write demo/tank/setpoint 45.5 --reason \"recipe B\""
+    )]
     Write {
         #[arg(
             long,
@@ -97,11 +121,17 @@ enum Command {
         id: Option<String>,
     },
     /// OPC UA servers: browse one for its variables.
+    #[command(
+        after_help = "Example: fieldline opcua browse opc.tcp://127.0.0.1:4840/ --trust server.der > tags.yaml"
+    )]
     Opcua {
         #[command(subcommand)]
         command: OpcuaCommand,
     },
     /// Alarms: list them, follow them, or act on one.
+    #[command(
+        after_help = "Examples:\n  fieldline alarms list --active\n  fieldline alarms ack demo/tank/temp-high --comment \"valve checked\"\n  fieldline alarms shelve demo/tank/temp-high --for 2h"
+    )]
     Alarms {
         #[arg(
             long,
@@ -156,23 +186,14 @@ enum ConfigCommand {
     /// Validate a line document; prints every problem with its path and line.
     ///
     /// Example: `fieldline config check line.yaml` (exit code 0: valid, 1: problems found)
-    Check {
-        file: PathBuf,
-        /// `text` (one `FILE:LINE: PATH: MESSAGE` line a problem) or `json` (one document
-        /// with every problem, for editors and CI).
-        #[arg(long, value_enum, default_value = "text")]
-        format: CheckFormat,
-    },
+    ///
+    /// With `--output json` (or `--format json`) it prints one document with every problem,
+    /// for editors and CI.
+    Check { file: PathBuf },
     /// Print the JSON Schema of line documents, for editors and the ProductionLine resource.
     ///
     /// Example: `fieldline config schema > line-config.schema.json`
     Schema,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum CheckFormat {
-    Text,
-    Json,
 }
 
 #[derive(clap::Args)]
@@ -207,15 +228,23 @@ impl Query {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    match run(Cli::parse()).await {
+        // The reader of the output went away (`fieldline watch | head`): done.
+        Err(e) if fieldline::output::is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let output = cli.output;
     match cli.command {
         Command::Config {
-            command: ConfigCommand::Check { file, format },
-        } => Ok(check(&file, format)),
+            command: ConfigCommand::Check { file },
+        } => Ok(check(&file, cli.output)),
         Command::Config {
             command: ConfigCommand::Schema,
         } => {
-            print!("{}", fieldline_core::config::schema::line_schema_json());
+            fieldline::output::print(&fieldline_core::config::schema::line_schema_json())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up {
@@ -237,7 +266,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 http_listen,
             };
             let running = up::start(&options, stop).await?;
-            println!("{}", running.endpoints.banner());
+            let _ = fieldline::output::print(&format!("{}\n", running.endpoints.banner()));
             running.wait().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -252,7 +281,10 @@ async fn main() -> anyhow::Result<ExitCode> {
                 stream,
             };
             let (_, board) = fieldline_sim::serve_serial(config, stop)?;
-            println!("simulated sensor board on {}", port.display());
+            let _ = fieldline::output::print(&format!(
+                "simulated sensor board on {}\n",
+                port.display()
+            ));
             let _ = board.await;
             Ok(ExitCode::SUCCESS)
         }
@@ -267,19 +299,20 @@ async fn main() -> anyhow::Result<ExitCode> {
             fieldline_sim::tank::init(&state);
             let (addr, server) =
                 fieldline_sim::serve_modbus_tcp(listen, state.clone(), stop.clone()).await?;
-            println!("simulated tank serving Modbus TCP on {addr}");
+            let _ =
+                fieldline::output::print(&format!("simulated tank serving Modbus TCP on {addr}\n"));
             fieldline_sim::tank::run(state, step, stop).await;
             let _ = server.await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Read(q) => {
             let (server, filter) = q.split();
-            client::read(server, filter).await?;
+            client::read(server, filter, output).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch(q) => {
             let (server, filter) = q.split();
-            client::watch(server, filter).await?;
+            client::watch(server, filter, output).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Write {
@@ -293,7 +326,19 @@ async fn main() -> anyhow::Result<ExitCode> {
             id,
         } => {
             let value = client::parse_value(&value, string);
-            let written = client::write(server, tag, value, user, reason, deadline, id).await?;
+            let written = client::write(
+                server,
+                client::WriteRequest {
+                    tag,
+                    value,
+                    user,
+                    reason,
+                    deadline,
+                    id,
+                },
+                output,
+            )
+            .await?;
             Ok(if written {
                 ExitCode::SUCCESS
             } else {
@@ -312,29 +357,35 @@ async fn main() -> anyhow::Result<ExitCode> {
                 device: String::new(),
             }) {
                 AlarmCommand::List { active, device } => {
-                    client::list_alarms(server, device, active).await?
+                    client::list_alarms(server, device, active, output).await?
                 }
-                AlarmCommand::Watch { device } => client::watch_alarms(server, device).await?,
-                AlarmCommand::Ack(a) => client::alarm_action(server, "ack", a, None).await?,
+                AlarmCommand::Watch { device } => {
+                    client::watch_alarms(server, device, output).await?
+                }
+                AlarmCommand::Ack(a) => {
+                    client::alarm_action(server, "ack", a, None, output).await?
+                }
                 AlarmCommand::Shelve { args, r#for } => {
-                    client::alarm_action(server, "shelve", args, Some(r#for)).await?
+                    client::alarm_action(server, "shelve", args, Some(r#for), output).await?
                 }
                 AlarmCommand::Unshelve(a) => {
-                    client::alarm_action(server, "unshelve", a, None).await?
+                    client::alarm_action(server, "unshelve", a, None, output).await?
                 }
                 AlarmCommand::Disable(a) => {
-                    client::alarm_action(server, "disable", a, None).await?
+                    client::alarm_action(server, "disable", a, None, output).await?
                 }
-                AlarmCommand::Enable(a) => client::alarm_action(server, "enable", a, None).await?,
+                AlarmCommand::Enable(a) => {
+                    client::alarm_action(server, "enable", a, None, output).await?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn check(file: &std::path::Path, format: CheckFormat) -> ExitCode {
+fn check(file: &std::path::Path, output: Output) -> ExitCode {
     let result = fieldline_runtime::config::load(file);
-    if let CheckFormat::Json = format {
+    if output == Output::Json {
         let problems: Vec<serde_json::Value> = match &result {
             Ok(_) => Vec::new(),
             Err(errors) => errors
@@ -346,10 +397,9 @@ fn check(file: &std::path::Path, format: CheckFormat) -> ExitCode {
                 .collect(),
         };
         let ok = problems.is_empty();
-        println!(
-            "{}",
-            serde_json::json!({ "file": file.display().to_string(), "ok": ok, "problems": problems })
-        );
+        let report = serde_json::json!({ "file": file.display().to_string(), "ok": ok, "problems": problems });
+        // A reader that went away needs nothing more; the exit code still says the outcome.
+        let _ = fieldline::output::print(&format!("{report}\n"));
         return if ok {
             ExitCode::SUCCESS
         } else {
@@ -359,12 +409,12 @@ fn check(file: &std::path::Path, format: CheckFormat) -> ExitCode {
     match result {
         Ok(config) => {
             let tags: usize = config.devices.iter().map(|d| d.tags().len()).sum();
-            println!(
-                "{}: ok (line {}, {} devices, {tags} tags)",
+            let _ = fieldline::output::print(&format!(
+                "{}: ok (line {}, {} devices, {tags} tags)\n",
                 file.display(),
                 config.line,
                 config.devices.len()
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(errors) => {

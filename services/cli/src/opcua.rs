@@ -194,7 +194,7 @@ pub async fn browse(args: BrowseArgs) -> anyhow::Result<()> {
     let variables = walk(&session, args.depth, args.all_namespaces).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
     events.abort();
-    print!("{}", render(&variables?));
+    crate::output::print(&render(&variables?))?;
     Ok(())
 }
 

@@ -272,3 +272,103 @@ async fn up_runs_the_demo_line_into_sqlite_and_stops_cleanly_on_sigterm() -> any
     assert!(samples >= 2);
     Ok(())
 }
+
+/// Lines of a log at WARN or ERROR.
+fn warnings_and_errors(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains("ERROR"))
+        .collect()
+}
+
+#[tokio::test]
+async fn up_is_quiet_when_healthy_and_its_commands_end_cleanly_at_a_pipe() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let http = kit::free_addr()?;
+    let [mqtt, sim, plant] = [kit::free_addr()?, kit::free_addr()?, kit::free_addr()?];
+    let args = [
+        "up".to_string(),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--mqtt-listen".into(),
+        mqtt.to_string(),
+        "--sim-listen".into(),
+        sim.to_string(),
+        "--plant-listen".into(),
+        plant.to_string(),
+        "--http-listen".into(),
+        http.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut up = kit::ServiceProcess::start(std::path::Path::new(BIN), &args, http).await?;
+    let server = format!("http://{plant}");
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &server])
+            .output()
+    };
+
+    // `read --output json`: one document a tag; the level, a u16 scaled by 0.1, has the one
+    // decimal its scale implies.
+    let samples = kit::wait_for(Duration::from_secs(30), "the demo's values", || async {
+        let out = cli(&["read", "--output", "json"]).ok()?;
+        let docs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        (docs.len() == 6).then_some(docs)
+    })
+    .await?;
+    let level = samples
+        .iter()
+        .find(|s| s["tag"] == "level")
+        .expect("the level tag");
+    assert_eq!(level["quality"], "good", "{level}");
+    let text = level["value"].to_string();
+    let decimals = text.split_once('.').map_or(0, |(_, f)| f.len());
+    assert!(decimals <= 1, "level printed as {text}");
+
+    // `watch` whose reader goes away after one line (as `| head -1` does) ends with 0 and
+    // prints nothing on stderr.
+    let mut watch = tokio::process::Command::new(BIN)
+        .args(["watch", "--server", &server])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await??;
+    assert!(first.is_some_and(|l| l.starts_with("demo/tank/")));
+    drop(lines);
+    let out = tokio::time::timeout(Duration::from_secs(15), watch.wait_with_output()).await??;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    // `alarms --output json`, and the commands print no warning either.
+    let out = cli(&["alarms", "--output", "json"])?;
+    assert_eq!(out.status.code(), Some(0));
+    let alarms: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        alarms
+            .iter()
+            .any(|a| a["alarm_id"] == "demo/tank/temp-high")
+    );
+    assert!(warnings_and_errors(&String::from_utf8_lossy(&out.stderr)).is_empty());
+
+    // Ctrl-C: a clean stop, and nothing at WARN or ERROR from start to end.
+    assert_eq!(up.interrupt().await?, Some(0));
+    let log = up.stdout().await;
+    assert!(log.contains("shutdown requested"), "{log}");
+    let noisy = warnings_and_errors(&log);
+    assert!(
+        noisy.is_empty(),
+        "a healthy demo logged:\n{}",
+        noisy.join("\n")
+    );
+    Ok(())
+}

@@ -408,14 +408,24 @@ impl ServiceProcess {
 
     /// Sends SIGTERM and waits (up to 20 s) for the process to exit; returns its exit code.
     pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        self.signal("TERM").await
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal does, and waits (up to 20 s) for the process to
+    /// exit; returns its exit code.
+    pub async fn interrupt(&mut self) -> anyhow::Result<Option<i32>> {
+        self.signal("INT").await
+    }
+
+    async fn signal(&mut self, name: &str) -> anyhow::Result<Option<i32>> {
         let pid = self.child.id().context("process already gone")?;
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([format!("-{name}"), pid.to_string()])
             .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
         let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
-            .context("no exit within 20s of SIGTERM")??;
+            .with_context(|| format!("no exit within 20s of SIG{name}"))??;
         Ok(exit.code())
     }
 
