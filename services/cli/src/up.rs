@@ -118,8 +118,29 @@ impl Up {
     }
 }
 
+/// Fails with the flag to change when `addr` is taken, before anything has started.
+fn require_free(addr: SocketAddr, flag: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "{addr} is not free ({e}); is another `fieldline up` running? Stop it, or choose another address with {flag}"
+        ),
+    }
+}
+
 /// Starts everything; returns once all of it is listening.
 pub async fn start(options: &UpOptions, stop: CancellationToken) -> anyhow::Result<Up> {
+    let mut needed = vec![
+        (options.plant_listen, "--plant-listen"),
+        (options.http_listen, "--http-listen"),
+    ];
+    if options.config.is_none() {
+        needed.push((options.sim_listen, "--sim-listen"));
+        needed.push((options.mqtt_listen, "--mqtt-listen"));
+    }
+    for (addr, flag) in needed {
+        require_free(addr, flag)?;
+    }
     let (mut config, sim, sqlite) = match &options.config {
         Some(path) => (fieldline_runtime::config::load(path)?, None, None),
         None => {
