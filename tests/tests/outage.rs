@@ -19,7 +19,7 @@ fn metric(registry: &Registry, name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_duplicated_while_storage_is_down() -> anyhow::Result<()> {
     fieldline_runtime::telemetry::init();
-    kit::require_backends()?;
+    kit::require_mqtt()?;
     let dir = tempfile::tempdir()?;
     let line = kit::unique("outage");
     let storage_addr = kit::free_addr()?;

@@ -12,7 +12,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn written_values_read_back_identically_with_mbpoll() -> anyhow::Result<()> {
-    kit::require_backends()?;
+    kit::require_mqtt()?;
     let mut peer = kit::ModbusPeer::start(&json!({
         "holding": [
             {"address": 10, "type": "int16", "value": -5},

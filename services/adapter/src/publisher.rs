@@ -204,9 +204,14 @@ async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("connected to MQTT broker");
                 backoff.reset();
-                if let Err(error) = client.subscribe(commands.filter(), QoS::AtLeastOnce).await {
-                    tracing::error!(%error, "cannot subscribe to commands");
-                }
+                // Never wait for the request queue here: the batches queued in it leave only
+                // while this loop polls.
+                let (client, filter) = (client.clone(), commands.filter());
+                tokio::spawn(async move {
+                    if let Err(error) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                        tracing::error!(%error, "cannot subscribe to commands");
+                    }
+                });
             }
             // Ready once batches can be published and commands received.
             Ok(Event::Incoming(Packet::SubAck(_))) => {

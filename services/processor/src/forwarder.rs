@@ -20,7 +20,12 @@ use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{latest::Latest, line::LineHandle, metrics::ProcessorMetrics};
+use crate::{
+    intake::{self, Limits},
+    latest::Latest,
+    line::LineHandle,
+    metrics::ProcessorMetrics,
+};
 
 /// Highest stored sequence number per (line, device).
 type Progress = Arc<Mutex<HashMap<(String, String), u64>>>;
@@ -42,6 +47,8 @@ pub struct Forwarder {
     pub storage_url: String,
     pub mqtt_ready: Readiness,
     pub storage_ready: Readiness,
+    /// What one message from the bus may be.
+    pub limits: Limits,
 }
 
 impl Forwarder {
@@ -55,6 +62,7 @@ impl Forwarder {
             eventloop,
             self.client.clone(),
             self.line.clone(),
+            self.limits,
             to_storage,
             progress.clone(),
             self.metrics.clone(),
@@ -87,6 +95,7 @@ async fn consume(
     mut eventloop: EventLoop,
     client: AsyncClient,
     line: String,
+    limits: Limits,
     to_storage: mpsc::UnboundedSender<(Publish, v1::SampleBatch)>,
     progress: Progress,
     metrics: ProcessorMetrics,
@@ -97,18 +106,16 @@ async fn consume(
     done: CancellationToken,
 ) {
     let filter = line_samples_filter(&line);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
-                tracing::info!(filter = %filter, "connected to MQTT broker; subscribing");
-                if let Err(error) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
-                    tracing::error!(%error, "cannot subscribe");
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+    // The event loop is only ever polled here, and this task never waits for the client's
+    // request queue: acks and dead letters from the handler fill that queue, and only polling
+    // empties it. Messages go to the handler unbounded, which the broker bounds: with manual
+    // acks it sends no more than its in-flight limit ahead of them.
+    let (incoming, mut received) = mpsc::unbounded_channel::<Publish>();
+    let handler = {
+        let client = client.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while let Some(publish) = received.recv().await {
                 if stop.is_cancelled() {
                     // Not acked: the broker keeps it for the next session.
                     continue;
@@ -116,6 +123,8 @@ async fn consume(
                 handle(
                     publish,
                     &client,
+                    &line,
+                    limits,
                     &to_storage,
                     &progress,
                     &metrics,
@@ -124,16 +133,31 @@ async fn consume(
                 )
                 .await;
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                done.cancel();
-                return;
+        })
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                tracing::info!(filter = %filter, "connected to MQTT broker; subscribing");
+                let (client, filter) = (client.clone(), filter.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                        tracing::error!(%error, "cannot subscribe");
+                    }
+                });
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let _ = incoming.send(publish);
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(error) => {
                 ready.set(false);
                 if stop.is_cancelled() {
-                    done.cancel();
-                    return;
+                    break;
                 }
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "MQTT connection failed");
@@ -141,11 +165,18 @@ async fn consume(
             }
         }
     }
+    // The handler ends once it has taken what was already received.
+    drop(incoming);
+    drop(handler);
+    done.cancel();
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     publish: Publish,
     client: &AsyncClient,
+    line: &str,
+    limits: Limits,
     to_storage: &mpsc::UnboundedSender<(Publish, v1::SampleBatch)>,
     progress: &Progress,
     metrics: &ProcessorMetrics,
@@ -153,25 +184,48 @@ async fn handle(
     engine: Option<&LineHandle>,
 ) {
     metrics.received.inc();
-    let mut batch = match v1::SampleBatch::decode(publish.payload.as_ref()) {
-        Ok(b) => b,
-        Err(error) => {
-            // Not a batch: retrying cannot help, and holding it would block the session.
+    let accepted = match intake::accept(&publish.payload, limits) {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            // Retrying cannot help, and holding it would stop the line: refuse, keep a copy.
             metrics.invalid.inc();
-            tracing::warn!(topic = %publish.topic, %error, bytes = publish.payload.len(), "dropping a message that is not a SampleBatch");
+            metrics.dead_letter(refusal.kind());
+            tracing::warn!(topic = %publish.topic, kind = refusal.kind(), reason = %refusal, bytes = publish.payload.len(), "refused a message from the samples topic");
+            let letter = intake::dead_letter(
+                &publish.topic,
+                refusal.kind(),
+                refusal.to_string(),
+                &publish.payload,
+                fieldline_runtime::now_ns(),
+            );
+            send_dead_letter(client, line, letter).await;
             let _ = client.ack(&publish).await;
             return;
         }
     };
-    let checked = match fieldline_core::SampleBatch::try_from(batch.clone()) {
-        Ok(checked) => checked,
-        Err(error) => {
-            metrics.invalid.inc();
-            tracing::warn!(topic = %publish.topic, %error, "dropping an invalid SampleBatch");
-            let _ = client.ack(&publish).await;
-            return;
-        }
-    };
+    let intake::Accepted {
+        wire: mut batch,
+        checked,
+        dropped,
+    } = accepted;
+    if !dropped.is_empty() {
+        metrics.dead_letter("invalid_sample");
+        metrics.dropped_samples.inc_by(dropped.len() as u64);
+        let reason = dropped
+            .iter()
+            .map(|(tag, why)| format!("{tag:?}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::warn!(device = %batch.device, sequence = batch.sequence, dropped = dropped.len(), %reason, "dropped invalid samples of a batch");
+        let letter = intake::dead_letter(
+            &publish.topic,
+            "invalid_sample",
+            reason,
+            &publish.payload,
+            fieldline_runtime::now_ns(),
+        );
+        send_dead_letter(client, line, letter).await;
+    }
     let key = (batch.line.clone(), batch.device.clone());
     let stored_up_to = progress.lock().ok().and_then(|p| p.get(&key).copied());
     if stored_up_to.is_some_and(|last| batch.sequence <= last) {
@@ -186,6 +240,18 @@ async fn handle(
     latest.apply(&batch);
     if to_storage.send((publish, batch)).is_err() {
         tracing::debug!("forwarder stopped; batch left for redelivery");
+    }
+}
+
+/// Publishes `letter` on the line's dead-letter topic. The copy is best effort: the refusal is
+/// already counted and logged.
+async fn send_dead_letter(client: &AsyncClient, line: &str, letter: v1::DeadLetter) {
+    let topic = fieldline_proto::dead_letter_topic(line);
+    if let Err(error) = client
+        .publish(topic, QoS::AtLeastOnce, false, letter.encode_to_vec())
+        .await
+    {
+        tracing::warn!(%error, "cannot publish a dead letter");
     }
 }
 
@@ -211,7 +277,9 @@ async fn forward(
             break;
         }
         let mut storage = match StorageServiceClient::connect(storage_url.clone()).await {
-            Ok(c) => c,
+            Ok(c) => c
+                .max_encoding_message_size(fieldline_proto::MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(fieldline_proto::MAX_MESSAGE_BYTES),
             Err(error) => {
                 ready.set(false);
                 metrics.error("storage_connect");

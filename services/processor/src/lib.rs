@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod error;
 pub mod forwarder;
+pub mod intake;
 pub mod latest;
 pub mod line;
 pub mod metrics;
@@ -56,6 +57,10 @@ impl RunningProcessor {
 }
 
 /// Starts consuming the line's telemetry and serving PlantService, until `stop`.
+/// The largest MQTT message the processor reads off the bus; anything above its batch limit
+/// is refused after reading, so keep the broker's `message_size_limit` at or below this.
+pub const MQTT_INCOMING_LIMIT: usize = fieldline_proto::MAX_MESSAGE_BYTES;
+
 pub async fn start(
     config: &LineConfig,
     health: &Health,
@@ -64,12 +69,20 @@ pub async fn start(
 ) -> Result<RunningProcessor> {
     let metrics = ProcessorMetrics::register(registry);
     let settings = &config.processor;
+    let limits = intake::Limits {
+        max_bytes: usize::try_from(settings.max_batch_bytes.0).unwrap_or(usize::MAX),
+        max_samples: settings.max_batch_samples,
+    };
     let client_id = settings
         .client_id
         .clone()
         .unwrap_or_else(|| format!("fieldline-processor-{}", config.line));
     let mut options = fieldline_runtime::mqtt::options(&config.mqtt, &client_id)?;
     options.set_manual_acks(true);
+    // A message the client cannot read would end the connection and come back on the next
+    // one, again and again: read anything up to MQTT_INCOMING_LIMIT, refuse what is over
+    // the batch limit, and let the broker's own message size limit bound the rest.
+    options.set_max_packet_size(MQTT_INCOMING_LIMIT.max(2 * limits.max_bytes), 1 << 20);
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let latest = Latest::default();
     let mut tasks = JoinSet::new();
@@ -143,6 +156,7 @@ pub async fn start(
         storage_url: settings.storage_url.clone(),
         mqtt_ready: health.component("mqtt"),
         storage_ready: health.component("storage"),
+        limits,
     };
     tasks.spawn(forwarder.run(eventloop, stop.clone(), Duration::from_secs(10)));
     let storage = endpoint("storage_url", &settings.storage_url)?;

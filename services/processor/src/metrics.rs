@@ -12,6 +12,8 @@ pub struct ProcessorMetrics {
     pub received: Counter,
     pub duplicates: Counter,
     pub invalid: Counter,
+    pub dead_letters: Family<Labels, Counter>,
+    pub dropped_samples: Counter,
     pub stored: Counter,
     pub rejected_samples: Counter,
     pub in_flight: Gauge,
@@ -26,6 +28,8 @@ impl ProcessorMetrics {
             received: Counter::default(),
             duplicates: Counter::default(),
             invalid: Counter::default(),
+            dead_letters: Family::default(),
+            dropped_samples: Counter::default(),
             stored: Counter::default(),
             rejected_samples: Counter::default(),
             in_flight: Gauge::default(),
@@ -48,6 +52,16 @@ impl ProcessorMetrics {
             "batches_invalid",
             "Messages that were not valid sample batches",
             m.invalid.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Messages refused from a samples topic and copied to the dead-letter topic, by kind",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "samples_dropped",
+            "Invalid samples dropped from otherwise good batches",
+            m.dropped_samples.clone(),
         );
         r.register(
             "batches_stored",
@@ -76,6 +90,12 @@ impl ProcessorMetrics {
             m.alarm_events.clone(),
         );
         m
+    }
+
+    pub fn dead_letter(&self, kind: &str) {
+        self.dead_letters
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
     }
 
     pub fn error(&self, kind: &str) {

@@ -12,7 +12,7 @@ use tonic_reflection::pb::v1::{
 #[tokio::test]
 async fn becomes_ready_with_broker_and_storage_and_exits_cleanly_on_sigterm() -> anyhow::Result<()>
 {
-    kit::require_backends()?;
+    kit::require_mqtt()?;
     let dir = tempfile::tempdir()?;
     let line = kit::unique("proc");
     let http = kit::free_addr()?;

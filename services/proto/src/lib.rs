@@ -23,6 +23,11 @@ mod error;
 
 pub use error::{Error, Result};
 
+/// The largest gRPC message between Fieldline's services (64 MiB): above the largest batch
+/// the processor takes from the bus (`processor.max_batch_bytes`) with its derived values, so a
+/// batch that was accepted is never refused by the link that carries it on.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// MQTT topic of a device's sample batches.
 pub fn samples_topic(line: &str, device: &str) -> String {
     format!("fieldline/v1/{line}/{device}/samples")
@@ -31,6 +36,12 @@ pub fn samples_topic(line: &str, device: &str) -> String {
 /// MQTT filter matching every device's sample batches of a line.
 pub fn line_samples_filter(line: &str) -> String {
     format!("fieldline/v1/{line}/+/samples")
+}
+
+/// MQTT topic where the processor copies what it refused from a line's samples topic
+/// (protobuf `DeadLetter`, QoS 1).
+pub fn dead_letter_topic(line: &str) -> String {
+    format!("fieldline/v1/{line}/dead-letter")
 }
 
 /// MQTT topic of a line's alarm events (protobuf `AlarmEvent`, QoS 1).

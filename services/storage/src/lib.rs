@@ -213,7 +213,11 @@ async fn serve(
         batching: settings.batch,
         history,
     };
-    let router = tonic::transport::Server::builder().add_service(StorageServiceServer::new(api));
+    let router = tonic::transport::Server::builder().add_service(
+        StorageServiceServer::new(api)
+            .max_decoding_message_size(fieldline_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(fieldline_proto::MAX_MESSAGE_BYTES),
+    );
     let (grpc_addr, server) =
         fieldline_runtime::grpc::serve(settings.grpc_listen, router, "StorageService", stop)
             .await?;

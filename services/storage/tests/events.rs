@@ -28,7 +28,7 @@ where
     F: Fn(EventStore) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    kit::require_backends()?;
+    kit::require_mysql()?;
     let dir = tempfile::tempdir()?;
     let sqlite = EventStore::connect(&SqlConfig {
         url: format!("sqlite://{}", dir.path().join("events.db").display()),
@@ -563,7 +563,7 @@ async fn overlong_names_are_refused_before_the_database_sees_them() -> anyhow::R
 #[tokio::test]
 async fn mariadb_without_strict_mode_would_truncate_what_the_writer_refuses() -> anyhow::Result<()>
 {
-    kit::require_backends()?;
+    kit::require_mysql()?;
     let db = kit::unique("events").replace('-', "_");
     let mut admin = sqlx::MySqlConnection::connect(kit::MYSQL_URL).await?;
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{db}`")))

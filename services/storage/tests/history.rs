@@ -256,7 +256,7 @@ fn config(line: &str) -> anyhow::Result<LineConfig> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn influxdb_answers_raw_and_windowed_history() -> anyhow::Result<()> {
-    kit::require_backends()?;
+    kit::require_influxdb()?;
     let line = kit::unique("history");
     let database = line.replace('-', "_");
     let mut config = config(&line)?;
@@ -296,7 +296,7 @@ async fn sqlite_answers_raw_and_windowed_history() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_history_backend_queries_are_refused_clearly() -> anyhow::Result<()> {
-    kit::require_backends()?;
+    kit::require_mysql()?;
     let line = kit::unique("history");
     let mut config = config(&line)?;
     config.storage.sql = Some(SqlConfig {

@@ -125,7 +125,7 @@ fn json(value: &Value) -> serde_json::Value {
 
 #[tokio::test]
 async fn refused_points_are_found_one_by_one_and_the_rest_is_written() -> anyhow::Result<()> {
-    kit::require_backends()?;
+    kit::require_influxdb()?;
     let url = kit::INFLUX_URL;
     let db = kit::unique("refusals");
     // A database whose default retention policy keeps one hour.
@@ -281,7 +281,7 @@ async fn refused_points_are_found_one_by_one_and_the_rest_is_written() -> anyhow
 #[tokio::test]
 async fn a_database_dropped_while_running_is_a_transient_error_and_made_again() -> anyhow::Result<()>
 {
-    kit::require_backends()?;
+    kit::require_influxdb()?;
     let url = kit::INFLUX_URL;
     let db = kit::unique("dropped");
     let sink = InfluxSink::new(&v1_config(url, &db))?;
@@ -505,7 +505,7 @@ fn refused_batches(line: &str, ts: i64) -> Vec<(SampleBatch, &'static str)> {
 
 #[tokio::test]
 async fn names_and_values_round_trip_through_influxdb_1() -> anyhow::Result<()> {
-    kit::require_backends()?;
+    kit::require_influxdb()?;
     let url = kit::INFLUX_URL;
     let db = kit::unique("escaping");
     let sink = InfluxSink::new(&v1_config(url, &db))?;

@@ -6,7 +6,7 @@ use fieldline_testkit as kit;
 
 #[tokio::test]
 async fn mariadb_refusals_are_permanent_and_lock_waits_transient() -> anyhow::Result<()> {
-    kit::require_backends()?;
+    kit::require_mysql()?;
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(kit::MYSQL_URL).await?;
     let missing = sqlx::query("SELECT * FROM fieldline_no_such_table")

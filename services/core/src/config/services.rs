@@ -108,6 +108,13 @@ pub struct ProcessorSettings {
     /// restarts. Defaults to `fieldline-processor-{line}`.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Largest sample batch taken from the bus, e.g. `4MiB`; a larger message is refused
+    /// before it is decoded, acknowledged and copied to the line's dead-letter topic.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: super::ByteSize,
+    /// Most samples one batch may carry; counted before the batch is decoded.
+    #[serde(default = "default_max_batch_samples")]
+    pub max_batch_samples: usize,
 }
 
 impl Default for ProcessorSettings {
@@ -118,10 +125,18 @@ impl Default for ProcessorSettings {
             storage_url: default_storage_url(),
             adapter_url: default_adapter_url(),
             client_id: None,
+            max_batch_bytes: default_max_batch_bytes(),
+            max_batch_samples: default_max_batch_samples(),
         }
     }
 }
 
+fn default_max_batch_bytes() -> super::ByteSize {
+    super::ByteSize(4 << 20)
+}
+fn default_max_batch_samples() -> usize {
+    100_000
+}
 fn default_processor_grpc() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50053))
 }

@@ -42,6 +42,30 @@ impl LineConfig {
                 }
             }
         }
+        if self.processor.max_batch_bytes.0 > 32 << 20 {
+            err(
+                "processor.max_batch_bytes".into(),
+                format!(
+                    "{} bytes is more than the 32MiB a batch may have on its way to storage",
+                    self.processor.max_batch_bytes.0
+                ),
+            );
+        }
+        if self.processor.max_batch_bytes.0 < 1024 {
+            err(
+                "processor.max_batch_bytes".into(),
+                format!(
+                    "{} bytes is too small for a batch; give it at least 1KiB",
+                    self.processor.max_batch_bytes.0
+                ),
+            );
+        }
+        if self.processor.max_batch_samples == 0 {
+            err(
+                "processor.max_batch_samples".into(),
+                "must be at least 1".into(),
+            );
+        }
         if self.storage.batch.max_points == 0 {
             err(
                 "storage.batch.max_points".into(),
