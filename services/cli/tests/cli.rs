@@ -122,23 +122,10 @@ fn config_check_refuses_unreadable_and_malformed_files() -> anyhow::Result<()> {
 async fn up_runs_the_demo_line_into_sqlite_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let http = kit::free_addr()?;
-    let addrs = [kit::free_addr()?, kit::free_addr()?, kit::free_addr()?];
-    let args = [
-        "up".to_string(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--mqtt-listen".into(),
-        addrs[0].to_string(),
-        "--sim-listen".into(),
-        addrs[1].to_string(),
-        "--plant-listen".into(),
-        addrs[2].to_string(),
-        "--http-listen".into(),
-        http.to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut up = kit::ServiceProcess::start(std::path::Path::new(BIN), &args, http).await?;
+    let kit::Demo {
+        process: mut up,
+        plant,
+    } = kit::start_demo(std::path::Path::new(BIN), &data).await?;
 
     // The tank's temperature rises while its pump is off: two readings, later one higher.
     let db = format!("sqlite://{}?mode=ro", data.join("fieldline.db").display());
@@ -173,7 +160,7 @@ async fn up_runs_the_demo_line_into_sqlite_and_stops_cleanly_on_sigterm() -> any
 
     // The MES commands of the CLI against the running demo: a write through the safe path,
     // a refused one, and the alarm list.
-    let server = format!("http://{}", addrs[2]);
+    let server = format!("http://{plant}");
     let cli = |args: &[&str]| {
         Command::new(BIN)
             .args(args)
@@ -234,7 +221,7 @@ async fn up_runs_the_demo_line_into_sqlite_and_stops_cleanly_on_sigterm() -> any
     };
     assert_eq!(audit, ("verified".to_string(), "tester".to_string()));
 
-    let (status, metrics) = kit::http_get(&format!("http://{http}/metrics")).await?;
+    let (status, metrics) = kit::http_get(&format!("http://{}/metrics", up.http)).await?;
     assert_eq!(status, 200);
     assert!(
         metrics.contains("fieldline_adapter_polls_total{device=\"tank\"}"),
@@ -249,7 +236,7 @@ async fn up_runs_the_demo_line_into_sqlite_and_stops_cleanly_on_sigterm() -> any
     assert_eq!(code, Some(0), "fieldline up must exit 0 after SIGTERM");
     let stdout = up.stdout().await;
     assert!(
-        stdout.contains(&format!("MES API (gRPC PlantService)  http://{}", addrs[2])),
+        stdout.contains(&format!("MES API (gRPC PlantService)  http://{plant}")),
         "{stdout}"
     );
     assert!(
@@ -283,23 +270,10 @@ fn warnings_and_errors(log: &str) -> Vec<&str> {
 #[tokio::test]
 async fn up_is_quiet_when_healthy_and_its_commands_end_cleanly_at_a_pipe() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let http = kit::free_addr()?;
-    let [mqtt, sim, plant] = [kit::free_addr()?, kit::free_addr()?, kit::free_addr()?];
-    let args = [
-        "up".to_string(),
-        "--data-dir".into(),
-        dir.path().join("data").display().to_string(),
-        "--mqtt-listen".into(),
-        mqtt.to_string(),
-        "--sim-listen".into(),
-        sim.to_string(),
-        "--plant-listen".into(),
-        plant.to_string(),
-        "--http-listen".into(),
-        http.to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut up = kit::ServiceProcess::start(std::path::Path::new(BIN), &args, http).await?;
+    let kit::Demo {
+        process: mut up,
+        plant,
+    } = kit::start_demo(std::path::Path::new(BIN), &dir.path().join("data")).await?;
     let server = format!("http://{plant}");
     let cli = |args: &[&str]| {
         Command::new(BIN)

@@ -35,23 +35,10 @@ fn client(server: &str, args: &[&str]) -> anyhow::Result<(Option<i32>, Vec<serde
 #[tokio::test]
 async fn a_python_client_uses_plant_service_through_reflection_alone() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let http = kit::free_addr()?;
-    let [mqtt, sim, plant] = [kit::free_addr()?, kit::free_addr()?, kit::free_addr()?];
-    let args = [
-        "up".to_string(),
-        "--data-dir".into(),
-        dir.path().join("data").display().to_string(),
-        "--mqtt-listen".into(),
-        mqtt.to_string(),
-        "--sim-listen".into(),
-        sim.to_string(),
-        "--plant-listen".into(),
-        plant.to_string(),
-        "--http-listen".into(),
-        http.to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut up = kit::ServiceProcess::start(Path::new(BIN), &args, http).await?;
+    let kit::Demo {
+        process: mut up,
+        plant,
+    } = kit::start_demo(Path::new(BIN), &dir.path().join("data")).await?;
     let server = plant.to_string();
 
     // read: every demo tag, once the first poll is in.

@@ -2,7 +2,8 @@
 //! readiness follows both links, metrics and server reflection are served, SIGTERM exits
 //! cleanly.
 
-use fieldline_runtime::{CancellationToken, Health};
+mod common;
+
 use fieldline_testkit as kit;
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
@@ -14,42 +15,8 @@ async fn becomes_ready_with_broker_and_storage_and_exits_cleanly_on_sigterm() ->
 {
     kit::require_mqtt()?;
     let dir = tempfile::tempdir()?;
-    let line = kit::unique("proc");
-    let http = kit::free_addr()?;
-    let grpc = kit::free_addr()?;
-    let yaml = format!(
-        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nstorage:\n  grpc_listen: 127.0.0.1:0\n  sql: {{ url: \"sqlite://{db}\" }}\nprocessor:\n  grpc_listen: {grpc}\n  http_listen: {http}\ndevices:\n  - {{ name: d1, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ {{ name: a, address: \"holding:0\", type: u16 }} ] }}\n",
-        mqtt = kit::MQTT,
-        db = dir.path().join("s.db").display(),
-    );
-    let mut config =
-        fieldline_core::config::LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stop = CancellationToken::new();
-    let storage = fieldline_storage::start(
-        &config,
-        &Health::default(),
-        &mut Default::default(),
-        stop.clone(),
-    )
-    .await?;
-    config.processor.storage_url = format!("http://{}", storage.grpc_addr);
-    let file = dir.path().join("line.yaml");
-    std::fs::write(
-        &file,
-        yaml.replace(
-            "processor:\n",
-            &format!(
-                "processor:\n  storage_url: {}\n",
-                config.processor.storage_url
-            ),
-        ),
-    )?;
-    let mut processor = kit::ServiceProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_fieldline-processor")),
-        &["--config", &file.display().to_string()],
-        http,
-    )
-    .await?;
+    let mut processor = common::start("proc", dir.path()).await?;
+    let (http, grpc) = (processor.http, processor.grpc);
     let (status, metrics) = kit::http_get(&format!("http://{http}/metrics")).await?;
     assert_eq!(status, 200);
     assert!(
@@ -103,8 +70,7 @@ async fn becomes_ready_with_broker_and_storage_and_exits_cleanly_on_sigterm() ->
         }
         other => panic!("expected the file descriptor, got {other:?}"),
     }
-    assert_eq!(processor.terminate().await?, Some(0));
-    stop.cancel();
-    storage.wait().await;
+    assert_eq!(processor.process.terminate().await?, Some(0));
+    processor.stop_storage().await;
     Ok(())
 }

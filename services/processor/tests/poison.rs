@@ -6,8 +6,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+mod common;
+
 use fieldline_proto::{dead_letter_topic, samples_topic, v1};
-use fieldline_runtime::{CancellationToken, Health};
 use fieldline_testkit as kit;
 use prost::Message;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -43,39 +44,8 @@ async fn poison_on_the_samples_topic_is_dead_lettered_and_good_data_keeps_flowin
 -> anyhow::Result<()> {
     kit::require_mqtt()?;
     let dir = tempfile::tempdir()?;
-    let line = kit::unique("poison");
-    let http = kit::free_addr()?;
-    let db = dir.path().join("s.db");
-    let yaml = format!(
-        "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nstorage:\n  grpc_listen: 127.0.0.1:0\n  sql: {{ url: \"sqlite://{db}\" }}\nprocessor:\n  grpc_listen: {grpc}\n  http_listen: {http}\ndevices:\n  - {{ name: d1, type: t, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ {{ name: temp, address: \"holding:0\", type: u16 }} ] }}\n",
-        mqtt = kit::MQTT,
-        db = db.display(),
-        grpc = kit::free_addr()?,
-    );
-    let config =
-        fieldline_core::config::LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stop = CancellationToken::new();
-    let storage = fieldline_storage::start(
-        &config,
-        &Health::default(),
-        &mut Default::default(),
-        stop.clone(),
-    )
-    .await?;
-    let file = dir.path().join("line.yaml");
-    std::fs::write(
-        &file,
-        yaml.replace(
-            "processor:\n",
-            &format!("processor:\n  storage_url: http://{}\n", storage.grpc_addr),
-        ),
-    )?;
-    let mut processor = kit::ServiceProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_fieldline-processor")),
-        &["--config", &file.display().to_string()],
-        http,
-    )
-    .await?;
+    let mut processor = common::start("poison", dir.path()).await?;
+    let (line, http, db) = (processor.line.clone(), processor.http, processor.db.clone());
     let mut letters = kit::subscribe(&dead_letter_topic(&line)).await?;
 
     // A publisher that may send what the processor's own client would not.
@@ -197,6 +167,7 @@ async fn poison_on_the_samples_topic_is_dead_lettered_and_good_data_keeps_flowin
 
     // Peak memory of the processor through all of it.
     let pid = processor
+        .process
         .pid()
         .ok_or_else(|| anyhow::anyhow!("processor gone"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -213,8 +184,7 @@ async fn poison_on_the_samples_topic_is_dead_lettered_and_good_data_keeps_flowin
         .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))?;
     assert!(peak_kib < 256 * 1024, "processor peak RSS {peak_kib} KiB");
 
-    assert_eq!(processor.terminate().await?, Some(0));
-    stop.cancel();
-    storage.wait().await;
+    assert_eq!(processor.process.terminate().await?, Some(0));
+    processor.stop_storage().await;
     Ok(())
 }

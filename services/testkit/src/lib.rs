@@ -345,6 +345,38 @@ pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, response.text().await?))
 }
 
+/// `fieldline up`, the demo line, started from `binary` with its data in `data_dir` and every
+/// listener on a free port; ready once its `/readyz` answers.
+pub struct Demo {
+    pub process: ServiceProcess,
+    /// The MES API (PlantService).
+    pub plant: SocketAddr,
+}
+
+pub async fn start_demo(
+    binary: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Demo> {
+    let http = free_addr()?;
+    let [mqtt, sim, plant] = [free_addr()?, free_addr()?, free_addr()?];
+    let args = [
+        "up".to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--mqtt-listen".into(),
+        mqtt.to_string(),
+        "--sim-listen".into(),
+        sim.to_string(),
+        "--plant-listen".into(),
+        plant.to_string(),
+        "--http-listen".into(),
+        http.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let process = ServiceProcess::start(binary, &args, http).await?;
+    Ok(Demo { process, plant })
+}
+
 /// A service binary started for a test, killed if the test ends without stopping it.
 ///
 /// Its standard output (the log) is read as it comes, so a chatty service never blocks on a
