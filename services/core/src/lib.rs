@@ -13,6 +13,7 @@ pub mod plugin;
 pub mod rules;
 pub mod sample;
 pub mod value_type;
+pub mod write;
 
 pub use error::{Error, Result};
 pub use sample::{Quality, QualityReason, Sample, SampleBatch, Value};

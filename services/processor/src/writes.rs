@@ -3,10 +3,11 @@
 //! compared with what was read back (a mismatch raises the tag's read-back alarm) and leaves
 //! an audit row.
 //!
-//! Checks, in order: a command id, a known tag of this line, writable, a finite value of a
-//! fitting type, min and max, the deadline, an interlock holding the tag, the largest step
-//! from the current value, the least time between writes of the tag. A command id seen before
-//! returns the first result without writing again.
+//! Checks, in order: a known tag of this line, then core's one write check (a command id,
+//! writable, a finite value, min and max, the deadline, an interlock holding the tag, the
+//! largest step from the current value, the least time between writes of the tag). A command
+//! id seen before returns the first result without writing again. State that cannot be read
+//! (a poisoned lock) refuses the write.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -14,7 +15,12 @@ use std::{
     time::Duration,
 };
 
-use fieldline_core::{Value, config::LineConfig, rules::same};
+use fieldline_core::{
+    Value,
+    config::LineConfig,
+    rules::same,
+    write::{self, WriteLimits},
+};
 use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
 use fieldline_storage::events::{CommandAudit, CommandStatus};
 use tokio::sync::mpsc;
@@ -27,21 +33,12 @@ const REMEMBERED: usize = 10_000;
 /// Longest a write may take when its command has no deadline.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
-struct Limits {
-    writable: bool,
-    min: Option<f64>,
-    max: Option<f64>,
-    max_step: Option<f64>,
-    min_interval_ns: i64,
-}
-
 /// Where a write's read-back alarm transitions go.
 pub type AlarmSender = mpsc::UnboundedSender<crate::line::Effect>;
 
 pub struct WritePath {
     line: String,
-    limits: HashMap<(String, String), Limits>,
+    limits: HashMap<(String, String), WriteLimits>,
     adapter: AdapterServiceClient<Channel>,
     engine: Arc<Mutex<Engine>>,
     latest: Latest,
@@ -67,18 +64,7 @@ impl WritePath {
         let mut limits = HashMap::new();
         for d in &config.devices {
             for t in d.tags() {
-                limits.insert(
-                    (d.name().to_string(), t.name.clone()),
-                    Limits {
-                        writable: t.writable,
-                        min: t.min,
-                        max: t.max,
-                        max_step: t.max_step,
-                        min_interval_ns: t
-                            .min_write_interval
-                            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
-                    },
-                );
+                limits.insert((d.name().to_string(), t.name.clone()), WriteLimits::of(t));
             }
         }
         Self {
@@ -106,8 +92,16 @@ impl WritePath {
                 "a command needs an id (its idempotency key)".into(),
             );
         }
-        if let Some(previous) = self.remembered(&command.id) {
-            return previous;
+        match self.remembered(&command.id) {
+            Ok(Some(previous)) => return previous,
+            Ok(None) => {}
+            Err(()) => {
+                return rejected(
+                    &command,
+                    "internal",
+                    "the results of earlier commands cannot be read; nothing is written".into(),
+                );
+            }
         }
         if !self.lock_running().insert(command.id.clone()) {
             return rejected(
@@ -249,6 +243,8 @@ impl WritePath {
         result
     }
 
+    /// The one write check of core, with this line's limits, the tag's last write and the
+    /// interlock holding it. Fails closed: state it cannot read refuses the write.
     #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
@@ -260,75 +256,40 @@ impl WritePath {
         source: &str,
         now: i64,
     ) -> Result<(), (&'static str, String)> {
-        let Some(limits) = self.limits.get(&(device.to_string(), tag.to_string())) else {
+        let key = (device.to_string(), tag.to_string());
+        let Some(limits) = self.limits.get(&key) else {
             return Err(("unknown_tag", format!("device {device} has no tag {tag:?}")));
         };
-        if !limits.writable {
-            return Err(("not_writable", format!("tag {tag} is not writable")));
-        }
-        let Some(value) = value else {
-            return Err(("value", "the command carries no value".into()));
+        let held = match self.engine.lock() {
+            Ok(engine) => engine.hold(device, tag),
+            Err(_) => {
+                return Err((
+                    "internal",
+                    "the interlock state cannot be read; nothing is written".into(),
+                ));
+            }
         };
-        let number = value.as_f64();
-        if let Some(x) = number {
-            if !x.is_finite() {
-                return Err(("value", format!("{x} is not a finite number")));
+        let last_write_ns = match self.last_write.lock() {
+            Ok(last) => last.get(&key).copied(),
+            Err(_) => {
+                return Err((
+                    "internal",
+                    "the last write times cannot be read; nothing is written".into(),
+                ));
             }
-            if let Some(min) = limits.min
-                && x < min
-            {
-                return Err(("min", format!("{x} is below the minimum {min}")));
-            }
-            if let Some(max) = limits.max
-                && x > max
-            {
-                return Err(("max", format!("{x} is above the maximum {max}")));
-            }
-        }
-        if command.deadline_ns > 0 && now > command.deadline_ns {
-            return Err((
-                "deadline",
-                format!(
-                    "the deadline passed {} ms ago",
-                    (now - command.deadline_ns) / 1_000_000
-                ),
-            ));
-        }
-        let hold = self.engine.lock().ok().and_then(|e| e.hold(device, tag));
-        if let Some(hold) = hold
-            && hold.rule != source
-            && !same(&hold.value, value)
-        {
-            return Err((
-                "interlock",
-                format!("interlock {} holds {tag} at {}", hold.rule, hold.value),
-            ));
-        }
-        if let (Some(step), Some(x), Some(old)) =
-            (limits.max_step, number, current.and_then(Value::as_f64))
-            && (x - old).abs() > step
-        {
-            return Err((
-                "max_step",
-                format!("{x} is more than {step} away from the current {old}"),
-            ));
-        }
-        if limits.min_interval_ns > 0
-            && let Some(last) = self
-                .lock_last_write()
-                .get(&(device.to_string(), tag.to_string()))
-            && now - last < limits.min_interval_ns
-        {
-            return Err((
-                "rate_limit",
-                format!(
-                    "{tag} was written {} ms ago; at most once every {} ms",
-                    (now - last) / 1_000_000,
-                    limits.min_interval_ns / 1_000_000
-                ),
-            ));
-        }
-        Ok(())
+        };
+        let proposed = write::Proposed {
+            id: &command.id,
+            tag,
+            value,
+            current,
+            last_write_ns,
+            deadline_ns: command.deadline_ns,
+            now_ns: now,
+            held: held.as_ref(),
+            source,
+        };
+        write::check(limits, &proposed).map_err(|r| (r.by, r.detail))
     }
 
     fn parse_path(&self, path: &str) -> Option<(String, String)> {
@@ -344,8 +305,10 @@ impl WritePath {
         }
     }
 
-    fn remembered(&self, id: &str) -> Option<v1::CommandResult> {
-        self.done.lock().ok().and_then(|d| d.0.get(id).cloned())
+    /// The result of an earlier command with this id; `Err` when that cannot be known.
+    fn remembered(&self, id: &str) -> Result<Option<v1::CommandResult>, ()> {
+        let done = self.done.lock().map_err(drop)?;
+        Ok(done.0.get(id).cloned())
     }
 
     fn remember(&self, result: &v1::CommandResult) {

@@ -203,64 +203,58 @@ pub fn command_result(
 }
 
 /// The checks a command for a value tag (serial-line, opcua, mqtt) passes before anything is
-/// sent: an id, a known writable tag, a value of the right kind within min/max, a deadline
-/// not passed. Returns the tag and the raw value to send (scale and offset undone).
+/// sent: a known tag, then core's one write check (an id, writable, a value within min/max,
+/// the deadline, the least time since the tag's last write). Returns the tag and the raw value
+/// to send (scale and offset undone).
 pub fn check_value_command<'t>(
     tags: &'t [ResolvedValueTag],
     device: &str,
     tag_name: &str,
     command: &v1::Command,
+    remembered: &RememberedCommands,
 ) -> Result<(&'t ResolvedValueTag, Value), v1::CommandResult> {
     let reject = |by: &str, detail: String| {
         command_result(command, v1::CommandStatus::Rejected, by, None, detail)
     };
-    if command.id.is_empty() {
-        return Err(reject(
-            "command_id",
-            "a command needs an id (its idempotency key)".into(),
-        ));
-    }
     let Some(tag) = tags.iter().find(|t| t.name == tag_name) else {
         return Err(reject(
             "unknown_tag",
             format!("device {device} has no tag {tag_name:?}"),
         ));
     };
-    if !tag.writable {
-        return Err(reject(
-            "not_writable",
-            format!("tag {tag_name} is not writable"),
-        ));
-    }
-    let value = match command.value.clone().map(Value::try_from) {
-        Some(Ok(v)) => v,
-        _ => return Err(reject("value", "the command carries no value".into())),
-    };
-    if let Some(x) = value.as_f64().filter(|_| !matches!(value, Value::Bool(_))) {
-        if !x.is_finite() {
-            return Err(reject("value", format!("{x} is not a finite number")));
-        }
-        if let Some(min) = tag.min
-            && x < min
-        {
-            return Err(reject("min", format!("{x} is below the minimum {min}")));
-        }
-        if let Some(max) = tag.max
-            && x > max
-        {
-            return Err(reject("max", format!("{x} is above the maximum {max}")));
-        }
-    }
-    if command.deadline_ns > 0 && now_ns() > command.deadline_ns {
-        return Err(reject(
-            "deadline",
-            "the command's deadline passed before it could be written".into(),
-        ));
-    }
+    let value = command.value.clone().and_then(|v| Value::try_from(v).ok());
+    check_write(&tag.write, tag_name, value.as_ref(), command, remembered)
+        .map_err(|r| reject(r.by, r.detail))?;
+    let value = value.ok_or_else(|| reject("value", "the command carries no value".into()))?;
     let raw = tag
         .unconvert(value)
         .map_err(|e| reject("type", e.to_string()))?;
     Ok((tag, raw))
+}
+
+/// Core's one write check as a driver applies it: no interlock state and no current value
+/// here (the processor has both); the tag's last write is the driver's own.
+pub fn check_write(
+    limits: &fieldline_core::write::WriteLimits,
+    tag: &str,
+    value: Option<&Value>,
+    command: &v1::Command,
+    remembered: &RememberedCommands,
+) -> Result<(), fieldline_core::write::Refusal> {
+    fieldline_core::write::check(
+        limits,
+        &fieldline_core::write::Proposed {
+            id: &command.id,
+            tag,
+            value,
+            current: None,
+            last_write_ns: remembered.last_write(tag),
+            deadline_ns: command.deadline_ns,
+            now_ns: now_ns(),
+            held: None,
+            source: "adapter",
+        },
+    )
 }
 
 /// How many command ids a device remembers for idempotency.
@@ -272,6 +266,8 @@ pub const REMEMBERED_COMMANDS: usize = 10_000;
 pub struct RememberedCommands {
     results: HashMap<String, v1::CommandResult>,
     order: VecDeque<String>,
+    /// When each tag was last written (ns), for its least time between writes.
+    last_writes: HashMap<String, i64>,
 }
 
 impl RememberedCommands {
@@ -279,14 +275,24 @@ impl RememberedCommands {
         self.results.get(id)
     }
 
-    /// Keeps `result` when it touched the device (written, or read back different); a
-    /// rejection or transport failure may succeed when retried with the same id.
-    pub fn keep(&mut self, result: &v1::CommandResult) {
+    pub fn last_write(&self, tag: &str) -> Option<i64> {
+        self.last_writes.get(tag).copied()
+    }
+
+    /// Notes that `tag` was sent to the device now.
+    fn note_write(&mut self, tag: &str) {
+        self.last_writes.insert(tag.to_string(), now_ns());
+    }
+
+    /// Keeps `result`, of a command for `tag`, when it touched the device (written, or read
+    /// back different), and notes the tag's write time.
+    pub fn keep(&mut self, tag: &str, result: &v1::CommandResult) {
         if result.command_id.is_empty()
             || !matches!(outcome(result), "written" | "readback_mismatch")
         {
             return;
         }
+        self.note_write(tag);
         if self.order.len() >= REMEMBERED_COMMANDS
             && let Some(old) = self.order.pop_front()
         {

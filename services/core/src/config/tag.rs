@@ -12,6 +12,7 @@ use crate::{
     deadband::DeadbandRule,
     sample::Value,
     value_type::ValueType,
+    write::WriteLimits,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -93,9 +94,8 @@ pub struct ResolvedModbusTag {
     pub deadband: DeadbandRule,
     /// The tag's own poll interval, when it has one.
     pub poll_interval: Option<Duration>,
-    pub writable: bool,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
+    /// What a write of the tag may do.
+    pub write: WriteLimits,
 }
 
 impl TagConfig {
@@ -227,9 +227,7 @@ impl TagConfig {
             },
             deadband: self.deadband_rule(),
             poll_interval: self.poll_interval,
-            writable: self.writable,
-            min: self.min,
-            max: self.max,
+            write: WriteLimits::of(self),
         })
     }
 }
@@ -246,9 +244,8 @@ pub struct ResolvedValueTag {
     /// Decimals a number is rounded to before it is published.
     pub decimals: Option<u8>,
     pub deadband: DeadbandRule,
-    pub writable: bool,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
+    /// What a write of the tag may do.
+    pub write: WriteLimits,
 }
 
 impl ResolvedValueTag {
@@ -321,9 +318,7 @@ impl TagConfig {
                 ValueType::Signed(_) | ValueType::Unsigned(_)
             )),
             deadband: self.deadband_rule(),
-            writable: self.writable,
-            min: self.min,
-            max: self.max,
+            write: WriteLimits::of(self),
         })
     }
 }

@@ -8,10 +8,7 @@
 //! backed off, so the others keep their rates. Each poll group runs on its own fixed grid;
 //! cycles missed while a poll overran are skipped and counted, never bunched up.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    time::Duration,
-};
+use std::time::Duration;
 
 use fieldline_core::{
     Quality, QualityReason, Sample, SampleBatch, Value,
@@ -31,11 +28,8 @@ use super::{
 };
 use crate::{
     Error, Result,
-    drivers::{DeviceContext, WriteRequest},
+    drivers::{DeviceContext, RememberedCommands, WriteRequest, check_write},
 };
-
-/// Commands whose results are remembered for idempotency, per device.
-const REMEMBERED_COMMANDS: usize = 1024;
 
 /// A configured Modbus device (one unit id), ready to be polled on its link.
 pub struct ModbusDevice {
@@ -157,8 +151,7 @@ struct Slave {
     last_read: Vec<Option<Instant>>,
     /// Tags already reported stale since their last reading.
     stale: Vec<bool>,
-    remembered: HashMap<String, v1::CommandResult>,
-    remembered_order: VecDeque<String>,
+    remembered: RememberedCommands,
     /// Backoff of this slave alone, after it failed to answer on a shared bus.
     backoff: Backoff,
     retry_at: Instant,
@@ -275,8 +268,7 @@ impl ModbusBus {
                     deadbands: vec![Deadband::default(); n],
                     last_read: vec![None; n],
                     stale: vec![false; n],
-                    remembered: HashMap::new(),
-                    remembered_order: VecDeque::new(),
+                    remembered: RememberedCommands::default(),
                     backoff,
                     retry_at: Instant::now(),
                 }
@@ -492,15 +484,7 @@ impl ModbusBus {
         tracing::info!(device = %slave.name(), tag = tag_name, command = %command.id, requested_by = %command.requested_by, outcome, detail = %result.detail, "write");
         // Rejections and transport failures did not reach the device; a retry with the same id
         // may succeed later, so only results that touched the device are remembered.
-        if matches!(outcome, "written" | "readback_mismatch") && !command.id.is_empty() {
-            if slave.remembered_order.len() >= REMEMBERED_COMMANDS
-                && let Some(old) = slave.remembered_order.pop_front()
-            {
-                slave.remembered.remove(&old);
-            }
-            slave.remembered_order.push_back(command.id.clone());
-            slave.remembered.insert(command.id.clone(), result.clone());
-        }
+        slave.remembered.keep(tag_name, &result);
         result
     }
 
@@ -510,19 +494,12 @@ impl ModbusBus {
         tag_name: &str,
         command: &v1::Command,
     ) -> v1::CommandResult {
-        let (tag, value, words) = match check_command(&self.slaves[s].device, tag_name, command) {
-            Ok(checked) => checked,
-            Err(rejected) => return rejected,
-        };
-        if command.deadline_ns > 0 && now_ns() > command.deadline_ns {
-            return result(
-                command,
-                v1::CommandStatus::Rejected,
-                "deadline",
-                None,
-                "the command's deadline passed before it could be written".into(),
-            );
-        }
+        let slave = &self.slaves[s];
+        let (tag, value, words) =
+            match check_command(&slave.device, tag_name, command, &slave.remembered) {
+                Ok(checked) => checked,
+                Err(rejected) => return rejected,
+            };
         let (unit, timeout, multiple) = {
             let slave = &self.slaves[s];
             (
@@ -664,52 +641,28 @@ impl ModbusBus {
     }
 }
 
-/// The checks a command passes before anything is sent: known, writable tag; a value of the
-/// right kind within min/max; encodable. Returns the tag, the value and the encoded words.
+/// The checks a command passes before anything is sent: a known tag, core's one write check
+/// (an id, writable, a value within min/max, the deadline, the least time since the tag's last
+/// write), and a value its registers can hold. Returns the tag, the value and the encoded
+/// words.
 fn check_command(
     device: &ModbusDevice,
     tag_name: &str,
     command: &v1::Command,
+    remembered: &RememberedCommands,
 ) -> Result<(ResolvedModbusTag, Value, Vec<u16>), v1::CommandResult> {
     let reject =
         |by: &str, detail: String| result(command, v1::CommandStatus::Rejected, by, None, detail);
-    if command.id.is_empty() {
-        return Err(reject(
-            "command_id",
-            "a command needs an id (its idempotency key)".into(),
-        ));
-    }
     let Some(tag) = device.tags.iter().find(|t| t.name == tag_name) else {
         return Err(reject(
             "unknown_tag",
             format!("device {} has no tag {tag_name:?}", device.config.name),
         ));
     };
-    if !tag.writable {
-        return Err(reject(
-            "not_writable",
-            format!("tag {tag_name} is not writable"),
-        ));
-    }
-    let value = match command.value.clone().map(Value::try_from) {
-        Some(Ok(v)) => v,
-        _ => return Err(reject("value", "the command carries no value".into())),
-    };
-    if let Some(x) = value.as_f64().filter(|_| !matches!(value, Value::Bool(_))) {
-        if !x.is_finite() {
-            return Err(reject("value", format!("{x} is not a finite number")));
-        }
-        if let Some(min) = tag.min
-            && x < min
-        {
-            return Err(reject("min", format!("{x} is below the minimum {min}")));
-        }
-        if let Some(max) = tag.max
-            && x > max
-        {
-            return Err(reject("max", format!("{x} is above the maximum {max}")));
-        }
-    }
+    let value = command.value.clone().and_then(|v| Value::try_from(v).ok());
+    check_write(&tag.write, tag_name, value.as_ref(), command, remembered)
+        .map_err(|r| reject(r.by, r.detail))?;
+    let value = value.ok_or_else(|| reject("value", "the command carries no value".into()))?;
     let words = if tag.address.table.is_bits() || tag.codec.bit.is_some() {
         if !matches!(value, Value::Bool(_)) {
             return Err(reject(
@@ -935,9 +888,7 @@ mod tests {
             codec: TagCodec::new(data_type),
             deadband: Default::default(),
             poll_interval: None,
-            writable: false,
-            min: None,
-            max: None,
+            write: Default::default(),
         }
     }
 
@@ -1002,7 +953,9 @@ mod tests {
             ..Default::default()
         };
         let refused = |tag: &str, c: v1::Command| {
-            check_command(&device, tag, &c).err().map(|r| r.rejected_by)
+            check_command(&device, tag, &c, &RememberedCommands::default())
+                .err()
+                .map(|r| r.rejected_by)
         };
         assert_eq!(
             refused("sp", cmd("", Some(Value::I64(1)))),
@@ -1033,8 +986,13 @@ mod tests {
             refused("c", cmd("a", Some(Value::I64(1)))),
             Some("type".into())
         );
-        let (_, value, words) =
-            check_command(&device, "sp", &cmd("a", Some(Value::I64(-2)))).unwrap();
+        let (_, value, words) = check_command(
+            &device,
+            "sp",
+            &cmd("a", Some(Value::I64(-2))),
+            &RememberedCommands::default(),
+        )
+        .unwrap();
         assert_eq!((value, words), (Value::I64(-2), vec![0xFFFE]));
     }
 }

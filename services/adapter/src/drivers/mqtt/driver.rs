@@ -393,7 +393,7 @@ fn write(
     let result = if let Some(earlier) = remembered.get(&command.id) {
         earlier.clone()
     } else {
-        match check_value_command(tags, &device.name, &request.tag, command) {
+        match check_value_command(tags, &device.name, &request.tag, command, remembered) {
             Err(result) => result,
             Ok((tag, raw)) => match command_message(&target, tag, &raw, &command.id) {
                 Err(error) => command_result(
@@ -424,7 +424,7 @@ fn write(
             },
         }
     };
-    remembered.keep(&result);
+    remembered.keep(&request.tag, &result);
     cx.count_write(&device.name, &request.tag, command, &result);
     let _ = request.reply.send(result);
 }

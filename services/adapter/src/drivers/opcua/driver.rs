@@ -543,8 +543,14 @@ impl Driver {
             let _ = w.reply.send(earlier.clone());
             return;
         }
-        let checked = check_value_command(&self.tags, self.name(), &w.tag, &w.command)
-            .map(|(tag, raw)| (tag.clone(), raw));
+        let checked = check_value_command(
+            &self.tags,
+            self.name(),
+            &w.tag,
+            &w.command,
+            &self.remembered,
+        )
+        .map(|(tag, raw)| (tag.clone(), raw));
         let result = match checked {
             Err(rejected) => rejected,
             Ok((tag, raw)) => {
@@ -565,7 +571,7 @@ impl Driver {
                 }
             }
         };
-        self.remembered.keep(&result);
+        self.remembered.keep(&w.tag, &result);
         self.cx
             .count_write(self.name(), &w.tag, &w.command, &result);
         let _ = w.reply.send(result);

@@ -449,7 +449,7 @@ impl Driver {
             ..
         } = w;
         let result = self.write(&command, &tag).await;
-        self.remembered.keep(&result);
+        self.remembered.keep(&tag, &result);
         self.cx.count_write(&self.s.name, &tag, &command, &result);
         let _ = reply.send(result);
     }
@@ -461,7 +461,13 @@ impl Driver {
         }
         let failed =
             |detail: String| command_result(command, v1::CommandStatus::Failed, "", None, detail);
-        let raw = match check_value_command(&self.s.tags, &self.s.name, tag_name, command) {
+        let raw = match check_value_command(
+            &self.s.tags,
+            &self.s.name,
+            tag_name,
+            command,
+            &self.remembered,
+        ) {
             Ok((_, raw)) => raw,
             Err(rejected) => return rejected,
         };

@@ -239,9 +239,7 @@ mod tests {
             offset: None,
             decimals: None,
             deadband: DeadbandRule::default(),
-            writable: false,
-            min: None,
-            max: None,
+            write: Default::default(),
         }
     }
 
