@@ -221,9 +221,42 @@ pub struct SampleBatch {
     pub samples: Vec<Sample>,
 }
 
+impl SampleBatch {
+    /// Gives every sample stamped after `now_ns` (a device whose clock runs ahead) the time
+    /// `now_ns` instead, so it neither moves time-driven logic (alarm delays, rates, runtime)
+    /// into the future nor makes the next real readings look old. Returns how many moved.
+    pub fn clamp_future(&mut self, now_ns: i64) -> usize {
+        let mut moved = 0;
+        for s in &mut self.samples {
+            if s.timestamp_ns > now_ns {
+                s.timestamp_ns = now_ns;
+                moved += 1;
+            }
+        }
+        moved
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_from_the_future_are_taken_at_the_time_they_arrive() {
+        let mut batch = SampleBatch {
+            line: "l".into(),
+            device: "d".into(),
+            adapter_id: "a".into(),
+            sequence: 1,
+            samples: vec![
+                Sample::good("a", Value::I64(1), 100),
+                Sample::good("b", Value::I64(2), 5_000),
+            ],
+        };
+        assert_eq!(batch.clamp_future(1_000), 1);
+        let times: Vec<i64> = batch.samples.iter().map(|s| s.timestamp_ns).collect();
+        assert_eq!(times, [100, 1_000]);
+    }
 
     #[test]
     fn quality_codes_parse_back() {

@@ -35,6 +35,9 @@ pub struct Effects {
     pub plugin_events: Vec<PluginEvent>,
     /// Plugin failures (their outputs were made Bad), by kind.
     pub plugin_failures: Vec<PluginFailure>,
+    /// Samples stamped after they arrived (the device's clock is ahead), processed at the
+    /// time they arrived.
+    pub from_the_future: usize,
 }
 
 /// What ListAlarms shows of an alarm besides its state.
@@ -202,6 +205,7 @@ impl Engine {
             return effects;
         }
         *seen = wire.sequence;
+        effects.from_the_future = batch.clamp_future(now_ns);
         if let Some(set) = self
             .device_types
             .get(&batch.device)
@@ -411,6 +415,38 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn a_sample_from_the_future_does_not_stop_the_alarms() {
+        let yaml = "line: l\ndevices:\n  - { name: oven, type: oven, protocol: modbus-tcp, endpoint: \"127.0.0.1:1\", tags: [ { name: temperature, address: \"holding:0\", type: u16 } ] }\ndevice_types:\n  oven:\n    alarms:\n      - { name: hot, tag: temperature, kind: high, limit: 80 }\n";
+        let config = fieldline_core::config::LineConfig::from_yaml(yaml).unwrap();
+        let mut engine = Engine::new(&config).unwrap();
+        let now = 1_800_000_000 * S;
+        let mut run = |sequence: u64, value: f64, stamped: i64, at: i64| {
+            let batch = SampleBatch {
+                line: "l".into(),
+                device: "oven".into(),
+                adapter_id: "a".into(),
+                sequence,
+                samples: vec![Sample::good("temperature", Value::F64(value), stamped)],
+            };
+            let mut wire = v1::SampleBatch::from(batch.clone());
+            engine.process(&mut wire, batch, |_| None, at)
+        };
+        // The device's clock is a year ahead for one reading, then right again.
+        let first = run(1, 90.0, now + 365 * 24 * 3600 * S, now);
+        assert_eq!(first.from_the_future, 1);
+        assert_eq!(first.alarm_events.len(), 1, "{:?}", first.problems);
+        assert_eq!(first.alarm_events[0].timestamp_ns, now);
+        let second = run(2, 50.0, now + S, now + S);
+        assert_eq!(second.from_the_future, 0);
+        assert_eq!(
+            second.alarm_events.len(),
+            1,
+            "the reading after the one from the future still moves the alarm: {:?}",
+            second.problems
+        );
+    }
 
     #[test]
     fn events_survive_the_wire() {

@@ -56,6 +56,10 @@ impl LineHandle {
         let (line, device) = (batch.line.clone(), batch.device.clone());
         let effects = {
             let Ok(mut engine) = self.engine.lock() else {
+                // A panic left the engine's state unusable: alarms and rules cannot run (writes
+                // are refused too). Say so loudly; the batch is still stored.
+                metrics.error("engine_unavailable");
+                tracing::error!(device = %device, "alarms and rules are unavailable: the engine's state is poisoned");
                 return;
             };
             engine.process(
@@ -65,6 +69,10 @@ impl LineHandle {
                 now,
             )
         };
+        if effects.from_the_future > 0 {
+            metrics.error("clock_ahead");
+            tracing::debug!(device = %device, samples = effects.from_the_future, "samples stamped in the future, processed at their arrival");
+        }
         for failure in &effects.plugin_failures {
             metrics.error(&format!("plugin_{}", failure.kind.metric_label()));
         }

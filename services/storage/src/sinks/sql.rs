@@ -35,6 +35,10 @@ pub struct SqlSink {
     known_devices: Mutex<HashSet<(String, String)>>,
 }
 
+/// How far past the storage service's clock a latest value may be stamped before a newer
+/// reading replaces it whatever its time: device clocks drift, but not by a minute.
+const FUTURE_TOLERANCE_NS: i64 = 60_000_000_000;
+
 impl SqlSink {
     /// Connects and applies migrations. Fails (transiently) while the server is unreachable.
     pub async fn connect(config: &SqlConfig) -> Result<Self, SinkError> {
@@ -203,21 +207,22 @@ impl SqlSink {
                 Dialect::MySql => format!(
                     "INSERT INTO latest_values (line, device, tag, value_type, value_text, value_num, quality, quality_detail, source_ns) VALUES {values} \
                      ON DUPLICATE KEY UPDATE \
-                     value_type = IF(VALUES(source_ns) >= source_ns, VALUES(value_type), value_type), \
-                     value_text = IF(VALUES(source_ns) >= source_ns, VALUES(value_text), value_text), \
-                     value_num = IF(VALUES(source_ns) >= source_ns, VALUES(value_num), value_num), \
-                     quality = IF(VALUES(source_ns) >= source_ns, VALUES(quality), quality), \
-                     quality_detail = IF(VALUES(source_ns) >= source_ns, VALUES(quality_detail), quality_detail), \
-                     source_ns = GREATEST(source_ns, VALUES(source_ns))"
+                     value_type = IF(VALUES(source_ns) >= source_ns OR source_ns > ?, VALUES(value_type), value_type), \
+                     value_text = IF(VALUES(source_ns) >= source_ns OR source_ns > ?, VALUES(value_text), value_text), \
+                     value_num = IF(VALUES(source_ns) >= source_ns OR source_ns > ?, VALUES(value_num), value_num), \
+                     quality = IF(VALUES(source_ns) >= source_ns OR source_ns > ?, VALUES(quality), quality), \
+                     quality_detail = IF(VALUES(source_ns) >= source_ns OR source_ns > ?, VALUES(quality_detail), quality_detail), \
+                     source_ns = IF(VALUES(source_ns) >= source_ns OR source_ns > ?, VALUES(source_ns), source_ns)"
                 ),
                 Dialect::Sqlite => format!(
                     "INSERT INTO latest_values (line, device, tag, value_type, value_text, value_num, quality, quality_detail, source_ns) VALUES {values} \
                      ON CONFLICT (line, device, tag) DO UPDATE SET value_type = excluded.value_type, value_text = excluded.value_text, \
                      value_num = excluded.value_num, quality = excluded.quality, quality_detail = excluded.quality_detail, source_ns = excluded.source_ns \
-                     WHERE excluded.source_ns >= latest_values.source_ns"
+                     WHERE excluded.source_ns >= latest_values.source_ns OR latest_values.source_ns > ?"
                 ),
             };
-            // A stored value newer than this row stays (a replay never moves it back).
+            // A stored value newer than this row stays (a replay never moves it back), unless
+            // it is stamped in the future.
             // Built only from fixed text and `?` placeholders; every value is bound.
             let mut query = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
             for (b, s) in chunk {
@@ -232,6 +237,16 @@ impl SqlSink {
                     .bind(s.quality.code())
                     .bind(quality_detail(&s.quality))
                     .bind(s.timestamp_ns);
+            }
+            // A stored value stamped beyond this (a device clock that was ahead) does not pin
+            // the latest value: the next reading replaces it.
+            let future = fieldline_runtime::now_ns().saturating_add(FUTURE_TOLERANCE_NS);
+            let checks = match self.dialect {
+                Dialect::MySql => 6,
+                Dialect::Sqlite => 1,
+            };
+            for _ in 0..checks {
+                query = query.bind(future);
             }
             query.execute(&mut *tx).await.map_err(classify)?;
         }

@@ -1,0 +1,73 @@
+//! The latest value of a tag, in MariaDB and in SQLite: a reading stamped in the future (a
+//! device whose clock ran ahead) does not pin it, and a replay still never moves it back.
+
+use fieldline_core::{Sample, SampleBatch, Value, config::SqlConfig};
+use fieldline_storage::sinks::sql::SqlSink;
+use fieldline_testkit as kit;
+use sqlx::Executor;
+
+async fn check(sink: &SqlSink) -> anyhow::Result<()> {
+    let batch = |ts: i64, v: f64| SampleBatch {
+        line: "l".into(),
+        device: "d".into(),
+        adapter_id: "a".into(),
+        sequence: 1,
+        samples: vec![Sample::good("t", Value::F64(v), ts)],
+    };
+    let latest = || async {
+        let row: (Option<String>, i64) = sqlx::query_as(
+            "SELECT value_text, source_ns FROM latest_values WHERE line = 'l' AND tag = 't'",
+        )
+        .fetch_one(sink.pool())
+        .await?;
+        anyhow::Ok(row)
+    };
+    let now = fieldline_runtime::now_ns();
+    let next_year = now + 365 * 24 * 3600 * 1_000_000_000;
+    sink.write(&[batch(next_year, 99.0)]).await?;
+    assert_eq!(latest().await?, (Some("99".into()), next_year));
+    sink.write(&[batch(now, 1.0)]).await?;
+    assert_eq!(
+        latest().await?,
+        (Some("1".into()), now),
+        "a reading of the present replaces one from next year"
+    );
+    sink.write(&[batch(now - 1_000, 0.5)]).await?;
+    assert_eq!(
+        latest().await?,
+        (Some("1".into()), now),
+        "an older replay does not move the latest value back"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sink = SqlSink::connect(&SqlConfig {
+        url: format!("sqlite://{}", dir.path().join("t.db").display()),
+        password: None,
+    })
+    .await?;
+    check(&sink).await
+}
+
+#[tokio::test]
+async fn mariadb() -> anyhow::Result<()> {
+    kit::require_mysql()?;
+    let db = kit::unique("latest").replace('-', "_");
+    let mut admin = <sqlx::MySqlConnection as sqlx::Connection>::connect(kit::MYSQL_URL).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{db}`")))
+        .await?;
+    let sink = SqlSink::connect(&SqlConfig {
+        url: format!("mysql://root@127.0.0.1:3306/{db}"),
+        password: None,
+    })
+    .await?;
+    let outcome = check(&sink).await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`")))
+        .await?;
+    outcome
+}
