@@ -1,5 +1,6 @@
 //! The latest value of a tag, in MariaDB and in SQLite: a reading stamped in the future (a
-//! device whose clock ran ahead) does not pin it, and a replay still never moves it back.
+//! device whose clock ran ahead) does not pin it, a replay still never moves it back, and a
+//! row the database refuses costs that row, not the others written with it.
 
 use fieldline_core::{Sample, SampleBatch, Value, config::SqlConfig};
 use fieldline_storage::sinks::sql::SqlSink;
@@ -70,4 +71,59 @@ async fn mariadb() -> anyhow::Result<()> {
         .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`")))
         .await?;
     outcome
+}
+
+#[tokio::test]
+async fn mariadb_refusing_one_row_stores_the_others() -> anyhow::Result<()> {
+    kit::require_mysql()?;
+    let db = kit::unique("isolate").replace('-', "_");
+    let mut admin = <sqlx::MySqlConnection as sqlx::Connection>::connect(kit::MYSQL_URL).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{db}`")))
+        .await?;
+    let sink = SqlSink::connect(&SqlConfig {
+        url: format!("mysql://root@127.0.0.1:3306/{db}"),
+        password: None,
+    })
+    .await?;
+    let now = fieldline_runtime::now_ns();
+    // More than a TEXT column holds: MariaDB refuses that row.
+    let huge = Value::String("x".repeat(70_000));
+    let batch = SampleBatch {
+        line: "l".into(),
+        device: "d".into(),
+        adapter_id: "a".into(),
+        sequence: 1,
+        samples: vec![
+            Sample::good("ok", Value::F64(1.5), now),
+            Sample::good("big", huge, now),
+            Sample::good("ok2", Value::I64(7), now),
+        ],
+    };
+    let outcome = async {
+        let report = sink.write(&[batch]).await?;
+        let stored: Vec<(String,)> =
+            sqlx::query_as("SELECT tag FROM latest_values WHERE line = 'l' ORDER BY tag")
+                .fetch_all(sink.pool())
+                .await?;
+        anyhow::Ok((report, stored))
+    }
+    .await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`")))
+        .await?;
+    let (report, stored) = outcome?;
+    let stored: Vec<&str> = stored.iter().map(|(t,)| t.as_str()).collect();
+    assert_eq!(stored, ["ok", "ok2"]);
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    assert_eq!(
+        (report.rejected[0].batch, report.rejected[0].samples),
+        (0, 1)
+    );
+    assert!(
+        report.rejected[0].reason.contains("\"big\""),
+        "{:?}",
+        report.rejected
+    );
+    Ok(())
 }

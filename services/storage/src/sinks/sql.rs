@@ -14,7 +14,7 @@ use sqlx::{
     migrate::Migrator,
 };
 
-use super::{FastMap, SinkError, WriteReport};
+use super::{Disposition, FastMap, Rejection, SinkError, WriteReport};
 
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -171,8 +171,50 @@ impl SqlSink {
     }
 
     /// Stores the batches in one transaction: latest values always, the samples themselves
-    /// in SQLite. Rows of all batches share multi-row statements.
+    /// in SQLite. Rows of all batches share multi-row statements. When the database refuses
+    /// the write for its data, every sample is written on its own, so one bad row costs that
+    /// row only: the others are stored and the refused ones reported.
     pub async fn write(&self, batches: &[SampleBatch]) -> Result<WriteReport, SinkError> {
+        match self.write_together(batches).await {
+            Err(error) if error.disposition() == Disposition::Permanent => {
+                tracing::debug!(%error, "the database refused a write; writing its rows one by one");
+                self.write_one_by_one(batches).await
+            }
+            other => other.map(|()| WriteReport::default()),
+        }
+    }
+
+    async fn write_one_by_one(&self, batches: &[SampleBatch]) -> Result<WriteReport, SinkError> {
+        let mut report = WriteReport::default();
+        for (i, batch) in batches.iter().enumerate() {
+            for sample in &batch.samples {
+                let alone = SampleBatch {
+                    line: batch.line.clone(),
+                    device: batch.device.clone(),
+                    adapter_id: batch.adapter_id.clone(),
+                    sequence: batch.sequence,
+                    samples: vec![sample.clone()],
+                };
+                match self.write_together(std::slice::from_ref(&alone)).await {
+                    Ok(()) => {}
+                    Err(error) if error.disposition() == Disposition::Permanent => {
+                        report.rejected.push(Rejection {
+                            batch: i,
+                            samples: 1,
+                            reason: format!(
+                                "{error} (tag {:?} of device {:?}, line {:?})",
+                                sample.tag, batch.device, batch.line
+                            ),
+                        });
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn write_together(&self, batches: &[SampleBatch]) -> Result<(), SinkError> {
         for batch in batches {
             self.note_device(batch).await?;
         }
@@ -181,7 +223,7 @@ impl SqlSink {
             .flat_map(|b| b.samples.iter().map(move |s| (b, s)))
             .collect();
         if rows.is_empty() {
-            return Ok(WriteReport::default());
+            return Ok(());
         }
         // Only the newest sample of each tag can become its latest value: a group holding
         // several polls upserts each tag once (later batches win ties).
@@ -273,8 +315,7 @@ impl SqlSink {
                 query.execute(&mut *tx).await.map_err(classify)?;
             }
         }
-        tx.commit().await.map_err(classify)?;
-        Ok(WriteReport::default())
+        tx.commit().await.map_err(classify)
     }
 
     /// Records a device this service's configuration does not name, the first time it sends.
