@@ -46,6 +46,9 @@ async fn polls_publishes_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
     .await?;
     assert!(published >= 3);
     assert_eq!(adapter.terminate().await?, Some(0));
+    let log = adapter.stdout().await;
+    assert!(log.contains("adapter started"), "{log}");
+    assert!(kit::warnings_and_errors(&log).is_empty(), "{log}");
     let seq = std::fs::read_to_string(dir.path().join("state").join(format!("{line}.tank.seq")))?;
     assert!(
         seq.trim().parse::<u64>()? > 0,

@@ -260,13 +260,6 @@ async fn up_runs_the_demo_line_into_sqlite_and_stops_cleanly_on_sigterm() -> any
     Ok(())
 }
 
-/// Lines of a log at WARN or ERROR.
-fn warnings_and_errors(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains(" WARN ") || l.contains("ERROR"))
-        .collect()
-}
-
 #[tokio::test]
 async fn up_is_quiet_when_healthy_and_its_commands_end_cleanly_at_a_pipe() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -332,13 +325,13 @@ async fn up_is_quiet_when_healthy_and_its_commands_end_cleanly_at_a_pipe() -> an
             .iter()
             .any(|a| a["alarm_id"] == "demo/tank/temp-high")
     );
-    assert!(warnings_and_errors(&String::from_utf8_lossy(&out.stderr)).is_empty());
+    assert!(kit::warnings_and_errors(&String::from_utf8_lossy(&out.stderr)).is_empty());
 
     // Ctrl-C: a clean stop, and nothing at WARN or ERROR from start to end.
     assert_eq!(up.interrupt().await?, Some(0));
     let log = up.stdout().await;
     assert!(log.contains("shutdown requested"), "{log}");
-    let noisy = warnings_and_errors(&log);
+    let noisy = kit::warnings_and_errors(&log);
     assert!(
         noisy.is_empty(),
         "a healthy demo logged:\n{}",

@@ -71,6 +71,9 @@ async fn becomes_ready_with_broker_and_storage_and_exits_cleanly_on_sigterm() ->
         other => panic!("expected the file descriptor, got {other:?}"),
     }
     assert_eq!(processor.process.terminate().await?, Some(0));
+    let log = processor.process.stdout().await;
+    assert!(log.contains("processor started"), "{log}");
+    assert!(kit::warnings_and_errors(&log).is_empty(), "{log}");
     processor.stop_storage().await;
     Ok(())
 }

@@ -33,6 +33,9 @@ async fn serves_health_and_metrics_and_exits_cleanly_on_sigterm() -> anyhow::Res
         "{metrics}"
     );
     assert_eq!(storage.terminate().await?, Some(0));
+    let log = storage.stdout().await;
+    assert!(log.contains("storage started"), "{log}");
+    assert!(kit::warnings_and_errors(&log).is_empty(), "{log}");
     Ok(())
 }
 

@@ -345,6 +345,13 @@ pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, response.text().await?))
 }
 
+/// The lines of a service's log at WARN or ERROR: a healthy start, run and stop has none.
+pub fn warnings_and_errors(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains("ERROR"))
+        .collect()
+}
+
 /// `fieldline up`, the demo line, started from `binary` with its data in `data_dir` and every
 /// listener on a free port; ready once its `/readyz` answers.
 pub struct Demo {
