@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     Error, Result,
-    drivers::{DeviceContext, RememberedCommands, WriteRequest, check_write},
+    drivers::{DeviceContext, RememberedCommands, WriteRequest, check_write, command_result},
 };
 
 /// A configured Modbus device (one unit id), ready to be polled on its link.
@@ -302,7 +302,7 @@ impl ModbusBus {
                 Some(request) = writes.recv() => {
                     let result = match self.slaves.iter().position(|s| s.name() == request.device) {
                         Some(i) => self.write(i, &request.tag, &request.command).await,
-                        None => result(&request.command, v1::CommandStatus::Rejected, "unknown_device", None, format!("no device {:?} on this link", request.device)),
+                        None => command_result(&request.command, v1::CommandStatus::Rejected, "unknown_device", None, format!("no device {:?} on this link", request.device)),
                     };
                     let _ = request.reply.send(result);
                 }
@@ -509,7 +509,7 @@ impl ModbusBus {
             )
         };
         if let Err(e) = self.link.ensure_open(timeout).await {
-            return result(
+            return command_result(
                 command,
                 v1::CommandStatus::Failed,
                 "",
@@ -576,7 +576,7 @@ impl ModbusBus {
             Outcome::Data(_) => {}
             Outcome::Exception(code) => {
                 self.slaves[s].error("exception");
-                return result(
+                return command_result(
                     command,
                     v1::CommandStatus::Failed,
                     "",
@@ -590,7 +590,7 @@ impl ModbusBus {
                 if link_broken {
                     self.link.fail(&reason);
                 }
-                return result(
+                return command_result(
                     command,
                     v1::CommandStatus::Failed,
                     "",
@@ -613,7 +613,7 @@ impl ModbusBus {
             Outcome::Exception(_) | Outcome::Transport { .. } => None,
         };
         match read_back {
-            Some(back) if same_value(&back, &value, tag.codec.data_type) => result(
+            Some(back) if same_value(&back, &value, tag.codec.data_type) => command_result(
                 command,
                 v1::CommandStatus::Written,
                 "",
@@ -622,7 +622,7 @@ impl ModbusBus {
             ),
             Some(back) => {
                 let detail = format!("wrote {value}, read back {back}");
-                result(
+                command_result(
                     command,
                     v1::CommandStatus::ReadbackMismatch,
                     "",
@@ -630,7 +630,7 @@ impl ModbusBus {
                     detail,
                 )
             }
-            None => result(
+            None => command_result(
                 command,
                 v1::CommandStatus::ReadbackMismatch,
                 "",
@@ -651,8 +651,9 @@ fn check_command(
     command: &v1::Command,
     remembered: &RememberedCommands,
 ) -> Result<(ResolvedModbusTag, Value, Vec<u16>), v1::CommandResult> {
-    let reject =
-        |by: &str, detail: String| result(command, v1::CommandStatus::Rejected, by, None, detail);
+    let reject = |by: &str, detail: String| {
+        command_result(command, v1::CommandStatus::Rejected, by, None, detail)
+    };
     let Some(tag) = device.tags.iter().find(|t| t.name == tag_name) else {
         return Err(reject(
             "unknown_tag",
@@ -849,23 +850,6 @@ fn same_value(back: &Value, wanted: &Value, data_type: DataType) -> bool {
         }
         (Some(a), Some(b)) => a == b,
         _ => back == wanted,
-    }
-}
-
-fn result(
-    command: &v1::Command,
-    status: v1::CommandStatus,
-    rejected_by: &str,
-    read_back: Option<Value>,
-    detail: String,
-) -> v1::CommandResult {
-    v1::CommandResult {
-        command_id: command.id.clone(),
-        status: status as i32,
-        rejected_by: rejected_by.to_string(),
-        read_back: read_back.map(Into::into),
-        detail,
-        timestamp_ns: now_ns(),
     }
 }
 
