@@ -263,6 +263,7 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
     // The MES cannot switch it on either.
     let refused = mes
         .write(v1::Command {
+            ttl_ns: 0,
             id: format!("{line}-mes-1"),
             tag: format!("{line}/tank/pump"),
             value: Some(fieldline_core::Value::Bool(true).into()),
@@ -385,6 +386,7 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
     watch.processor_has("temperature", 50.0).await?;
     let written = mes
         .write(v1::Command {
+            ttl_ns: 0,
             id: format!("{line}-mes-2"),
             tag: format!("{line}/tank/pump"),
             value: Some(fieldline_core::Value::Bool(false).into()),
@@ -403,6 +405,7 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
     // The same command id again: answered, not written again.
     let repeated = mes
         .write(v1::Command {
+            ttl_ns: 0,
             id: format!("{line}-mes-2"),
             tag: format!("{line}/tank/pump"),
             value: Some(fieldline_core::Value::Bool(false).into()),
@@ -416,6 +419,7 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
     // Every check of the write path, on a setpoint with limits (10..90, at most 10 per write,
     // at most one write every 2 s); the device holds 0 until the first write.
     let command = |id: &str, tag: &str, value: f64, deadline_ns: i64| v1::Command {
+        ttl_ns: 0,
         id: format!("{line}-{id}"),
         tag: format!("{line}/tank/{tag}"),
         value: Some(fieldline_core::Value::F64(value).into()),
@@ -651,6 +655,7 @@ devices:
         fieldline_processor::start(&config, &health, &mut registry, stop.clone()).await?;
     let mut mes = PlantServiceClient::connect(format!("http://{}", processor.grpc_addr)).await?;
     let write = |id: &str, value: u64| v1::Command {
+        ttl_ns: 0,
         id: format!("{line}-{id}"),
         tag: format!("{line}/valve/position"),
         value: Some(fieldline_core::Value::U64(value).into()),

@@ -47,6 +47,7 @@ async fn written_values_read_back_identically_with_mbpoll() -> anyhow::Result<()
         ("w4", "valve", Value::Bool(false)),
     ] {
         let command = v1::Command {
+            ttl_ns: 0,
             id: id.into(),
             tag: format!("{line}/plc/{tag}"),
             value: Some(value.clone().into()),

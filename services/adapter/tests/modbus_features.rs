@@ -156,6 +156,7 @@ async fn tags_go_stale_while_the_device_cannot_be_read() -> anyhow::Result<()> {
 
 fn command(line: &str, id: &str, tag: &str, value: Value) -> v1::Command {
     v1::Command {
+        ttl_ns: 0,
         id: id.into(),
         tag: format!("{line}/plc/{tag}"),
         value: Some(value.into()),

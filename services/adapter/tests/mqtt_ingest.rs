@@ -356,6 +356,7 @@ async fn sparkplug_births_aliases_gaps_and_deaths() -> anyhow::Result<()> {
 
     // Writes go to the device as DCMD, typed by the birth; the usual checks come first.
     let write = |id: &str, tag: &str, value: Value| v1::Command {
+        ttl_ns: 0,
         id: id.into(),
         tag: format!("{}/press/{tag}", run.line),
         value: Some(value.into()),
@@ -471,6 +472,7 @@ async fn an_unreachable_broker_makes_every_tag_bad() -> anyhow::Result<()> {
 
 fn command(line: &str, device: &str, id: &str, tag: &str, value: Value) -> v1::Command {
     v1::Command {
+        ttl_ns: 0,
         id: id.into(),
         tag: format!("{line}/{device}/{tag}"),
         value: Some(value.into()),

@@ -146,6 +146,7 @@ impl Samples {
 
 fn command(line: &str, device: &str, id: &str, tag: &str, value: Value) -> v1::Command {
     v1::Command {
+        ttl_ns: 0,
         id: id.into(),
         tag: format!("{line}/{device}/{tag}"),
         value: Some(value.into()),

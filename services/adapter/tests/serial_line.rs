@@ -76,6 +76,7 @@ impl Running {
         value: Value,
     ) -> anyhow::Result<v1::CommandResult> {
         let command = v1::Command {
+            ttl_ns: 0,
             id: id.into(),
             tag: format!("{}/dev/{tag}", self.inner.line),
             value: Some(value.into()),

@@ -134,6 +134,7 @@ pub async fn write(server: String, request: WriteRequest, output: Output) -> any
     let id = id.unwrap_or_else(|| format!("cli-{user}-{now}"));
     let result = client
         .write(v1::Command {
+            ttl_ns: 0,
             id: id.clone(),
             tag: tag.clone(),
             value: Some(value.clone().into()),

@@ -153,6 +153,7 @@ pub async fn run_effects(
                     let writes = writes.clone();
                     let now = fieldline_runtime::now_ns();
                     let command = v1::Command {
+                        ttl_ns: 0,
                         id: format!("{}-{}-{}-{now}", intent.rule, intent.device, intent.tag),
                         tag: format!("{}/{}/{}", handle.line, intent.device, intent.tag),
                         value: Some(intent.value.clone().into()),

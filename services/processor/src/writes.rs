@@ -85,6 +85,8 @@ impl WritePath {
     /// Writes one tag; `source` is the rule's name or "mes".
     pub async fn write(&self, command: v1::Command, source: &str) -> v1::CommandResult {
         let now = fieldline_runtime::now_ns();
+        // A time to live is measured from here, on this clock.
+        let command = command.anchored(now);
         if command.id.is_empty() {
             return rejected(
                 &command,
@@ -188,7 +190,8 @@ impl WritePath {
         } else {
             DEFAULT_TIMEOUT
         };
-        let mut forwarded = command.clone();
+        // The adapter judges what is left of the deadline on its own clock.
+        let mut forwarded = command.clone().with_ttl(now);
         if forwarded.requested_by.is_empty() {
             forwarded.requested_by = source.to_string();
         }

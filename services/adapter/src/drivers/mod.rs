@@ -50,7 +50,8 @@ impl DeviceHandle {
     ) -> crate::Result<v1::CommandResult> {
         let (reply, outcome) = oneshot::channel();
         let request = WriteRequest {
-            command,
+            // From here on its time to live is a deadline on this clock.
+            command: command.anchored(now_ns()),
             device: self.name.clone(),
             tag,
             reply,
