@@ -3,17 +3,18 @@
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use anyhow::{Context, bail};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 /// Starts the broker on `listen` and returns once it accepts connections.
-pub async fn start(listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn start(listen: SocketAddr) -> crate::Result<()> {
     // Fail early and clearly when the port is taken (rumqttd would only log it).
-    drop(std::net::TcpListener::bind(listen).with_context(|| {
-        format!(
-            "the embedded MQTT broker cannot listen on {listen}; choose another with --mqtt-listen"
-        )
-    })?);
+    drop(
+        std::net::TcpListener::bind(listen).map_err(|source| crate::Error::PortTaken {
+            addr: listen,
+            flag: "--mqtt-listen",
+            source,
+        })?,
+    );
     let server = ServerSettings {
         name: "fieldline-v4".into(),
         listen,
@@ -47,6 +48,10 @@ pub async fn start(listen: SocketAddr) -> anyhow::Result<()> {
             if let Err(error) = broker.start() {
                 tracing::error!(%error, "embedded MQTT broker stopped");
             }
+        })
+        .map_err(|source| crate::Error::Io {
+            what: "starting the embedded MQTT broker".into(),
+            source,
         })?;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(listen).await.is_ok() {
@@ -54,5 +59,5 @@ pub async fn start(listen: SocketAddr) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the embedded MQTT broker did not start listening on {listen}")
+    Err(crate::Error::BrokerNotListening(listen))
 }

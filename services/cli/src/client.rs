@@ -4,7 +4,14 @@ use fieldline_core::{Quality, Value};
 use fieldline_proto::v1::{self, plant_service_client::PlantServiceClient};
 use serde_json::json;
 
-use crate::output::Output;
+use crate::{Error, output::Output};
+
+/// A client of the MES API at `server`.
+async fn connect(server: String) -> crate::Result<PlantServiceClient<tonic::transport::Channel>> {
+    PlantServiceClient::connect(server.clone())
+        .await
+        .map_err(|source| Error::Connect { server, source })
+}
 
 fn value_of(v: &Option<v1::Value>) -> Option<Value> {
     v.clone().and_then(|v| Value::try_from(v).ok())
@@ -67,8 +74,8 @@ fn show(s: &v1::TagSample) -> String {
 }
 
 /// Prints the latest value of every matching tag.
-pub async fn read(server: String, filter: v1::TagFilter, output: Output) -> anyhow::Result<()> {
-    let mut client = PlantServiceClient::connect(server).await?;
+pub async fn read(server: String, filter: v1::TagFilter, output: Output) -> crate::Result<()> {
+    let mut client = connect(server).await?;
     let latest = client.read_latest(filter).await?.into_inner();
     for s in &latest.samples {
         output.emit(|| show(s), || sample_json(s))?;
@@ -80,8 +87,8 @@ pub async fn read(server: String, filter: v1::TagFilter, output: Output) -> anyh
 }
 
 /// Prints the latest values, then every change, until interrupted.
-pub async fn watch(server: String, filter: v1::TagFilter, output: Output) -> anyhow::Result<()> {
-    let mut client = PlantServiceClient::connect(server).await?;
+pub async fn watch(server: String, filter: v1::TagFilter, output: Output) -> crate::Result<()> {
+    let mut client = connect(server).await?;
     let mut stream = client.subscribe(filter).await?.into_inner();
     while let Some(s) = stream.message().await? {
         output.emit(|| show(&s), || sample_json(&s))?;
@@ -120,7 +127,7 @@ pub struct WriteRequest {
 }
 
 /// Writes one tag; true when written (and read back equal).
-pub async fn write(server: String, request: WriteRequest, output: Output) -> anyhow::Result<bool> {
+pub async fn write(server: String, request: WriteRequest, output: Output) -> crate::Result<bool> {
     let WriteRequest {
         tag,
         value,
@@ -129,7 +136,7 @@ pub async fn write(server: String, request: WriteRequest, output: Output) -> any
         deadline,
         id,
     } = request;
-    let mut client = PlantServiceClient::connect(server).await?;
+    let mut client = connect(server).await?;
     let now = fieldline_runtime::now_ns();
     let id = id.unwrap_or_else(|| format!("cli-{user}-{now}"));
     let result = client
@@ -225,8 +232,8 @@ pub async fn list_alarms(
     device: String,
     active: bool,
     output: Output,
-) -> anyhow::Result<()> {
-    let mut client = PlantServiceClient::connect(server).await?;
+) -> crate::Result<()> {
+    let mut client = connect(server).await?;
     let alarms = client
         .list_alarms(v1::AlarmFilter {
             line: String::new(),
@@ -267,8 +274,8 @@ pub async fn list_alarms(
     Ok(())
 }
 
-pub async fn watch_alarms(server: String, device: String, output: Output) -> anyhow::Result<()> {
-    let mut client = PlantServiceClient::connect(server).await?;
+pub async fn watch_alarms(server: String, device: String, output: Output) -> crate::Result<()> {
+    let mut client = connect(server).await?;
     let mut events = client
         .subscribe_alarms(v1::AlarmFilter {
             line: String::new(),
@@ -300,8 +307,8 @@ pub async fn alarm_action(
     args: AlarmArgs,
     shelve_for: Option<std::time::Duration>,
     output: Output,
-) -> anyhow::Result<()> {
-    let mut client = PlantServiceClient::connect(server).await?;
+) -> crate::Result<()> {
+    let mut client = connect(server).await?;
     let until_ns = shelve_for.map_or(0, |d| {
         fieldline_runtime::now_ns() + i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
     });

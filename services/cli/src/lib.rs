@@ -5,6 +5,9 @@
 
 pub mod broker;
 pub mod client;
+pub mod error;
 pub mod opcua;
 pub mod output;
 pub mod up;
+
+pub use error::{Error, Result};

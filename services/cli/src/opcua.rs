@@ -3,8 +3,9 @@
 
 use std::{collections::HashSet, path::PathBuf, time::Duration};
 
-use anyhow::{Context, bail};
 use fieldline_adapter::drivers::opcua::client::setup;
+
+use crate::Error;
 use fieldline_core::config::opcua::{OpcuaSettings, SecurityMode, SecurityPolicy};
 use opcua::{
     client::Session,
@@ -160,9 +161,9 @@ pub fn render(variables: &[Variable]) -> String {
 }
 
 /// Connects, browses and prints.
-pub async fn browse(args: BrowseArgs) -> anyhow::Result<()> {
+pub async fn browse(args: BrowseArgs) -> crate::Result<()> {
     if !args.endpoint.starts_with("opc.tcp://") {
-        bail!("{:?} is not an opc.tcp:// endpoint URL", args.endpoint);
+        return Err(Error::NotOpcua(args.endpoint));
     }
     let settings = OpcuaSettings {
         security_policy: args.security_policy,
@@ -177,18 +178,27 @@ pub async fn browse(args: BrowseArgs) -> anyhow::Result<()> {
         .client
         .connect_to_matching_endpoint(setup.endpoint.clone(), setup.identity.clone())
         .await
-        .with_context(|| format!("cannot reach {}", args.endpoint))?;
+        .map_err(|status| Error::OpcuaConnect {
+            endpoint: args.endpoint.clone(),
+            status: status.to_string(),
+        })?;
     session.disable_reconnects();
     let mut events = event_loop.spawn();
     tokio::select! {
         connected = tokio::time::timeout(args.timeout, session.wait_for_connection()) => {
             if !connected.unwrap_or(false) {
-                bail!("no session with {} within {:?}", args.endpoint, args.timeout);
+                return Err(Error::OpcuaNoSession {
+                    endpoint: args.endpoint,
+                    after: args.timeout,
+                });
             }
         }
         ended = &mut events => {
             let status = ended.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            bail!("the session with {} could not be established: {status}", args.endpoint);
+            return Err(Error::OpcuaSession {
+                endpoint: args.endpoint,
+                status,
+            });
         }
     }
     let variables = walk(&session, args.depth, args.all_namespaces).await;
@@ -199,7 +209,7 @@ pub async fn browse(args: BrowseArgs) -> anyhow::Result<()> {
 }
 
 /// Every variable below Objects, depth first, down to `depth` levels.
-async fn walk(session: &Session, depth: usize, all: bool) -> anyhow::Result<Vec<Variable>> {
+async fn walk(session: &Session, depth: usize, all: bool) -> crate::Result<Vec<Variable>> {
     let mut found = Vec::new();
     let mut seen = HashSet::new();
     let mut stack = vec![(NodeId::from(ObjectId::ObjectsFolder), 0usize)];
@@ -218,7 +228,10 @@ async fn walk(session: &Session, depth: usize, all: bool) -> anyhow::Result<Vec<
         let results = session
             .browse(&[description], 1000, None)
             .await
-            .with_context(|| format!("browsing {node}"))?;
+            .map_err(|status| Error::OpcuaCall {
+                what: format!("browsing {node}"),
+                status: status.to_string(),
+            })?;
         let mut children = Vec::new();
         for r in results
             .into_iter()
@@ -249,7 +262,10 @@ async fn walk(session: &Session, depth: usize, all: bool) -> anyhow::Result<Vec<
             let values = session
                 .read(&reads, TimestampsToReturn::Neither, 0.0)
                 .await
-                .with_context(|| format!("reading the variables of {node}"))?;
+                .map_err(|status| Error::OpcuaCall {
+                    what: format!("reading the variables of {node}"),
+                    status: status.to_string(),
+                })?;
             for (k, (id, name, _)) in variables.iter().enumerate() {
                 let (data_type, tag_type) = match values.get(2 * k).and_then(|v| v.value.as_ref()) {
                     Some(Variant::NodeId(t)) => data_type(t),

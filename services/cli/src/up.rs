@@ -6,8 +6,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use fieldline_core::config::LineConfig;
+
+use crate::Error;
 use fieldline_runtime::{CancellationToken, Health, http};
 use prometheus_client::registry::Registry;
 
@@ -46,7 +47,7 @@ pub fn demo_config(
     sim: SocketAddr,
     mqtt: SocketAddr,
     data_dir: &std::path::Path,
-) -> anyhow::Result<LineConfig> {
+) -> crate::Result<LineConfig> {
     let yaml = format!(
         r#"
 line: demo
@@ -87,14 +88,18 @@ device_types:
         state = data_dir.join("state").display(),
         db = data_dir.join("fieldline.db").display(),
     );
-    LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))
+    LineConfig::from_yaml(&yaml).map_err(Error::DemoConfig)
 }
 
 /// A free address on 127.0.0.1 for the demo's adapter, so the processor knows where to send
 /// its writes before the adapter starts.
-fn free_port_addr() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+fn free_port_addr() -> crate::Result<SocketAddr> {
+    let io = |source| Error::Io {
+        what: "finding a free port on 127.0.0.1".into(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    listener.local_addr().map_err(io)
 }
 
 /// A running `up`.
@@ -119,17 +124,14 @@ impl Up {
 }
 
 /// Fails with the flag to change when `addr` is taken, before anything has started.
-fn require_free(addr: SocketAddr, flag: &str) -> anyhow::Result<()> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(_) => Ok(()),
-        Err(e) => anyhow::bail!(
-            "{addr} is not free ({e}); is another `fieldline up` running? Stop it, or choose another address with {flag}"
-        ),
-    }
+fn require_free(addr: SocketAddr, flag: &'static str) -> crate::Result<()> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| Error::PortTaken { addr, flag, source })
 }
 
 /// Starts everything; returns once all of it is listening.
-pub async fn start(options: &UpOptions, stop: CancellationToken) -> anyhow::Result<Up> {
+pub async fn start(options: &UpOptions, stop: CancellationToken) -> crate::Result<Up> {
     let mut needed = vec![
         (options.plant_listen, "--plant-listen"),
         (options.http_listen, "--http-listen"),
@@ -144,16 +146,15 @@ pub async fn start(options: &UpOptions, stop: CancellationToken) -> anyhow::Resu
     let (mut config, sim, sqlite) = match &options.config {
         Some(path) => (fieldline_runtime::config::load(path)?, None, None),
         None => {
-            std::fs::create_dir_all(&options.data_dir)
-                .with_context(|| format!("creating {}", options.data_dir.display()))?;
+            std::fs::create_dir_all(&options.data_dir).map_err(|source| Error::Io {
+                what: format!("creating {}", options.data_dir.display()),
+                source,
+            })?;
             let state = fieldline_sim::SimState::new();
             fieldline_sim::tank::init(&state);
             let (sim_addr, server) =
                 fieldline_sim::serve_modbus_tcp(options.sim_listen, state.clone(), stop.clone())
-                    .await
-                    .with_context(|| {
-                        format!("the simulator cannot listen on {}", options.sim_listen)
-                    })?;
+                    .await?;
             let model = tokio::spawn(fieldline_sim::tank::run(
                 state,
                 Duration::from_millis(100),
