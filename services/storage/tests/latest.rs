@@ -53,39 +53,51 @@ async fn sqlite() -> anyhow::Result<()> {
     check(&sink).await
 }
 
+/// A sink on a scratch MariaDB database, dropped again when the database is done.
+struct ScratchDb {
+    admin: sqlx::MySqlConnection,
+    db: String,
+    sink: SqlSink,
+}
+
+impl ScratchDb {
+    async fn create(prefix: &str) -> anyhow::Result<Self> {
+        kit::require_mysql()?;
+        let db = kit::unique(prefix).replace('-', "_");
+        let mut admin =
+            <sqlx::MySqlConnection as sqlx::Connection>::connect(kit::MYSQL_URL).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{db}`")))
+            .await?;
+        let sink = SqlSink::connect(&SqlConfig {
+            url: format!("mysql://root@127.0.0.1:3306/{db}"),
+            password: None,
+        })
+        .await?;
+        Ok(Self { admin, db, sink })
+    }
+
+    async fn drop_db(mut self) -> anyhow::Result<()> {
+        let db = &self.db;
+        self.admin
+            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`")))
+            .await?;
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn mariadb() -> anyhow::Result<()> {
-    kit::require_mysql()?;
-    let db = kit::unique("latest").replace('-', "_");
-    let mut admin = <sqlx::MySqlConnection as sqlx::Connection>::connect(kit::MYSQL_URL).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{db}`")))
-        .await?;
-    let sink = SqlSink::connect(&SqlConfig {
-        url: format!("mysql://root@127.0.0.1:3306/{db}"),
-        password: None,
-    })
-    .await?;
-    let outcome = check(&sink).await;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`")))
-        .await?;
+    let scratch = ScratchDb::create("latest").await?;
+    let outcome = check(&scratch.sink).await;
+    scratch.drop_db().await?;
     outcome
 }
 
 #[tokio::test]
 async fn mariadb_refusing_one_row_stores_the_others() -> anyhow::Result<()> {
-    kit::require_mysql()?;
-    let db = kit::unique("isolate").replace('-', "_");
-    let mut admin = <sqlx::MySqlConnection as sqlx::Connection>::connect(kit::MYSQL_URL).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{db}`")))
-        .await?;
-    let sink = SqlSink::connect(&SqlConfig {
-        url: format!("mysql://root@127.0.0.1:3306/{db}"),
-        password: None,
-    })
-    .await?;
+    let scratch = ScratchDb::create("isolate").await?;
+    let sink = &scratch.sink;
     let now = fieldline_runtime::now_ns();
     // More than a TEXT column holds: MariaDB refuses that row.
     let huge = Value::String("x".repeat(70_000));
@@ -109,9 +121,7 @@ async fn mariadb_refusing_one_row_stores_the_others() -> anyhow::Result<()> {
         anyhow::Ok((report, stored))
     }
     .await;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`")))
-        .await?;
+    scratch.drop_db().await?;
     let (report, stored) = outcome?;
     let stored: Vec<&str> = stored.iter().map(|(t,)| t.as_str()).collect();
     assert_eq!(stored, ["ok", "ok2"]);
