@@ -13,15 +13,11 @@ use fieldline_core::{
 };
 use fieldline_proto::v1;
 use fieldline_runtime::CancellationToken;
+use fieldline_wal::{Fsync, Wal, WalError};
 use prost::Message;
 use tokio::sync::Notify;
 
-use crate::{
-    Backends,
-    metrics::StorageMetrics,
-    service::write_with_retry,
-    wal::{Fsync, Wal, WalError},
-};
+use crate::{Backends, metrics::StorageMetrics, service::write_with_retry};
 
 pub struct Buffer {
     wal: Arc<Mutex<Wal>>,
@@ -51,8 +47,8 @@ impl Buffer {
             FsyncPolicy::Os => Fsync::Os,
         };
         let when_full = match config.when_full {
-            WhenFull::Backpressure => crate::wal::WhenFull::Backpressure,
-            WhenFull::DropOldest => crate::wal::WhenFull::DropOldest,
+            WhenFull::Backpressure => fieldline_wal::WhenFull::Backpressure,
+            WhenFull::DropOldest => fieldline_wal::WhenFull::DropOldest,
         };
         let (wal, report) = Wal::open(&config.dir, config.max_size.0, fsync, when_full)?;
         if report.pending > 0 || report.cut_bytes > 0 {
@@ -114,7 +110,7 @@ impl Buffer {
         let mut parts: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
         let mut part_bytes = 0u64;
         for payload in payloads {
-            let size = payload.len() as u64 + crate::wal::HEADER;
+            let size = payload.len() as u64 + fieldline_wal::HEADER;
             if part_bytes + size > max_bytes / 4 && parts.last().is_some_and(|p| !p.is_empty()) {
                 parts.push(Vec::new());
                 part_bytes = 0;
@@ -147,7 +143,7 @@ impl Buffer {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let before = wal.dropped;
                 let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-                wal.append_many(&slices).map(|()| wal.dropped - before)
+                wal.append_many(&slices).map(|_| wal.dropped - before)
             })
             .await;
             match appended {

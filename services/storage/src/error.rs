@@ -2,7 +2,9 @@
 //! it wraps) is the `kind` label of `fieldline_storage_errors_total`, so a dashboard tells a
 //! refused credential from a database that is merely busy.
 
-use crate::{sinks::SinkError, wal::WalError};
+use fieldline_wal::WalError;
+
+use crate::sinks::SinkError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

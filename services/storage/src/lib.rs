@@ -10,7 +10,6 @@ pub mod history;
 pub mod metrics;
 pub mod service;
 pub mod sinks;
-pub mod wal;
 
 use std::{
     net::SocketAddr,

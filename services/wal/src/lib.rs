@@ -1,13 +1,16 @@
-//! The write-ahead buffer: where storage keeps batches, durably, while a backend is down.
+//! Fieldline's write-ahead log: where a stage keeps records, durably, until the next stage
+//! has them. The storage service buffers batches in it while a backend is down; the adapter
+//! keeps every batch in it (its outbox) until storage has acknowledged it.
 //!
 //! Records are appended to segment files as `[length u32 LE][crc32 u32 LE][payload]`. A
-//! checkpoint file names the first record not yet replayed; replay reads from there in order
-//! and moves the checkpoint only after the backends took a record, so a crash during replay
-//! sends some records again (into idempotent sinks) and never skips one. At open, each
-//! segment is scanned: a torn or corrupt tail (a crash mid-write, a damaged disk) is cut
-//! with a log line saying how much was lost. The buffer is bounded in bytes; when full it
-//! either refuses the append (the caller applies backpressure) or drops its oldest segment
-//! and counts the records dropped.
+//! checkpoint file names the first record not yet consumed; reading starts there, in order,
+//! and the checkpoint moves only when the caller commits, so a crash re-reads some records
+//! and never skips one. At open, each segment is scanned: a torn or corrupt tail (a crash
+//! mid-write, a damaged disk) is cut with a log line saying how much was lost. An append that
+//! fails part-way (a full disk) is cut back at once, so what is appended after it stays
+//! readable. A length read from a file is checked against the segment before anything is
+//! allocated for it. The log is bounded in bytes; when full it either refuses the append (the
+//! caller applies backpressure) or drops its oldest segment and counts the records dropped.
 
 use std::{
     collections::VecDeque,
@@ -51,6 +54,8 @@ pub enum WalError {
     Full { used: u64, max: u64 },
     #[error("a record of {0} bytes is larger than the buffer allows")]
     TooLarge(usize),
+    #[error("write-ahead buffer {path}: corrupt record at byte {offset}")]
+    Corrupt { path: PathBuf, offset: u64 },
 }
 
 impl WalError {
@@ -60,6 +65,7 @@ impl WalError {
             WalError::Io { .. } => "buffer_io",
             WalError::Full { .. } => "buffer_full",
             WalError::TooLarge(_) => "buffer_too_large",
+            WalError::Corrupt { .. } => "buffer_corrupt",
         }
     }
 }
@@ -221,14 +227,17 @@ impl Wal {
         self.segments.iter().map(|s| s.len).sum()
     }
 
-    /// Appends one record; it is durable (per the fsync policy) when this returns.
-    pub fn append(&mut self, payload: &[u8]) -> Result<(), WalError> {
-        self.append_many(&[payload])
+    /// Appends one record; it is durable (per the fsync policy) when this returns. Returns
+    /// where it starts.
+    pub fn append(&mut self, payload: &[u8]) -> Result<Position, WalError> {
+        let starts = self.append_many(&[payload])?;
+        Ok(starts[0])
     }
 
     /// Appends records with one fsync; they are durable (per the fsync policy) when this
-    /// returns. Room is made (or refused) for all of them before any is written.
-    pub fn append_many(&mut self, payloads: &[&[u8]]) -> Result<(), WalError> {
+    /// returns. Room is made (or refused) for all of them before any is written. Returns
+    /// where each starts.
+    pub fn append_many(&mut self, payloads: &[&[u8]]) -> Result<Vec<Position>, WalError> {
         let mut size = 0u64;
         for payload in payloads {
             if payload.len() > MAX_RECORD as usize {
@@ -257,6 +266,7 @@ impl Wal {
                 }
             }
         }
+        let mut starts = Vec::with_capacity(payloads.len());
         for payload in payloads {
             let size = HEADER + payload.len() as u64;
             if self
@@ -271,15 +281,44 @@ impl Wal {
             record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
             record.extend_from_slice(payload);
+            let start = self.end();
             let path = self.current_path();
-            self.writer.write_all(&record).map_err(io(&path))?;
+            if let Err(error) = self.writer.write_all(&record) {
+                // Part of the record may be on disk (ENOSPC): cut it, so that the next
+                // append does not follow garbage and hide itself from every later reader.
+                let _ = self.writer.set_len(start.offset);
+                let _ = self.writer.seek(SeekFrom::End(0));
+                return Err(io(&path)(error));
+            }
             if let Some(s) = self.segments.back_mut() {
                 s.len += size;
                 s.records += 1;
             }
             self.pending += 1;
+            starts.push(start);
         }
-        self.sync()
+        self.sync()?;
+        Ok(starts)
+    }
+
+    /// Where the next record will be appended.
+    pub fn end(&self) -> Position {
+        self.segments.back().map_or(
+            Position {
+                segment: 1,
+                offset: 0,
+            },
+            |s| Position {
+                segment: s.id,
+                offset: s.len,
+            },
+        )
+    }
+
+    /// Where the oldest record still held starts (records before it were consumed or
+    /// dropped).
+    pub fn oldest(&self) -> Position {
+        self.read
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
@@ -328,20 +367,7 @@ impl Wal {
                 return Ok(None);
             };
             if self.read.offset < segment.len {
-                let path = segment_path(&self.dir, segment.id);
-                let mut file = File::open(&path).map_err(io(&path))?;
-                file.seek(SeekFrom::Start(self.read.offset))
-                    .map_err(io(&path))?;
-                let mut header = [0u8; HEADER as usize];
-                file.read_exact(&mut header).map_err(io(&path))?;
-                let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-                let mut payload = vec![0u8; len as usize];
-                file.read_exact(&mut payload).map_err(io(&path))?;
-                let next = Position {
-                    segment: segment.id,
-                    offset: self.read.offset + HEADER + u64::from(len),
-                };
-                return Ok(Some((payload, next)));
+                return self.read_at(self.read);
             }
             // End of this segment: move to the next one, if there is one.
             match self.segments.iter().find(|s| s.id > self.read.segment) {
@@ -356,6 +382,45 @@ impl Wal {
         }
     }
 
+    /// The record that starts at `at` and the position after it; `None` when `at` is at the
+    /// end of its segment or in a segment that is gone (consumed or dropped).
+    pub fn read_at(&self, at: Position) -> Result<Option<(Vec<u8>, Position)>, WalError> {
+        let Some(segment) = self.segments.iter().find(|s| s.id == at.segment) else {
+            return Ok(None);
+        };
+        if at.offset >= segment.len {
+            return Ok(None);
+        }
+        let path = segment_path(&self.dir, segment.id);
+        let corrupt = || WalError::Corrupt {
+            path: path.clone(),
+            offset: at.offset,
+        };
+        let mut file = File::open(&path).map_err(io(&path))?;
+        file.seek(SeekFrom::Start(at.offset)).map_err(io(&path))?;
+        let mut header = [0u8; HEADER as usize];
+        file.read_exact(&mut header).map_err(io(&path))?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        // The length comes from disk: it must fit the segment before it sizes an allocation.
+        let next = at.offset + HEADER + u64::from(len);
+        if len > MAX_RECORD || next > segment.len {
+            return Err(corrupt());
+        }
+        let mut payload = vec![0u8; len as usize];
+        file.read_exact(&mut payload).map_err(io(&path))?;
+        if crc32fast::hash(&payload) != crc {
+            return Err(corrupt());
+        }
+        Ok(Some((
+            payload,
+            Position {
+                segment: segment.id,
+                offset: next,
+            },
+        )))
+    }
+
     /// Marks everything before `next` as replayed, persists the checkpoint and deletes
     /// segments that are done.
     pub fn commit(&mut self, next: Position) -> Result<(), WalError> {
@@ -363,7 +428,14 @@ impl Wal {
     }
 
     /// Marks `records` records, ending before `next`, as replayed.
+    ///
+    /// A commit that arrives after drop-oldest moved past `next` (the records were read,
+    /// then dropped to make room, then reported done) changes nothing: they are already
+    /// gone, and counted.
     pub fn commit_many(&mut self, next: Position, records: u64) -> Result<(), WalError> {
+        if next < self.read {
+            return Ok(());
+        }
         self.read = next;
         self.pending = self.pending.saturating_sub(records);
         write_checkpoint(&self.dir, next, self.fsync)?;
@@ -641,6 +713,55 @@ mod tests {
             "the oldest were dropped, the rest kept in order"
         );
         assert!(wal.used_bytes() <= max);
+    }
+
+    #[test]
+    fn records_are_read_again_where_they_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), 1 << 20, WhenFull::Backpressure);
+        let starts = wal
+            .append_many(&[b"one".as_slice(), b"two", b"three"])
+            .unwrap();
+        let (two, after) = wal.read_at(starts[1]).unwrap().unwrap();
+        assert_eq!(two, b"two");
+        assert_eq!(after, starts[2]);
+        assert_eq!(wal.read_at(wal.end()).unwrap(), None);
+        // Reading out of order consumes nothing.
+        assert_eq!(wal.pending(), 3);
+    }
+
+    #[test]
+    fn a_corrupt_length_is_refused_before_it_sizes_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), 1 << 20, WhenFull::Backpressure);
+        let at = wal.append(b"record").unwrap();
+        // The length on disk turns huge after open (a disk that rots under a running log).
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(wal.read_at(at), Err(WalError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_commit_after_drop_oldest_moved_past_it_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 3 * 64 * 1024;
+        let (mut wal, _) = open(dir.path(), max, WhenFull::DropOldest);
+        let record = vec![1u8; 10 * 1024];
+        wal.append(&record).unwrap();
+        // A replayer reads the first record...
+        let (_, next) = wal.peek().unwrap().unwrap();
+        // ...appends then drop its segment to make room...
+        while wal.dropped == 0 {
+            wal.append(&record).unwrap();
+        }
+        let (pending, dropped) = (wal.pending(), wal.dropped);
+        // ...and the replayer's late commit neither moves reading back nor counts twice.
+        wal.commit(next).unwrap();
+        assert_eq!((wal.pending(), wal.dropped), (pending, dropped));
+        assert!(wal.oldest() > next);
+        assert_eq!(drain(&mut wal).len() as u64, pending);
     }
 
     #[test]
