@@ -659,6 +659,7 @@ async fn drive(
                     adapter_id: "bench".into(),
                     sequence: n,
                     samples,
+                    previous_sequence: 0,
                 }),
             };
             if requests.send(request).await.is_err() {

@@ -386,6 +386,7 @@ async fn modbus_values_arrive_exactly_in_influxdb_and_mariadb() -> anyhow::Resul
         device: "press".into(),
         adapter_id: "e2e".into(),
         sequence: 1,
+        previous_sequence: 0,
         samples: vec![
             fieldline_core::Sample::good(
                 "offset",

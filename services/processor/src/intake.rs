@@ -205,6 +205,7 @@ mod tests {
             adapter_id: "a".into(),
             sequence: 7,
             samples,
+            previous_sequence: 0,
         }
     }
 

@@ -20,6 +20,7 @@ fn batch(line: &str, sequence: u64, samples: Vec<v1::Sample>) -> v1::SampleBatch
         adapter_id: "poison-test".into(),
         sequence,
         samples,
+        previous_sequence: 0,
     }
 }
 

@@ -164,6 +164,7 @@ impl From<SampleBatch> for v1::SampleBatch {
             adapter_id: b.adapter_id,
             sequence: b.sequence,
             samples: b.samples.into_iter().map(Into::into).collect(),
+            previous_sequence: 0,
         }
     }
 }

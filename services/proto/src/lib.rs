@@ -61,6 +61,16 @@ pub fn line_samples_filter(line: &str) -> String {
     format!("fieldline/v1/{line}/+/samples")
 }
 
+/// MQTT topic of the processor's [`v1::StoredUpTo`] watermark for a device (retained, QoS 1).
+pub fn stored_topic(line: &str, device: &str) -> String {
+    format!("fieldline/v1/{line}/{device}/stored")
+}
+
+/// MQTT filter matching every device's stored watermark of a line.
+pub fn line_stored_filter(line: &str) -> String {
+    format!("fieldline/v1/{line}/+/stored")
+}
+
 /// MQTT topic where the processor copies what it refused from a line's samples topic
 /// (protobuf `DeadLetter`, QoS 1).
 pub fn dead_letter_topic(line: &str) -> String {
