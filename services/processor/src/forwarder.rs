@@ -2,19 +2,24 @@
 //!
 //! The MQTT session is persistent and acks are manual: a batch is acknowledged to the broker
 //! only after storage acknowledged it, so a crash anywhere in between makes the broker deliver
-//! it again. Redeliveries of batches already stored are recognised by their per-device
-//! sequence number and dropped; a redelivery of a batch still in flight is simply stored again
-//! (storage writes are idempotent). When the storage link breaks, every unacknowledged batch
-//! is sent again, in order, on the new link.
+//! it again. Batches are taken per device in order ([`Progress`]): a redelivery is dropped, and
+//! a batch that overtook a lost one is dropped too while the adapter is told to send again.
+//! When the storage link breaks, every unacknowledged batch is sent again, in order, on the
+//! new link. Whenever a device's stored mark moves, it is saved (SQL, so a restart does not
+//! process a batch twice) and then announced retained on the device's `stored` topic, where
+//! the adapter releases what it covers from its outbox.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use fieldline_proto::{line_samples_filter, v1, v1::storage_service_client::StorageServiceClient};
+use fieldline_proto::{
+    line_samples_filter, stored_topic, v1, v1::storage_service_client::StorageServiceClient,
+};
 use fieldline_runtime::{CancellationToken, backoff::Backoff, health::Readiness};
+use fieldline_storage::events::{DeviceProgress, EventStore};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
@@ -25,10 +30,21 @@ use crate::{
     latest::Latest,
     line::LineHandle,
     metrics::ProcessorMetrics,
+    progress::{Admission, Progress},
 };
 
-/// Highest stored sequence number per (line, device).
-type Progress = Arc<Mutex<HashMap<(String, String), u64>>>;
+/// How often moved stored marks are saved and announced.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+
+type Shared = Arc<Mutex<Progress>>;
+
+fn lock(progress: &Shared) -> std::sync::MutexGuard<'_, Progress> {
+    // The marks stay consistent whatever panicked while holding them: each update is one
+    // assignment or queue operation.
+    progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 struct InFlight {
     id: u64,
@@ -49,14 +65,27 @@ pub struct Forwarder {
     pub storage_ready: Readiness,
     /// What one message from the bus may be.
     pub limits: Limits,
+    /// Each device's watermarks, resumed from `progress_store`.
+    pub progress: Progress,
+    /// Where stored marks are saved (the line's SQL database), if anywhere.
+    pub progress_store: Option<EventStore>,
 }
 
 impl Forwarder {
     /// Runs until `stop`; then waits (up to `drain`) for storage to ack what is in flight,
     /// acks those messages to the broker and disconnects.
     pub async fn run(self, eventloop: EventLoop, stop: CancellationToken, drain: Duration) {
-        let progress: Progress = Arc::default();
+        let progress: Shared = Arc::new(Mutex::new(self.progress));
         let (to_storage, from_mqtt) = mpsc::unbounded_channel();
+        let announcing = CancellationToken::new();
+        let announce = tokio::spawn(announce(
+            self.client.clone(),
+            self.line.clone(),
+            progress.clone(),
+            self.progress_store,
+            self.metrics.clone(),
+            announcing.clone(),
+        ));
         let mqtt_done = CancellationToken::new();
         let consume = tokio::spawn(consume(
             eventloop,
@@ -83,6 +112,9 @@ impl Forwarder {
             drain,
         )
         .await;
+        // The last marks go out before the connection closes.
+        announcing.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), announce).await;
         let _ = self.client.disconnect().await;
         // Let the event loop send the last acks and the DISCONNECT.
         let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_done.cancelled()).await;
@@ -97,7 +129,7 @@ async fn consume(
     line: String,
     limits: Limits,
     to_storage: mpsc::UnboundedSender<(Publish, v1::SampleBatch)>,
-    progress: Progress,
+    progress: Shared,
     metrics: ProcessorMetrics,
     latest: Latest,
     engine: Option<LineHandle>,
@@ -178,7 +210,7 @@ async fn handle(
     line: &str,
     limits: Limits,
     to_storage: &mpsc::UnboundedSender<(Publish, v1::SampleBatch)>,
-    progress: &Progress,
+    progress: &Shared,
     metrics: &ProcessorMetrics,
     latest: &Latest,
     engine: Option<&LineHandle>,
@@ -226,19 +258,53 @@ async fn handle(
         );
         send_dead_letter(client, line, letter).await;
     }
-    let key = (batch.line.clone(), batch.device.clone());
-    let stored_up_to = progress.lock().ok().and_then(|p| p.get(&key).copied());
-    if stored_up_to.is_some_and(|last| batch.sequence <= last) {
-        metrics.duplicates.inc();
-        tracing::debug!(device = %batch.device, sequence = batch.sequence, "redelivery of a stored batch dropped");
-        let _ = client.ack(&publish).await;
-        return;
+    let admission = lock(progress).admit(
+        &batch.device,
+        batch.sequence,
+        batch.previous_sequence,
+        std::time::Instant::now(),
+    );
+    match admission {
+        Admission::Take => {}
+        Admission::Duplicate => {
+            metrics.duplicates.inc();
+            tracing::debug!(device = %batch.device, sequence = batch.sequence, "redelivery of a batch already taken dropped");
+            let _ = client.ack(&publish).await;
+            return;
+        }
+        Admission::Gap { stored, notify } => {
+            // Taking it now would store it before the batch it follows, which could then never
+            // be taken: drop it, and ask the adapter (which still holds both) to send again.
+            metrics.gaps.inc();
+            tracing::debug!(device = %batch.device, sequence = batch.sequence, previous = batch.previous_sequence, "batch overtook one not yet received; dropped until it is sent again");
+            if notify {
+                tracing::info!(device = %batch.device, stored, "a batch is missing; asking the adapter to send again");
+                let notice = v1::StoredUpTo {
+                    line: line.to_string(),
+                    device: batch.device.clone(),
+                    sequence: stored,
+                    gap: true,
+                    published_ns: fieldline_runtime::now_ns(),
+                };
+                let topic = stored_topic(line, &batch.device);
+                if let Err(error) = client
+                    .publish(topic, QoS::AtLeastOnce, false, notice.encode_to_vec())
+                    .await
+                {
+                    tracing::warn!(%error, "cannot ask the adapter to send again");
+                }
+            }
+            let _ = client.ack(&publish).await;
+            return;
+        }
     }
     if let Some(engine) = engine {
         engine.process(&mut batch, checked, metrics);
     }
     latest.apply(&batch);
+    let (device, sequence) = (batch.device.clone(), batch.sequence);
     if to_storage.send((publish, batch)).is_err() {
+        lock(progress).abandon(&device, sequence);
         tracing::debug!("forwarder stopped; batch left for redelivery");
     }
 }
@@ -260,7 +326,7 @@ async fn forward(
     mut from_mqtt: mpsc::UnboundedReceiver<(Publish, v1::SampleBatch)>,
     client: AsyncClient,
     storage_url: String,
-    progress: Progress,
+    progress: Shared,
     metrics: ProcessorMetrics,
     ready: Readiness,
     stop: CancellationToken,
@@ -361,10 +427,7 @@ async fn forward(
                         if ack.rejected_samples > 0 {
                             metrics.rejected_samples.inc_by(u64::from(ack.rejected_samples));
                         }
-                        if let Ok(mut p) = progress.lock() {
-                            let last = p.entry((done.batch.line.clone(), done.batch.device.clone())).or_insert(0);
-                            *last = (*last).max(done.batch.sequence);
-                        }
+                        lock(&progress).done(&done.batch.device, done.batch.sequence);
                         if let Err(error) = client.ack(&done.publish).await {
                             tracing::warn!(%error, "cannot ack to the broker; it will redeliver");
                         }
@@ -382,6 +445,72 @@ async fn forward(
                     break 'connect;
                 }
             }
+        }
+    }
+}
+
+/// Saves and announces moved stored marks every [`ANNOUNCE_EVERY`], until `stop` (then once
+/// more). A mark is saved before it is announced: once the adapter releases a batch, a restart
+/// of this processor must still know it was taken.
+async fn announce(
+    client: AsyncClient,
+    line: String,
+    progress: Shared,
+    store: Option<EventStore>,
+    metrics: ProcessorMetrics,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        let changes = lock(&progress).take_changes();
+        if !changes.is_empty() {
+            let now = fieldline_runtime::now_ns();
+            if let Some(store) = &store {
+                let rows: Vec<DeviceProgress> = changes
+                    .iter()
+                    .map(|(device, stored)| DeviceProgress {
+                        line: line.clone(),
+                        device: device.clone(),
+                        stored_seq: *stored,
+                        updated_ns: now,
+                    })
+                    .collect();
+                if let Err(error) = store.save_progress(&rows).await {
+                    // Announcing anyway is safe (storage has the batches); a restart would
+                    // then take a few redelivered ones again, which storage stores idempotently.
+                    metrics.error("progress_save");
+                    tracing::warn!(%error, "cannot save stored marks");
+                }
+            }
+            for (device, stored) in &changes {
+                let mark = v1::StoredUpTo {
+                    line: line.clone(),
+                    device: device.clone(),
+                    sequence: *stored,
+                    gap: false,
+                    published_ns: now,
+                };
+                if client
+                    .try_publish(
+                        stored_topic(&line, device),
+                        QoS::AtLeastOnce,
+                        true,
+                        mark.encode_to_vec(),
+                    )
+                    .is_err()
+                {
+                    // The client's queue is full (the broker is away): next round.
+                    lock(&progress).unannounced(std::slice::from_ref(&(device.clone(), *stored)));
+                }
+            }
+        }
+        if last {
+            return;
         }
     }
 }

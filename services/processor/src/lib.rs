@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod persist;
 pub mod plant;
 pub mod plugin_host;
+pub mod progress;
 pub mod writes;
 
 pub use error::{Error, Result};
@@ -89,12 +90,19 @@ pub async fn start(
 
     // Alarms and rules, resumed from the persisted alarm state.
     let mut engine = engine::Engine::new(config)?;
+    let mut progress_store = None;
+    let mut progress = progress::Progress::default();
     let persist_tx = match &config.storage.sql {
         Some(sql) => {
             let store = retry("alarm state", &stop, || {
                 fieldline_storage::events::EventStore::connect(sql)
             })
             .await?;
+            let saved = retry("progress", &stop, || store.load_progress(&config.line)).await?;
+            tracing::info!(devices = saved.len(), "progress loaded");
+            progress =
+                progress::Progress::restore(saved.into_iter().map(|p| (p.device, p.stored_seq)));
+            progress_store = Some(store.clone());
             let saved = retry("alarm state", &stop, || {
                 store.load_alarm_states(&config.line)
             })
@@ -114,7 +122,9 @@ pub async fn start(
             Some(tx)
         }
         None => {
-            tracing::warn!("no storage.sql: alarm state and the write audit are not persisted");
+            tracing::warn!(
+                "no storage.sql: alarm state, the write audit and progress are not persisted"
+            );
             None
         }
     };
@@ -157,6 +167,8 @@ pub async fn start(
         mqtt_ready: health.component("mqtt"),
         storage_ready: health.component("storage"),
         limits,
+        progress,
+        progress_store,
     };
     tasks.spawn(forwarder.run(eventloop, stop.clone(), Duration::from_secs(10)));
     let storage = endpoint("storage_url", &settings.storage_url)?;

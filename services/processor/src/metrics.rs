@@ -11,6 +11,7 @@ pub type Labels = Vec<(&'static str, String)>;
 pub struct ProcessorMetrics {
     pub received: Counter,
     pub duplicates: Counter,
+    pub gaps: Counter,
     pub invalid: Counter,
     pub dead_letters: Family<Labels, Counter>,
     pub dropped_samples: Counter,
@@ -27,6 +28,7 @@ impl ProcessorMetrics {
         let m = Self {
             received: Counter::default(),
             duplicates: Counter::default(),
+            gaps: Counter::default(),
             invalid: Counter::default(),
             dead_letters: Family::default(),
             dropped_samples: Counter::default(),
@@ -47,6 +49,11 @@ impl ProcessorMetrics {
             "batches_duplicate",
             "Redelivered batches dropped by sequence number",
             m.duplicates.clone(),
+        );
+        r.register(
+            "batches_out_of_order",
+            "Batches dropped because one before them had not arrived (the adapter sends both again)",
+            m.gaps.clone(),
         );
         r.register(
             "batches_invalid",

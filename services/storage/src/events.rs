@@ -402,6 +402,16 @@ impl ProductionEventQuery {
     }
 }
 
+/// How far the processor has taken a device's batches: every batch up to `stored_seq` is
+/// stored. Keyed by line and device; a lower `stored_seq` never replaces a higher one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceProgress {
+    pub line: String,
+    pub device: String,
+    pub stored_seq: u64,
+    pub updated_ns: i64,
+}
+
 /// The plant-data tables of a MySQL/MariaDB or SQLite database.
 #[derive(Clone)]
 pub struct EventStore {
@@ -480,6 +490,26 @@ impl EventStore {
         events: &[ProductionEvent],
     ) -> Result<(), SinkError> {
         self.write(events).await
+    }
+
+    /// Saves how far the processor has taken each device's batches.
+    pub async fn save_progress(&self, progress: &[DeviceProgress]) -> Result<(), SinkError> {
+        self.write(progress).await
+    }
+
+    /// How far the processor has taken each device's batches of a line.
+    pub async fn load_progress(&self, line: &str) -> Result<Vec<DeviceProgress>, SinkError> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE line = ? ORDER BY device",
+            DeviceProgress::COLUMNS.join(", "),
+            DeviceProgress::TABLE
+        );
+        let rows = sqlx::query::<Any>(AssertSqlSafe(sql))
+            .bind(line)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(DeviceProgress::from_row).collect()
     }
 
     /// The current state of every alarm of a line, by alarm id.
@@ -1220,6 +1250,53 @@ impl Record for CommandAudit {
             read_back: get_value(row, t, "read_back")?,
             detail: get(row, t, "detail")?,
             finished_ns: get(row, t, "finished_ns")?,
+        })
+    }
+}
+
+impl Record for DeviceProgress {
+    const TABLE: &'static str = "processor_progress";
+    const COLUMNS: &'static [&'static str] = &["line", "device", "stored_seq", "updated_ns"];
+
+    fn on_conflict(dialect: Dialect) -> String {
+        newer_wins(
+            dialect,
+            Self::TABLE,
+            &["line", "device"],
+            Self::COLUMNS,
+            "stored_seq",
+        )
+    }
+
+    fn describe(&self, index: usize) -> String {
+        format!(
+            "progress {index} ({}, {})",
+            shown(&self.line),
+            shown(&self.device)
+        )
+    }
+
+    fn check(&self, at: &Place) -> Result<(), SinkError> {
+        at.key("line", &self.line, NAME_MAX)?;
+        at.key("device", &self.device, NAME_MAX)?;
+        at.seq("stored_seq", self.stored_seq)
+    }
+
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        query
+            .bind(self.line.as_str())
+            .bind(self.device.as_str())
+            .bind(stored_seq(self.stored_seq))
+            .bind(self.updated_ns)
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, SinkError> {
+        let t = Self::TABLE;
+        Ok(Self {
+            line: get(row, t, "line")?,
+            device: get(row, t, "device")?,
+            stored_seq: get_seq(row, t, "stored_seq")?,
+            updated_ns: get(row, t, "updated_ns")?,
         })
     }
 }
