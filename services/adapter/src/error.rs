@@ -20,6 +20,9 @@ pub enum Error {
     /// The sequence state could not be persisted; batches are not published unnumbered.
     #[error(transparent)]
     Sequence(#[from] SequenceError),
+    /// The outbox could not be opened; batches are not published without it.
+    #[error("outbox: {0}")]
+    Outbox(#[from] fieldline_wal::WalError),
     /// A device the adapter cannot drive, with the reason.
     #[error("device {device}: {source}")]
     Device {
@@ -201,6 +204,7 @@ impl Error {
         match self {
             Error::Runtime(e) => e.kind(),
             Error::Sequence(_) => "sequence",
+            Error::Outbox(e) => e.kind(),
             Error::Device { .. } => "device",
             Error::At { source, .. } => source.kind(),
             Error::WrongProtocol { .. }

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod drivers;
 pub mod error;
 pub mod metrics;
+pub mod outbox;
 pub mod publisher;
 pub mod sequence;
 pub mod serial;
@@ -21,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use fieldline_core::config::{DeviceConfig, LineConfig};
+use fieldline_core::config::{DeviceConfig, FsyncPolicy, LineConfig, OutboxWhenFull};
 use fieldline_proto::v1::adapter_service_server::AdapterServiceServer;
 use fieldline_runtime::{CancellationToken, Health};
 use prometheus_client::registry::Registry;
@@ -101,15 +102,37 @@ pub async fn start(
     // Pollers stop first; the publisher then flushes what they queued.
     let pollers_stop = stop.child_token();
     let publisher_stop = CancellationToken::new();
+    let outbox = &settings.outbox;
     let publisher = Publisher::start(
         options,
-        publisher::DEFAULT_QUEUE,
+        publisher::PublisherSettings {
+            line: config.line.clone(),
+            outbox_dir: outbox
+                .dir
+                .clone()
+                .unwrap_or_else(|| settings.state_dir.join("outbox")),
+            outbox: outbox::OutboxSettings {
+                max_bytes: outbox.max_size.0,
+                fsync: match outbox.fsync {
+                    FsyncPolicy::Always => fieldline_wal::Fsync::Always,
+                    FsyncPolicy::Os => fieldline_wal::Fsync::Os,
+                },
+                when_full: match outbox.when_full {
+                    OutboxWhenFull::DropOldest => fieldline_wal::WhenFull::DropOldest,
+                    OutboxWhenFull::PausePolling => fieldline_wal::WhenFull::Backpressure,
+                },
+                memory_bytes: (outbox.memory.0 / 2) as usize,
+            },
+            pause_when_full: outbox.when_full == OutboxWhenFull::PausePolling,
+            queue_bytes: (outbox.memory.0 / 2) as usize,
+            resend_after: outbox.resend_after,
+            flush_timeout: Duration::from_secs(5),
+        },
         metrics.clone(),
         health.component("mqtt"),
         publisher_stop.clone(),
-        Duration::from_secs(5),
         commands,
-    );
+    )?;
     let mut tasks = JoinSet::new();
     let mut drivers = JoinSet::new();
     let now_us = u64::try_from(fieldline_runtime::now_ns() / 1000).unwrap_or(0);

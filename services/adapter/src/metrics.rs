@@ -17,7 +17,10 @@ pub struct AdapterMetrics {
     pub samples_read: Family<Labels, Counter>,
     pub batches_published: Counter,
     pub batches_dropped: Counter,
-    pub publish_queue: Gauge,
+    pub publish_queue_bytes: Gauge,
+    pub outbox_batches: Gauge,
+    pub outbox_bytes: Gauge,
+    pub outbox_dropped: Counter,
     pub writes: Family<Labels, Counter>,
     pub requests_per_cycle: Family<Labels, Gauge>,
     pub overruns: Family<Labels, Counter>,
@@ -40,7 +43,10 @@ impl AdapterMetrics {
             samples_read: Family::default(),
             batches_published: Counter::default(),
             batches_dropped: Counter::default(),
-            publish_queue: Gauge::default(),
+            publish_queue_bytes: Gauge::default(),
+            outbox_batches: Gauge::default(),
+            outbox_bytes: Gauge::default(),
+            outbox_dropped: Counter::default(),
             writes: Family::default(),
             requests_per_cycle: Family::default(),
             overruns: Family::default(),
@@ -75,9 +81,24 @@ impl AdapterMetrics {
             m.batches_dropped.clone(),
         );
         r.register(
-            "publish_queue_depth",
-            "Batches waiting for the broker",
-            m.publish_queue.clone(),
+            "publish_queue_bytes",
+            "Bytes of batches waiting to enter the outbox",
+            m.publish_queue_bytes.clone(),
+        );
+        r.register(
+            "outbox_batches",
+            "Batches in the outbox that storage has not acknowledged",
+            m.outbox_batches.clone(),
+        );
+        r.register(
+            "outbox_bytes",
+            "Bytes the outbox holds on disk",
+            m.outbox_bytes.clone(),
+        );
+        r.register(
+            "outbox_dropped",
+            "Batches dropped from a full outbox (or refused by its disk) before storage had them",
+            m.outbox_dropped.clone(),
         );
         r.register(
             "writes",

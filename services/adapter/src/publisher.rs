@@ -1,62 +1,85 @@
-//! Publishing sample batches to the telemetry bus.
+//! Publishing sample batches to the telemetry bus, with nothing lost.
 //!
-//! Pollers hand batches to a bounded queue and never wait on the broker, so a slow or absent
-//! broker cannot disturb poll timing. One task drains the queue into the MQTT client (QoS 1,
-//! persistent session: the client resends unacknowledged messages after a reconnect). When
-//! the queue is full the newest batch is dropped and counted. On shutdown the queue is
-//! drained and the task waits for the broker's acknowledgements before disconnecting.
+//! Pollers hand batches to a queue bounded in bytes and never wait on the broker or the disk,
+//! so neither can disturb poll timing. One task moves them into the outbox ([`Outbox`]: on
+//! disk, one sync per group) and publishes from there (QoS 1) while the broker is connected.
+//! A batch leaves the outbox only when the processor's watermark says storage has it; after a
+//! session the broker forgot, a gap the processor reports, or a long silence, what is held is
+//! sent again. When the queue is full the newest batch is dropped and counted; when the
+//! outbox is full it drops its oldest or pauses polling, by configuration.
+//!
+//! The MQTT event loop runs in its own task and never waits for anything but the network: it
+//! reports connections, watermarks and acknowledgements to the publishing task, which hands
+//! the client only what its request queue takes at once.
 
 use std::{
+    path::PathBuf,
     sync::{
-        Arc,
-        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use fieldline_core::SampleBatch;
-use fieldline_proto::{samples_topic, v1};
+use fieldline_proto::{line_stored_filter, v1};
 use fieldline_runtime::{CancellationToken, backoff::Backoff, health::Readiness};
+use fieldline_wal::WalError;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::{broadcast, mpsc};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing as MqttOutgoing, Packet, QoS};
+use tokio::sync::{Notify, broadcast, mpsc};
 
-use crate::{commands::CommandRouter, metrics::AdapterMetrics};
+use crate::{
+    commands::CommandRouter,
+    metrics::AdapterMetrics,
+    outbox::{Encoded, Outbox, OutboxSettings},
+};
 
-/// Batches that may wait for the broker before new ones are dropped.
-pub const DEFAULT_QUEUE: usize = 10_000;
+/// Requests the MQTT client queues before it refuses more.
+const CLIENT_QUEUE: usize = 1024;
+/// Most batches moved into the outbox with one sync.
+const GROUP: usize = 512;
+/// Longest wait between resends when nothing is acknowledged.
+const RESEND_MAX: Duration = Duration::from_secs(300);
 
 /// Where pollers send their batches.
 #[derive(Clone)]
 pub struct BatchSink {
-    queue: mpsc::Sender<SampleBatch>,
+    queue: mpsc::UnboundedSender<Encoded>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
+    paused: Arc<AtomicBool>,
     live: broadcast::Sender<Arc<v1::SampleBatch>>,
     metrics: AdapterMetrics,
-    capacity: usize,
 }
 
 impl BatchSink {
-    /// Queues a batch for MQTT and hands it to live gRPC subscribers. Never waits.
+    /// Queues a batch for the outbox and hands it to live gRPC subscribers. Never waits.
     pub fn send(&self, batch: SampleBatch) {
-        // Converting for live streams costs a copy of the batch: only when someone listens.
+        let wire = v1::SampleBatch::from(batch);
+        let encoded = Encoded::new(&wire);
         if self.live.receiver_count() > 0 {
-            let _ = self
-                .live
-                .send(Arc::new(v1::SampleBatch::from(batch.clone())));
+            let _ = self.live.send(Arc::new(wire));
         }
-        match self.queue.try_send(batch) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(batch)) => {
-                self.metrics.batches_dropped.inc();
-                tracing::warn!(device = %batch.device, sequence = batch.sequence, "publish queue full; batch dropped");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::debug!("publisher stopped; batch not queued");
-            }
+        let bytes = encoded.payload.len();
+        if self.queued_bytes.load(Ordering::Relaxed) + bytes > self.max_queued_bytes {
+            self.metrics.batches_dropped.inc();
+            tracing::warn!(device = %encoded.device, sequence = encoded.sequence, "publish queue full; batch dropped");
+            return;
+        }
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.queue.send(encoded).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            tracing::debug!("publisher stopped; batch not queued");
         }
         self.metrics
-            .publish_queue
-            .set((self.capacity - self.queue.capacity()) as i64);
+            .publish_queue_bytes
+            .set(self.queued_bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    /// Whether polling should wait: the outbox is full and configured to pause polling.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     /// Live batches, for AdapterService.StreamSamples.
@@ -65,55 +88,108 @@ impl BatchSink {
     }
 }
 
+/// How the publisher keeps batches.
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    pub line: String,
+    pub outbox_dir: PathBuf,
+    pub outbox: OutboxSettings,
+    /// Pause polling instead of dropping when the outbox is full.
+    pub pause_when_full: bool,
+    /// Bytes of batches waiting to enter the outbox before new ones are dropped.
+    pub queue_bytes: usize,
+    pub resend_after: Duration,
+    /// How long a stop waits for the broker to take what was published.
+    pub flush_timeout: Duration,
+}
+
 /// The running publisher.
 pub struct Publisher {
     pub sink: BatchSink,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What the event loop tells the publishing task.
+#[derive(Debug)]
+enum Link {
+    Connected { session_present: bool },
+    Disconnected,
+    Stored(v1::StoredUpTo),
+}
+
 impl Publisher {
-    /// Starts the MQTT client. `stop` ends it after everything queued before was acknowledged
-    /// by the broker (or `flush_timeout` passed).
+    /// Opens the outbox and starts the MQTT client. `stop` ends it after every queued batch
+    /// is in the outbox and the broker took what was published (or `flush_timeout` passed).
     pub fn start(
         options: MqttOptions,
-        capacity: usize,
+        settings: PublisherSettings,
         metrics: AdapterMetrics,
         ready: Readiness,
         stop: CancellationToken,
-        flush_timeout: Duration,
         commands: Arc<CommandRouter>,
-    ) -> Self {
-        let (queue, rx) = mpsc::channel(capacity.max(1));
+    ) -> Result<Self, WalError> {
+        let (outbox, recovered) = Outbox::open(&settings.outbox_dir, &settings.outbox)?;
+        if recovered.batches > 0 || recovered.cut_bytes > 0 || recovered.unreadable > 0 {
+            tracing::info!(
+                dir = %settings.outbox_dir.display(),
+                batches = recovered.batches,
+                cut_bytes = recovered.cut_bytes,
+                unreadable = recovered.unreadable,
+                "outbox holds batches from before; sending them again"
+            );
+        }
+        metrics.outbox_batches.set(outbox.pending() as i64);
+        metrics.outbox_bytes.set(outbox.used_bytes() as i64);
+        let (queue, rx) = mpsc::unbounded_channel();
         let (live, _) = broadcast::channel(1024);
-        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+        let (links, link_rx) = mpsc::unbounded_channel();
+        let progress = Arc::new(Notify::new());
         let unacked = Arc::new(AtomicI64::new(0));
         let connection = CancellationToken::new();
         tokio::spawn(drive(
             eventloop,
             client.clone(),
             commands,
+            line_stored_filter(&settings.line),
             ready,
+            links,
+            progress.clone(),
             unacked.clone(),
             connection.clone(),
         ));
-        let task = tokio::spawn(drain(
-            rx,
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let paused = Arc::new(AtomicBool::new(false));
+        let sink = BatchSink {
+            queue,
+            queued_bytes: queued_bytes.clone(),
+            max_queued_bytes: settings.queue_bytes,
+            paused: paused.clone(),
+            live,
+            metrics: metrics.clone(),
+        };
+        let pump = Pump {
+            outbox: Arc::new(Mutex::new(outbox)),
             client,
-            metrics.clone(),
+            metrics,
+            queued_bytes,
+            paused,
+            waiting: Vec::new(),
+            connected: false,
             unacked,
+            resend_after: settings.resend_after,
+            resend_wait: settings.resend_after,
+            pause_when_full: settings.pause_when_full,
+        };
+        let task = tokio::spawn(pump.run(
+            rx,
+            link_rx,
+            progress,
             stop,
             connection,
-            flush_timeout,
+            settings.flush_timeout,
         ));
-        Publisher {
-            sink: BatchSink {
-                queue,
-                live,
-                metrics,
-                capacity: capacity.max(1),
-            },
-            task,
-        }
+        Ok(Publisher { sink, task })
     }
 
     /// Waits until the publisher has flushed and disconnected.
@@ -123,113 +199,409 @@ impl Publisher {
     }
 }
 
-async fn drain(
-    mut rx: mpsc::Receiver<SampleBatch>,
+struct Pump {
+    outbox: Arc<Mutex<Outbox>>,
     client: AsyncClient,
     metrics: AdapterMetrics,
+    queued_bytes: Arc<AtomicUsize>,
+    paused: Arc<AtomicBool>,
+    /// Batches taken from the queue that the outbox had no room for yet (pause polling).
+    waiting: Vec<Encoded>,
+    connected: bool,
+    /// Publishes the broker has not acknowledged.
     unacked: Arc<AtomicI64>,
-    stop: CancellationToken,
-    connection: CancellationToken,
-    flush_timeout: Duration,
-) {
-    loop {
-        let batch = tokio::select! {
-            batch = rx.recv() => batch,
-            _ = stop.cancelled() => None,
-        };
-        let Some(batch) = batch else { break };
-        publish(&client, &metrics, &unacked, batch).await;
-    }
-    // Shutdown: publish what is still queued, then wait for the broker's acks.
-    rx.close();
-    while let Some(batch) = rx.recv().await {
-        publish(&client, &metrics, &unacked, batch).await;
-    }
-    let deadline = tokio::time::Instant::now() + flush_timeout;
-    while unacked.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let left = unacked.load(Ordering::Relaxed);
-    if left > 0 {
-        tracing::warn!(
-            unacknowledged = left,
-            "stopping with batches the broker has not acknowledged"
-        );
-    }
-    let _ = client.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    connection.cancel();
+    resend_after: Duration,
+    resend_wait: Duration,
+    pause_when_full: bool,
 }
 
-async fn publish(
-    client: &AsyncClient,
-    metrics: &AdapterMetrics,
-    unacked: &AtomicI64,
-    batch: SampleBatch,
-) {
-    let topic = samples_topic(&batch.line, &batch.device);
-    let payload = v1::SampleBatch::from(batch).encode_to_vec();
-    unacked.fetch_add(1, Ordering::Relaxed);
-    match client
-        .publish(topic, QoS::AtLeastOnce, false, payload)
+impl Pump {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Encoded>,
+        mut links: mpsc::UnboundedReceiver<Link>,
+        progress: Arc<Notify>,
+        stop: CancellationToken,
+        connection: CancellationToken,
+        flush_timeout: Duration,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = rx.recv(), if self.waiting.is_empty() => match batch {
+                    Some(batch) => {
+                        let mut group = vec![batch];
+                        while group.len() < GROUP {
+                            match rx.try_recv() {
+                                Ok(b) => group.push(b),
+                                Err(_) => break,
+                            }
+                        }
+                        self.store(group).await;
+                    }
+                    None => break,
+                },
+                link = links.recv() => match link {
+                    Some(link) => self.on_link(link).await,
+                    None => break,
+                },
+                _ = progress.notified() => {}
+                _ = tick.tick() => {
+                    if !self.waiting.is_empty() {
+                        let group = std::mem::take(&mut self.waiting);
+                        self.store(group).await;
+                    }
+                    self.resend_if_silent();
+                }
+                _ = stop.cancelled() => break,
+            }
+            self.publish().await;
+        }
+        // Stopping: everything queued goes into the outbox, so nothing accepted is lost;
+        // then the broker gets a moment to take what was published.
+        rx.close();
+        let mut group = std::mem::take(&mut self.waiting);
+        while let Some(batch) = rx.recv().await {
+            group.push(batch);
+        }
+        self.store(group).await;
+        if !self.waiting.is_empty() {
+            tracing::error!(
+                batches = self.waiting.len(),
+                "stopping with batches the full outbox could not take"
+            );
+        }
+        self.publish().await;
+        let deadline = tokio::time::Instant::now() + flush_timeout;
+        while self.connected
+            && self.unacked.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::select! {
+                link = links.recv() => match link {
+                    Some(link) => self.on_link(link).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            self.publish().await;
+        }
+        let held = self.with_outbox(|o| Ok(o.pending())).await.unwrap_or(0);
+        if held > 0 {
+            tracing::info!(
+                batches = held,
+                "stopping with batches storage has not acknowledged; they stay in the outbox"
+            );
+        }
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        connection.cancel();
+    }
+
+    /// Runs `f` on the outbox off the async threads (it syncs files).
+    async fn with_outbox<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Outbox) -> Result<T, WalError> + Send + 'static,
+    ) -> Result<T, WalError> {
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut outbox = outbox
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut outbox)
+        })
         .await
-    {
-        Ok(()) => {
-            metrics.batches_published.inc();
+        .unwrap_or_else(|join| {
+            Err(WalError::Io {
+                path: PathBuf::from("outbox"),
+                source: std::io::Error::other(join.to_string()),
+            })
+        })
+    }
+
+    /// Moves batches from the queue into the outbox.
+    async fn store(&mut self, group: Vec<Encoded>) {
+        if group.is_empty() {
+            return;
         }
-        Err(error) => {
-            unacked.fetch_sub(1, Ordering::Relaxed);
-            metrics.batches_dropped.inc();
-            tracing::error!(%error, "MQTT client refused a batch");
+        let bytes: usize = group.iter().map(|b| b.payload.len()).sum();
+        let (group, result) = {
+            let outbox = self.outbox.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut outbox = outbox
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let result = outbox.append(&group);
+                (
+                    group,
+                    result.map(|a| (a, outbox.pending(), outbox.used_bytes())),
+                )
+            })
+            .await
+            .unwrap_or_else(|join| {
+                (
+                    Vec::new(),
+                    Err(WalError::Io {
+                        path: PathBuf::from("outbox"),
+                        source: std::io::Error::other(join.to_string()),
+                    }),
+                )
+            })
+        };
+        match result {
+            Ok((appended, pending, used)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.paused.store(false, Ordering::Relaxed);
+                if appended.dropped > 0 {
+                    self.metrics.outbox_dropped.inc_by(appended.dropped as u64);
+                }
+                self.metrics.outbox_batches.set(pending as i64);
+                self.metrics.outbox_bytes.set(used as i64);
+            }
+            Err(WalError::Full { used, max }) if self.pause_when_full => {
+                if !self.paused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        used,
+                        max,
+                        "outbox full; polling pauses until storage catches up"
+                    );
+                }
+                self.waiting = group;
+            }
+            Err(error) => {
+                // The disk refused (full, gone): these batches cannot be kept. Counted, loud.
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.metrics.outbox_dropped.inc_by(group.len() as u64);
+                self.metrics
+                    .errors
+                    .get_or_create(&vec![
+                        ("device", String::new()),
+                        ("kind", error.kind().to_string()),
+                    ])
+                    .inc();
+                tracing::error!(%error, batches = group.len(), "cannot keep batches in the outbox; they are dropped");
+            }
+        }
+        self.metrics
+            .publish_queue_bytes
+            .set(self.queued_bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    async fn on_link(&mut self, link: Link) {
+        match link {
+            Link::Connected { session_present } => {
+                self.connected = true;
+                if !session_present {
+                    // The broker holds nothing of ours (a new session, a broker that forgot):
+                    // everything not stored goes again.
+                    let held = self
+                        .with_outbox(|o| {
+                            o.resend_all();
+                            Ok(o.pending())
+                        })
+                        .await
+                        .unwrap_or(0);
+                    if held > 0 {
+                        tracing::info!(
+                            batches = held,
+                            "new broker session; sending again what storage does not have"
+                        );
+                    }
+                }
+            }
+            Link::Disconnected => self.connected = false,
+            Link::Stored(mark) => {
+                let (device, sequence, gap) = (mark.device.clone(), mark.sequence, mark.gap);
+                let result = self
+                    .with_outbox(move |o| {
+                        let released = o.acknowledge(&device, sequence)?;
+                        let again = if gap {
+                            o.resend_device(&device, sequence)
+                        } else {
+                            0
+                        };
+                        Ok((released, again, o.pending(), o.used_bytes()))
+                    })
+                    .await;
+                match result {
+                    Ok((released, again, pending, used)) => {
+                        if released > 0 {
+                            self.resend_wait = self.resend_after;
+                        }
+                        if again > 0 {
+                            tracing::info!(device = %mark.device, stored = mark.sequence, batches = again, "the processor missed a batch; sending again");
+                        }
+                        self.metrics.outbox_batches.set(pending as i64);
+                        self.metrics.outbox_bytes.set(used as i64);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot release stored batches from the outbox");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends again everything held when nothing was acknowledged for a while: a batch lost
+    /// with nothing after it to reveal the gap. The wait doubles each time.
+    fn resend_if_silent(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let mut outbox = self
+            .outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(sent) = outbox.oldest_sent_at() else {
+            return;
+        };
+        if sent.elapsed() >= self.resend_wait {
+            tracing::info!(batches = outbox.pending(), waited = ?self.resend_wait, "storage acknowledged nothing for a while; sending again");
+            outbox.resend_all();
+            self.resend_wait = (self.resend_wait * 2).min(RESEND_MAX);
+        }
+    }
+
+    /// Hands the client what its queue takes now.
+    async fn publish(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let (batches, error) = self
+            .with_outbox(|o| {
+                let mut batches = Vec::new();
+                let mut error = None;
+                while batches.len() < CLIENT_QUEUE {
+                    match o.next_to_send() {
+                        Ok(Some(b)) => batches.push(b),
+                        Ok(None) => break,
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                Ok((batches, error))
+            })
+            .await
+            .unwrap_or_default();
+        if let Some(error) = error {
+            tracing::error!(%error, "cannot read a batch back from the outbox");
+        }
+        if batches.is_empty() {
+            return;
+        }
+        let mut outbox = self
+            .outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let mut batches = batches.into_iter();
+        let mut refused = Vec::new();
+        for batch in batches.by_ref() {
+            match self.client.try_publish(
+                batch.topic.as_ref(),
+                QoS::AtLeastOnce,
+                false,
+                batch.payload.clone(),
+            ) {
+                Ok(()) => {
+                    self.unacked.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.batches_published.inc();
+                    outbox.sent(&batch, now);
+                }
+                Err(_) => {
+                    // The client's queue is full: the rest waits for its next turn.
+                    refused.push(batch);
+                    break;
+                }
+            }
+        }
+        refused.extend(batches);
+        // Given back newest first, so the oldest is the next to go.
+        for batch in refused.into_iter().rev() {
+            outbox.put_back(batch);
         }
     }
 }
 
-/// Polls the MQTT event loop: connects, reconnects with backoff, counts acknowledgements.
+/// Polls the MQTT event loop: connects, reconnects with backoff, and reports to the
+/// publishing task without ever waiting for it.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     commands: Arc<CommandRouter>,
+    stored_filter: String,
     ready: Readiness,
+    links: mpsc::UnboundedSender<Link>,
+    progress: Arc<Notify>,
     unacked: Arc<AtomicI64>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut connected = false;
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
             _ = stop.cancelled() => return,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!("connected to MQTT broker");
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to MQTT broker"
+                );
                 backoff.reset();
-                // Never wait for the request queue here: the batches queued in it leave only
-                // while this loop polls.
-                let (client, filter) = (client.clone(), commands.filter());
+                connected = true;
+                unacked.store(0, Ordering::Relaxed);
+                let _ = links.send(Link::Connected {
+                    session_present: ack.session_present,
+                });
+                // Never wait for the request queue here: it empties only while this loop polls.
+                let (client, filters) =
+                    (client.clone(), [commands.filter(), stored_filter.clone()]);
                 tokio::spawn(async move {
-                    if let Err(error) = client.subscribe(filter, QoS::AtLeastOnce).await {
-                        tracing::error!(%error, "cannot subscribe to commands");
+                    let filters = filters
+                        .into_iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                    if let Err(error) = client.subscribe_many(filters).await {
+                        tracing::error!(%error, "cannot subscribe to commands and watermarks");
                     }
                 });
             }
             // Ready once batches can be published and commands received.
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                ready.set(true);
-            }
-            Ok(Event::Incoming(Packet::Publish(publish)))
-                if commands.is_command(&publish.topic) =>
-            {
-                tokio::spawn(commands.clone().handle(client.clone(), publish));
+            Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if commands.is_command(&publish.topic) {
+                    tokio::spawn(commands.clone().handle(client.clone(), publish));
+                } else if publish.topic.ends_with("/stored") {
+                    match v1::StoredUpTo::decode(publish.payload.as_ref()) {
+                        Ok(mark) => {
+                            let _ = links.send(Link::Stored(mark));
+                        }
+                        Err(error) => {
+                            tracing::warn!(topic = %publish.topic, %error, "undecodable watermark ignored");
+                        }
+                    }
+                }
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => {
-                unacked.fetch_sub(1, Ordering::Relaxed);
+                let _ = unacked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some((n - 1).max(0))
+                });
+                progress.notify_one();
             }
             // Stopping: the broker closes the connection next, which is no failure.
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(MqttOutgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(error) => {
                 ready.set(false);
+                if connected {
+                    connected = false;
+                    let _ = links.send(Link::Disconnected);
+                }
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "MQTT connection failed");
                 tokio::select! {

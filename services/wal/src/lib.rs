@@ -421,6 +421,17 @@ impl Wal {
         )))
     }
 
+    /// Where the segment after the one holding `at` starts, if there is one.
+    pub fn next_segment(&self, at: Position) -> Option<Position> {
+        self.segments
+            .iter()
+            .find(|s| s.id > at.segment)
+            .map(|s| Position {
+                segment: s.id,
+                offset: 0,
+            })
+    }
+
     /// Marks everything before `next` as replayed, persists the checkpoint and deletes
     /// segments that are done.
     pub fn commit(&mut self, next: Position) -> Result<(), WalError> {

@@ -66,6 +66,9 @@ impl DeviceHandle {
     }
 }
 
+/// How long a driver waits before it looks again while polling is paused (a full outbox).
+pub const PAUSED_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What every driver needs from the adapter.
 #[derive(Clone)]
 pub struct DeviceContext {

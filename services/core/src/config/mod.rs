@@ -40,7 +40,7 @@ pub use mqtt::MqttIngestSettings;
 pub use opcua::OpcuaSettings;
 pub use secret::SecretRef;
 pub use serial_line::SerialLineSettings;
-pub use services::{AdapterSettings, MqttConfig, ProcessorSettings};
+pub use services::{AdapterSettings, MqttConfig, OutboxConfig, OutboxWhenFull, ProcessorSettings};
 pub use storage::{
     BatchConfig, BufferConfig, ByteSize, FsyncPolicy, InfluxConfig, InfluxTarget, SqlConfig,
     StorageSettings, WhenFull,

@@ -59,9 +59,75 @@ pub struct AdapterSettings {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[serde(default = "default_adapter_http")]
     pub http_listen: SocketAddr,
-    /// Folder for state that must survive restarts (sequence numbers).
+    /// Folder for state that must survive restarts (sequence numbers, the outbox).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Where batches wait until storage has them.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// The adapter's outbox: every batch is kept on disk until the processor reports it stored,
+/// and sent again after a reconnect, a gap or a timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Folder of the outbox files; `{state_dir}/outbox` when unset. Keep it on persistent
+    /// storage (a volume that survives the pod).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Most bytes the outbox may hold, e.g. `1GiB`.
+    #[serde(default = "default_outbox_size")]
+    pub max_size: super::ByteSize,
+    /// `always`: fsync before a batch is published (survives power loss); `os`: leave
+    /// flushing to the operating system (survives a crash of the adapter, not of the machine).
+    #[serde(default)]
+    pub fsync: super::FsyncPolicy,
+    /// `drop_oldest`: make room by dropping the oldest batches, counted in metrics (a device
+    /// is never made to wait); `pause_polling`: stop polling until there is room.
+    #[serde(default)]
+    pub when_full: OutboxWhenFull,
+    /// Send again what storage has not acknowledged after this long without progress, e.g.
+    /// `30s`; doubled on each try up to five minutes.
+    #[serde(default = "default_resend_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub resend_after: Duration,
+    /// Most bytes of batches held in memory: those waiting to enter the outbox, and the
+    /// outbox's copies kept for sending (beyond, they are read back from disk).
+    #[serde(default = "default_outbox_memory")]
+    pub memory: super::ByteSize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_size: default_outbox_size(),
+            fsync: super::FsyncPolicy::default(),
+            when_full: OutboxWhenFull::default(),
+            resend_after: default_resend_after(),
+            memory: default_outbox_memory(),
+        }
+    }
+}
+
+/// What a full outbox does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxWhenFull {
+    #[default]
+    DropOldest,
+    PausePolling,
+}
+
+fn default_outbox_size() -> super::ByteSize {
+    super::ByteSize(1 << 30)
+}
+fn default_outbox_memory() -> super::ByteSize {
+    super::ByteSize(64 << 20)
+}
+fn default_resend_after() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for AdapterSettings {
@@ -71,6 +137,7 @@ impl Default for AdapterSettings {
             grpc_listen: default_adapter_grpc(),
             http_listen: default_adapter_http(),
             state_dir: default_state_dir(),
+            outbox: OutboxConfig::default(),
         }
     }
 }

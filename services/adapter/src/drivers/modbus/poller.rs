@@ -28,7 +28,9 @@ use super::{
 };
 use crate::{
     Error, Result,
-    drivers::{DeviceContext, RememberedCommands, WriteRequest, check_write, command_result},
+    drivers::{
+        DeviceContext, PAUSED_WAIT, RememberedCommands, WriteRequest, check_write, command_result,
+    },
 };
 
 /// A configured Modbus device (one unit id), ready to be polled on its link.
@@ -315,6 +317,11 @@ impl ModbusBus {
     /// Polls every group of every slave that is due, then schedules each group's next cycle
     /// on its own grid, skipping (and counting) cycles missed while a poll overran.
     async fn poll_due(&mut self) {
+        if self.slaves.first().is_some_and(|s| s.cx.sink.is_paused()) {
+            // The outbox is full and set to pause polling: nothing read now could be kept.
+            tokio::time::sleep(PAUSED_WAIT).await;
+            return;
+        }
         for s in 0..self.slaves.len() {
             let now = Instant::now();
             let due: Vec<usize> = (0..self.slaves[s].device.groups.len())

@@ -439,6 +439,9 @@ impl Driver {
                 _ = stop.cancelled() => return Ok(Ended::Stop),
                 e = events.recv() => return Ok(Ended::Lost(lost(e))),
                 _ = tick.tick() => {
+                    if self.cx.sink.is_paused() {
+                        continue; // the outbox is full and set to pause polling
+                    }
                     let mut samples = Vec::with_capacity(self.tags.len());
                     for range in plan::reads(self.tags.len(), limits) {
                         let ids: Vec<ReadValueId> =

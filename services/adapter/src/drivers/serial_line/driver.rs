@@ -331,6 +331,9 @@ impl Driver {
     }
 
     async fn on_tick(&mut self) {
+        if self.cx.sink.is_paused() {
+            return; // the outbox is full and set to pause polling
+        }
         if self.port.is_none() {
             if self.s.mode == SerialLineMode::Request {
                 self.polls.inc();
