@@ -540,7 +540,10 @@ async fn drive(
     unacked: Arc<AtomicI64>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        fieldline_runtime::mqtt::RECONNECT_MAX,
+    );
     let mut connected = false;
     loop {
         let event = tokio::select! {

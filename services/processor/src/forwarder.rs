@@ -167,7 +167,10 @@ async fn consume(
             }
         })
     };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        fieldline_runtime::mqtt::RECONNECT_MAX,
+    );
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {

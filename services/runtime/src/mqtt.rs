@@ -32,3 +32,8 @@ pub fn options(config: &MqttConfig, client_id: &str) -> crate::Result<MqttOption
     }
     Ok(options)
 }
+
+/// How long a client waits at most between attempts to reach its broker: short, because a
+/// broker is local infrastructure that comes back quickly, and every second away is a second
+/// the line is not publishing.
+pub const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(2);

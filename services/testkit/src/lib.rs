@@ -445,6 +445,81 @@ impl ServiceProcess {
         }
     }
 
+    /// Starts `binary` with `args` and waits only until its `/healthz` on `http` answers (it
+    /// runs), not until it is ready: for a service started while a peer it needs is away.
+    pub async fn spawn(
+        binary: &std::path::Path,
+        args: &[&str],
+        http: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let mut child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stdout = child.stdout.take().context("service stdout")?;
+        let reader = tokio::spawn(keep_output(stdout, output.clone()));
+        let mut process = Self {
+            child,
+            http,
+            output,
+            reader: Some(reader),
+        };
+        let url = format!("http://{http}/healthz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http_get(&url).await {
+                return Ok(process);
+            }
+            if let Some(status) = process.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before it answered; it printed:\n{}",
+                    binary.display(),
+                    process.stdout().await
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = process.child.kill().await;
+                bail!(
+                    "timed out after 30s waiting for {} to answer; it printed:\n{}",
+                    binary.display(),
+                    process.stdout().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process (SIGKILL: no chance to flush anything) and waits for it to exit.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Freezes the process (SIGSTOP) until [`ServiceProcess::resume`]: it holds its
+    /// connections open and answers nothing, like a hung server.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.send("STOP")
+    }
+
+    /// Lets a paused process run on (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.send("CONT")
+    }
+
+    fn send(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("process already gone")?;
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits (up to 20 s) for the process to exit; returns its exit code.
     pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
         self.signal("TERM").await

@@ -1,0 +1,446 @@
+//! Faults from device to database, against the real binaries: a Mosquitto of its own (started
+//! from the shipped `deploy/mosquitto.conf`, with persistence), `fieldline-adapter`,
+//! `fieldline-processor` and `fieldline-storage` as separate processes, storage into SQLite.
+//!
+//! Twenty devices are polled every 100 ms. Each is a scripted Modbus server whose register
+//! answers 1, 2, 3, … one number per read, so the readings a device gave are known exactly:
+//! the ledger at the end checks that, for every device, every number it served is stored, with
+//! its value, and nothing else. Between, the pipeline goes through:
+//! 1. the broker killed (-9), kept down, restarted on its persistence folder;
+//! 2. the broker killed and restarted with its folder wiped (a broker that forgot everything);
+//! 3. the adapter killed during a broker outage, restarted, the broker back;
+//! 4. storage frozen (SIGSTOP) so batches pile up unacknowledged, the processor killed and
+//!    restarted, storage let go (SIGCONT).
+//!
+//! `FIELDLINE_FAULTS=long` keeps each outage for 90 s instead of 8 s and prints a table.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use fieldline_testkit::{self as kit, Answer, ServiceProcess};
+
+const DEVICES: usize = 20;
+
+/// A device whose holding register 0 reads 1, 2, 3, …: `served` is the last number given.
+/// Once `silent` is set it answers nothing more (the adapter stores Bad samples, no numbers).
+struct Counter {
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+}
+
+async fn counter(silent: Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<Counter> {
+    let served = Arc::new(AtomicU64::new(0));
+    let next = served.clone();
+    let addr = kit::faulty_modbus(move |_, request| {
+        if silent.load(Ordering::SeqCst) {
+            return Answer::Silence;
+        }
+        let n = next.fetch_add(1, Ordering::SeqCst) + 1;
+        let value = u16::try_from(n).unwrap_or(u16::MAX);
+        Answer::Bytes(kit::modbus_reply(
+            request,
+            &kit::registers_pdu(request, value),
+        ))
+    })
+    .await?;
+    Ok(Counter { addr, served })
+}
+
+/// A Mosquitto of the test's own, from the shipped configuration.
+struct Broker {
+    child: Option<tokio::process::Child>,
+    port: u16,
+    conf: PathBuf,
+    data: PathBuf,
+}
+
+impl Broker {
+    fn new(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let shipped = std::fs::read_to_string(kit::repo_root().join("deploy/mosquitto.conf"))?;
+        let data = dir.join("mosquitto-data");
+        std::fs::create_dir_all(&data)?;
+        let conf: String = shipped
+            .lines()
+            .map(|l| {
+                if l.starts_with("listener ") {
+                    format!("listener {port} 127.0.0.1")
+                } else if l.starts_with("persistence_location ") {
+                    format!("persistence_location {}/", data.display())
+                } else if l.starts_with("log_dest ") {
+                    format!("log_dest file {}", dir.join("mosquitto.log").display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        anyhow::ensure!(
+            conf.contains(&format!("listener {port}")) && conf.contains("persistence true"),
+            "deploy/mosquitto.conf no longer has the listener and persistence lines this test adapts"
+        );
+        let path = dir.join("mosquitto.conf");
+        // Started as root, Mosquitto would otherwise run as `mosquitto`, which cannot write
+        // the test's folder; as any other user the line has no effect.
+        std::fs::write(&path, format!("user root\n{conf}\n"))?;
+        Ok(Self {
+            child: None,
+            port,
+            conf: path,
+            data,
+        })
+    }
+
+    async fn start(&mut self) -> anyhow::Result<()> {
+        let child = tokio::process::Command::new("mosquitto")
+            .args(["-c", &self.conf.display().to_string()])
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting mosquitto (install it with `bash tests/backends.sh mosquitto`)")?;
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        kit::wait_for(Duration::from_secs(10), "mosquitto listening", || async {
+            std::net::TcpStream::connect(&addr).ok().map(drop)
+        })
+        .await
+    }
+
+    async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    fn wipe(&self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(&self.data)? {
+            std::fs::remove_file(entry?.path())?;
+        }
+        Ok(())
+    }
+}
+
+/// Where cargo put the service binaries: beside this test's own `deps` folder.
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target folder")?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build the services first (`cargo build --workspace --bins`; `cargo test --workspace` does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+struct Line {
+    dir: PathBuf,
+    config: PathBuf,
+    db: PathBuf,
+    adapter_http: SocketAddr,
+    processor_http: SocketAddr,
+    storage_http: SocketAddr,
+}
+
+impl Line {
+    async fn adapter(&self) -> anyhow::Result<ServiceProcess> {
+        ServiceProcess::spawn(
+            &binary("fieldline-adapter")?,
+            &["--config", &self.config.display().to_string()],
+            self.adapter_http,
+        )
+        .await
+    }
+
+    async fn processor(&self) -> anyhow::Result<ServiceProcess> {
+        ServiceProcess::spawn(
+            &binary("fieldline-processor")?,
+            &["--config", &self.config.display().to_string()],
+            self.processor_http,
+        )
+        .await
+    }
+
+    async fn storage(&self) -> anyhow::Result<ServiceProcess> {
+        ServiceProcess::spawn(
+            &binary("fieldline-storage")?,
+            &["--config", &self.config.display().to_string()],
+            self.storage_http,
+        )
+        .await
+    }
+}
+
+fn write_line(dir: &Path, mqtt_port: u16, devices: &[Counter]) -> anyhow::Result<Line> {
+    let [
+        adapter_grpc,
+        adapter_http,
+        processor_grpc,
+        processor_http,
+        storage_grpc,
+        storage_http,
+    ] = [
+        kit::free_addr()?,
+        kit::free_addr()?,
+        kit::free_addr()?,
+        kit::free_addr()?,
+        kit::free_addr()?,
+        kit::free_addr()?,
+    ];
+    let db = dir.join("line.db");
+    let mut yaml = format!(
+        "line: faults\n\
+         mqtt: {{ address: \"127.0.0.1:{mqtt_port}\", keep_alive: 5s }}\n\
+         adapter: {{ grpc_listen: \"{adapter_grpc}\", http_listen: \"{adapter_http}\", state_dir: \"{state}\", outbox: {{ resend_after: 5s }} }}\n\
+         processor: {{ grpc_listen: \"{processor_grpc}\", http_listen: \"{processor_http}\", storage_url: \"http://{storage_grpc}\", adapter_url: \"http://{adapter_grpc}\", client_id: faults-processor }}\n\
+         storage:\n  grpc_listen: \"{storage_grpc}\"\n  http_listen: \"{storage_http}\"\n  sql: {{ url: \"sqlite://{db}\" }}\n\
+         devices:\n",
+        state = dir.join("adapter-state").display(),
+        db = db.display(),
+    );
+    for (i, d) in devices.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - {{ name: d{i:02}, type: counter, protocol: modbus-tcp, endpoint: \"{}\", poll_interval: 100ms, tags: [ {{ name: n, address: \"holding:0\", type: u16 }} ] }}\n",
+            d.addr
+        ));
+    }
+    let config = dir.join("line.yaml");
+    std::fs::write(&config, yaml)?;
+    Ok(Line {
+        dir: dir.to_path_buf(),
+        config,
+        db,
+        adapter_http,
+        processor_http,
+        storage_http,
+    })
+}
+
+/// The numbers stored per device.
+async fn stored(db: &Path) -> anyhow::Result<Vec<BTreeSet<u64>>> {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
+    let rows: Vec<(String, Option<f64>)> = sqlx::query_as(
+        "SELECT device, value_num FROM samples WHERE line = 'faults' AND tag = 'n' AND value_num IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    let mut per_device = vec![BTreeSet::new(); DEVICES];
+    for (device, value) in rows {
+        let i: usize = device.trim_start_matches('d').parse()?;
+        if let Some(v) = value {
+            per_device[i].insert(v as u64);
+        }
+    }
+    Ok(per_device)
+}
+
+/// How the stored numbers compare with what the devices served.
+#[derive(Debug, Default)]
+struct Ledger {
+    served: u64,
+    stored: u64,
+    /// Served numbers not stored.
+    lost: Vec<(usize, u64)>,
+    /// Stored numbers never served.
+    invented: Vec<(usize, u64)>,
+}
+
+async fn ledger(db: &Path, devices: &[Counter]) -> anyhow::Result<Ledger> {
+    let stored = stored(db).await?;
+    let mut ledger = Ledger::default();
+    for (i, d) in devices.iter().enumerate() {
+        let served = d.served.load(Ordering::SeqCst);
+        ledger.served += served;
+        ledger.stored += stored[i].len() as u64;
+        ledger.lost.extend(
+            (1..=served)
+                .filter(|n| !stored[i].contains(n))
+                .map(|n| (i, n)),
+        );
+        ledger
+            .invented
+            .extend(stored[i].iter().filter(|n| **n > served).map(|n| (i, *n)));
+    }
+    Ok(ledger)
+}
+
+async fn metric(http: SocketAddr, name: &str) -> f64 {
+    match kit::http_get(&format!("http://{http}/metrics")).await {
+        Ok((200, page)) => kit::metric_value(&page, name).unwrap_or(0.0),
+        _ => 0.0,
+    }
+}
+
+/// Waits until the line has stored `more` readings beyond what it had.
+async fn progressing(line: &Line, more: u64) -> anyhow::Result<()> {
+    let before: u64 = stored(&line.db).await?.iter().map(|s| s.len() as u64).sum();
+    kit::wait_for(
+        Duration::from_secs(60),
+        "the line storing again",
+        || async {
+            let now: u64 = stored(&line.db)
+                .await
+                .ok()?
+                .iter()
+                .map(|s| s.len() as u64)
+                .sum();
+            (now >= before + more).then_some(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
+    let long = std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long");
+    let outage = if long {
+        Duration::from_secs(90)
+    } else {
+        Duration::from_secs(8)
+    };
+    let dir = tempfile::tempdir()?;
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut devices = Vec::new();
+    for _ in 0..DEVICES {
+        devices.push(counter(silent.clone()).await?);
+    }
+    let port = kit::free_addr()?.port();
+    let mut broker = Broker::new(dir.path(), port)?;
+    broker.start().await?;
+    let line = write_line(dir.path(), port, &devices)?;
+    let mut storage = line.storage().await?;
+    let mut processor = line.processor().await?;
+    let mut adapter = line.adapter().await?;
+    progressing(&line, 200).await?;
+    let mut table = Vec::new();
+    // How long after the fault ended the line stored again.
+    let mut record = |name: &str, back: Instant| {
+        table.push((name.to_string(), back.elapsed().as_secs_f64()));
+    };
+
+    // 1. The broker crashes and comes back on its persistence folder.
+    broker.kill().await?;
+    tokio::time::sleep(outage).await;
+    broker.start().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("broker kill -9, restarted on its folder", back);
+
+    // 2. The broker crashes and forgets everything.
+    broker.kill().await?;
+    broker.wipe()?;
+    tokio::time::sleep(outage).await;
+    broker.start().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("broker kill -9, folder wiped", back);
+
+    // 3. The adapter is killed while the broker is down; both come back.
+    broker.kill().await?;
+    tokio::time::sleep(outage / 2).await;
+    let at_kill: Vec<u64> = devices
+        .iter()
+        .map(|d| d.served.load(Ordering::SeqCst))
+        .collect();
+    adapter.kill().await?;
+    let after_kill: Vec<u64> = devices
+        .iter()
+        .map(|d| d.served.load(Ordering::SeqCst))
+        .collect();
+    adapter = line.adapter().await?;
+    tokio::time::sleep(outage / 2).await;
+    broker.start().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("adapter kill -9 during a broker outage", back);
+
+    // 4. Storage hangs with batches in flight; the processor is killed and restarted.
+    storage.pause()?;
+    tokio::time::sleep(outage / 2).await;
+    processor.kill().await?;
+    processor = line.processor().await?;
+    tokio::time::sleep(outage / 2).await;
+    storage.resume()?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("storage frozen, processor kill -9", back);
+
+    // The devices fall silent, so what they served is final; the adapter keeps running and
+    // sends again whatever storage does not have yet.
+    silent.store(true, Ordering::SeqCst);
+    // The polls the killed adapter had in hand when it died (read, not yet in its outbox)
+    // are the only readings a kill -9 may cost: at most one per device.
+    let in_hand: Vec<(usize, u64)> = at_kill
+        .iter()
+        .zip(&after_kill)
+        .enumerate()
+        .flat_map(|(i, (a, b))| (a.saturating_sub(1)..=*b).map(move |n| (i, n)))
+        .collect();
+    let result = kit::wait_for(Duration::from_secs(120), "every reading stored", || async {
+        let l = ledger(&line.db, &devices).await.ok()?;
+        l.lost
+            .iter()
+            .all(|lost| in_hand.contains(lost))
+            .then_some(l)
+    })
+    .await;
+    let ledger = match result {
+        Ok(l) => l,
+        Err(e) => {
+            let l = ledger(&line.db, &devices).await?;
+            let log = std::fs::read_to_string(line.dir.join("mosquitto.log")).unwrap_or_default();
+            anyhow::bail!(
+                "{e}: {} of {} readings stored; lost (device, number), first 20: {:?}\nadapter log:\n{}\nprocessor log:\n{}\nbroker log (end):\n{}",
+                l.stored,
+                l.served,
+                &l.lost[..l.lost.len().min(20)],
+                adapter.stdout().await,
+                processor.stdout().await,
+                &log[log.len().saturating_sub(4000)..]
+            );
+        }
+    };
+    assert!(
+        ledger.invented.is_empty(),
+        "stored readings no device gave: {:?}",
+        ledger.invented
+    );
+    let outbox_dropped = metric(line.adapter_http, "fieldline_adapter_outbox_dropped_total").await;
+    let queue_dropped = metric(line.adapter_http, "fieldline_adapter_batches_dropped_total").await;
+    assert_eq!(outbox_dropped, 0.0, "the outbox dropped batches");
+    assert_eq!(queue_dropped, 0.0, "the publish queue dropped batches");
+    let duplicates = metric(
+        line.processor_http,
+        "fieldline_processor_batches_duplicate_total",
+    )
+    .await;
+    println!("\n| scenario | outage | recovered after the fault ended |\n|---|---|---|");
+    for (name, secs) in &table {
+        println!("| {name} | {} s | {secs:.1} s |", outage.as_secs());
+    }
+    println!(
+        "\nreadings served {}, stored {}, lost {} (in the killed adapter's hands), invented {}; redeliveries the processor dropped since its restart {duplicates}",
+        ledger.served,
+        ledger.stored,
+        ledger.lost.len(),
+        ledger.invented.len()
+    );
+    adapter.terminate().await?;
+    processor.terminate().await?;
+    storage.terminate().await?;
+    broker.kill().await?;
+    Ok(())
+}
