@@ -130,6 +130,7 @@ pub async fn start(
         },
         metrics.clone(),
         health.component("mqtt"),
+        health.watchdog("publisher", settings.stall_after),
         publisher_stop.clone(),
         commands,
     )?;

@@ -23,7 +23,11 @@ use std::{
 
 use fieldline_core::SampleBatch;
 use fieldline_proto::{line_stored_filter, v1};
-use fieldline_runtime::{CancellationToken, backoff::Backoff, health::Readiness};
+use fieldline_runtime::{
+    CancellationToken,
+    backoff::Backoff,
+    health::{Readiness, Watchdog},
+};
 use fieldline_wal::WalError;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing as MqttOutgoing, Packet, QoS};
@@ -51,6 +55,7 @@ pub struct BatchSink {
     paused: Arc<AtomicBool>,
     live: broadcast::Sender<Arc<v1::SampleBatch>>,
     metrics: AdapterMetrics,
+    watchdog: Watchdog,
 }
 
 impl BatchSink {
@@ -68,6 +73,7 @@ impl BatchSink {
             return;
         }
         self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.watchdog.pending(true);
         if self.queue.send(encoded).is_err() {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             tracing::debug!("publisher stopped; batch not queued");
@@ -125,6 +131,7 @@ impl Publisher {
         settings: PublisherSettings,
         metrics: AdapterMetrics,
         ready: Readiness,
+        watchdog: Watchdog,
         stop: CancellationToken,
         commands: Arc<CommandRouter>,
     ) -> Result<Self, WalError> {
@@ -167,8 +174,11 @@ impl Publisher {
             paused: paused.clone(),
             live,
             metrics: metrics.clone(),
+            watchdog: watchdog.clone(),
         };
         let pump = Pump {
+            watchdog,
+            refused: false,
             outbox: Arc::new(Mutex::new(outbox)),
             client,
             metrics,
@@ -200,6 +210,11 @@ impl Publisher {
 }
 
 struct Pump {
+    /// Stuck when batches wait and none moves: the client's queue stays full while connected
+    /// (its event loop does not drain it), or the outbox does not take any.
+    watchdog: Watchdog,
+    /// The client refused a batch in the last round (its queue was full) and took none.
+    refused: bool,
     outbox: Arc<Mutex<Outbox>>,
     client: AsyncClient,
     metrics: AdapterMetrics,
@@ -257,6 +272,14 @@ impl Pump {
                 _ = stop.cancelled() => break,
             }
             self.publish().await;
+            let waiting = self.queued_bytes.load(Ordering::Relaxed) > 0
+                || !self.waiting.is_empty()
+                || self.refused;
+            // A full outbox that pauses polling waits for storage, which is no fault here.
+            if !self.refused || self.paused.load(Ordering::Relaxed) {
+                self.watchdog.beat();
+            }
+            self.watchdog.pending(waiting);
         }
         // Stopping: everything queued goes into the outbox, so nothing accepted is lost;
         // then the broker gets a moment to take what was published.
@@ -465,6 +488,7 @@ impl Pump {
 
     /// Hands the client what its queue takes now.
     async fn publish(&mut self) {
+        self.refused = false;
         if !self.connected {
             return;
         }
@@ -499,6 +523,7 @@ impl Pump {
         let now = Instant::now();
         let mut batches = batches.into_iter();
         let mut refused = Vec::new();
+        let mut handed = 0;
         for batch in batches.by_ref() {
             match self.client.try_publish(
                 batch.topic.as_ref(),
@@ -510,6 +535,7 @@ impl Pump {
                     self.unacked.fetch_add(1, Ordering::Relaxed);
                     self.metrics.batches_published.inc();
                     outbox.sent(&batch, now);
+                    handed += 1;
                 }
                 Err(_) => {
                     // The client's queue is full: the rest waits for its next turn.
@@ -518,6 +544,7 @@ impl Pump {
                 }
             }
         }
+        self.refused = !refused.is_empty() && handed == 0;
         refused.extend(batches);
         // Given back newest first, so the oldest is the next to go.
         for batch in refused.into_iter().rev() {

@@ -18,7 +18,11 @@ use std::{
 use fieldline_proto::{
     line_samples_filter, stored_topic, v1, v1::storage_service_client::StorageServiceClient,
 };
-use fieldline_runtime::{CancellationToken, backoff::Backoff, health::Readiness};
+use fieldline_runtime::{
+    CancellationToken,
+    backoff::Backoff,
+    health::{Readiness, Watchdog},
+};
 use fieldline_storage::events::{DeviceProgress, EventStore};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
@@ -69,6 +73,10 @@ pub struct Forwarder {
     pub progress: Progress,
     /// Where stored marks are saved (the line's SQL database), if anywhere.
     pub progress_store: Option<EventStore>,
+    /// Stuck when messages from the bus wait and none is handled (acknowledging them waits
+    /// for a client queue nobody drains), or batches wait for storage and nothing moves.
+    pub bus_watchdog: Watchdog,
+    pub storage_watchdog: Watchdog,
 }
 
 impl Forwarder {
@@ -98,6 +106,7 @@ impl Forwarder {
             self.latest.clone(),
             self.engine.clone(),
             self.mqtt_ready.clone(),
+            self.bus_watchdog,
             stop.clone(),
             mqtt_done.clone(),
         ));
@@ -108,6 +117,7 @@ impl Forwarder {
             progress,
             self.metrics,
             self.storage_ready,
+            self.storage_watchdog,
             stop,
             drain,
         )
@@ -134,6 +144,7 @@ async fn consume(
     latest: Latest,
     engine: Option<LineHandle>,
     ready: Readiness,
+    watchdog: Watchdog,
     stop: CancellationToken,
     done: CancellationToken,
 ) {
@@ -146,6 +157,7 @@ async fn consume(
     let handler = {
         let client = client.clone();
         let stop = stop.clone();
+        let watchdog = watchdog.clone();
         tokio::spawn(async move {
             while let Some(publish) = received.recv().await {
                 if stop.is_cancelled() {
@@ -164,6 +176,8 @@ async fn consume(
                     engine.as_ref(),
                 )
                 .await;
+                watchdog.beat();
+                watchdog.pending(!received.is_empty());
             }
         })
     };
@@ -185,6 +199,7 @@ async fn consume(
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                watchdog.pending(true);
                 let _ = incoming.send(publish);
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
@@ -332,6 +347,7 @@ async fn forward(
     progress: Shared,
     metrics: ProcessorMetrics,
     ready: Readiness,
+    watchdog: Watchdog,
     stop: CancellationToken,
     drain: Duration,
 ) {
@@ -345,6 +361,8 @@ async fn forward(
         {
             break;
         }
+        // Trying to reach storage is progress; only a link that hangs is stuck.
+        watchdog.beat();
         let mut storage = match StorageServiceClient::connect(storage_url.clone()).await {
             Ok(c) => c
                 .max_encoding_message_size(fieldline_proto::MAX_MESSAGE_BYTES)
@@ -412,6 +430,7 @@ async fn forward(
                     let request = v1::IngestRequest { request_id: id, batch: Some(batch.clone()) };
                     in_flight.push_back(InFlight { id, publish, batch });
                     metrics.in_flight.set(in_flight.len() as i64);
+                    watchdog.pending(true);
                     if requests.send(request).await.is_err() {
                         continue 'connect;
                     }
@@ -421,6 +440,8 @@ async fn forward(
                         let Some(pos) = in_flight.iter().position(|f| f.id == ack.request_id) else { continue };
                         let Some(done) = in_flight.remove(pos) else { continue };
                         metrics.in_flight.set(in_flight.len() as i64);
+                        watchdog.beat();
+                        watchdog.pending(!in_flight.is_empty());
                         if ack.stored {
                             metrics.stored.inc();
                         } else {

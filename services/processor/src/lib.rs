@@ -169,6 +169,8 @@ pub async fn start(
         limits,
         progress,
         progress_store,
+        bus_watchdog: health.watchdog("bus", settings.stall_after),
+        storage_watchdog: health.watchdog("storage", settings.stall_after),
     };
     tasks.spawn(forwarder.run(eventloop, stop.clone(), Duration::from_secs(10)));
     let storage = endpoint("storage_url", &settings.storage_url)?;

@@ -1,4 +1,5 @@
-//! The operations endpoint of every service: `/healthz` (the process answers), `/readyz`
+//! The operations endpoint of every service: `/healthz` (the process answers and no watched
+//! loop is stuck), `/readyz`
 //! (every component is ready) and `/metrics` (Prometheus text format).
 
 use std::{net::SocketAddr, sync::Arc};
@@ -37,7 +38,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| crate::Error::Bind { addr, source })?;
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Ops { health, registry });
@@ -51,6 +52,16 @@ pub async fn serve(
     });
     tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
     Ok(bound)
+}
+
+async fn healthz(State(ops): State<Ops>) -> impl IntoResponse {
+    match ops.health.liveness() {
+        (true, _) => (StatusCode::OK, "ok\n".to_string()),
+        (false, stuck) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stuck: {}\n", stuck.join("; ")),
+        ),
+    }
 }
 
 async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {

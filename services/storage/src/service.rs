@@ -72,10 +72,25 @@ impl StorageService for StorageApi {
         });
         let backends = self.backends.clone();
         let metrics = self.metrics.clone();
-        let stop = self.stop.clone();
+        // A stream whose sender went away stops its writer: the sender sends the same batches
+        // again on its next stream, and two writers must not race to store them.
+        let stop = self.stop.child_token();
+        {
+            let (tx, gone) = (tx.clone(), stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tx.closed() => {
+                        tracing::debug!("ingest stream gone; its writer stops");
+                        gone.cancel();
+                    }
+                    _ = gone.cancelled() => {}
+                }
+            });
+        }
         let buffer = self.buffer.clone();
         let batching = self.batching;
         tokio::spawn(async move {
+            let _done = stop.clone().drop_guard();
             loop {
                 let first = tokio::select! {
                     r = requests.recv() => r,

@@ -65,6 +65,15 @@ pub struct AdapterSettings {
     /// Where batches wait until storage has them.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// `/healthz` fails (and Kubernetes restarts the pod) when publishing has had batches
+    /// waiting this long without progress, e.g. `2m`.
+    #[serde(default = "default_stall_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub stall_after: Duration,
+}
+
+fn default_stall_after() -> Duration {
+    Duration::from_secs(120)
 }
 
 /// The adapter's outbox: every batch is kept on disk until the processor reports it stored,
@@ -138,6 +147,7 @@ impl Default for AdapterSettings {
             http_listen: default_adapter_http(),
             state_dir: default_state_dir(),
             outbox: OutboxConfig::default(),
+            stall_after: default_stall_after(),
         }
     }
 }
@@ -182,6 +192,11 @@ pub struct ProcessorSettings {
     /// Most samples one batch may carry; counted before the batch is decoded.
     #[serde(default = "default_max_batch_samples")]
     pub max_batch_samples: usize,
+    /// `/healthz` fails (and Kubernetes restarts the pod) when messages from the bus or
+    /// batches for storage have waited this long without progress, e.g. `2m`.
+    #[serde(default = "default_stall_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub stall_after: Duration,
 }
 
 impl Default for ProcessorSettings {
@@ -194,6 +209,7 @@ impl Default for ProcessorSettings {
             client_id: None,
             max_batch_bytes: default_max_batch_bytes(),
             max_batch_samples: default_max_batch_samples(),
+            stall_after: default_stall_after(),
         }
     }
 }
