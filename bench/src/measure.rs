@@ -241,7 +241,11 @@ impl Reported {
 /// Starts the release `fieldline-adapter` beside the bench binary with `config`, logging
 /// warnings only.
 pub fn spawn_adapter(config: &std::path::Path) -> anyhow::Result<Child> {
-    let binary = std::env::current_exe()?.with_file_name("fieldline-adapter");
+    // `FIELDLINE_ADAPTER` measures another build (e.g. an older release) on the same devices.
+    let binary = match std::env::var_os("FIELDLINE_ADAPTER") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::env::current_exe()?.with_file_name("fieldline-adapter"),
+    };
     if !binary.exists() {
         anyhow::bail!(
             "{} not found; build it with `cargo build --release -p fieldline-adapter -p fieldline-bench`",
@@ -271,4 +275,68 @@ pub async fn adapter_points(url: &str) -> Option<f64> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>(),
     )
+}
+
+/// Stands in for the line's processor toward an adapter: takes its batches off the broker and
+/// announces, every 250 ms (as the processor does), each device's highest sequence as its
+/// retained stored watermark, so the adapter's outbox releases batches as it would in a
+/// running line. Runs in the bench
+/// process, whose CPU is not counted.
+pub async fn acknowledge_batches(
+    mqtt: &str,
+    line: &str,
+    stop: fieldline_runtime::CancellationToken,
+) -> anyhow::Result<()> {
+    use fieldline_proto::v1;
+    use prost::Message;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let (host, port) = mqtt.rsplit_once(':').context("--mqtt is host:port")?;
+    let mut options = MqttOptions::new(
+        format!("fieldline-bench-acks-{}", std::process::id()),
+        host,
+        port.parse()?,
+    );
+    options.set_max_packet_size(64 << 20, 64 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 4096);
+    client
+        .subscribe(fieldline_proto::line_samples_filter(line), QoS::AtMostOnce)
+        .await?;
+    let line = line.to_string();
+    tokio::spawn(async move {
+        let mut highest: std::collections::HashMap<String, u64> = Default::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(batch) = v1::SampleBatch::decode(p.payload.as_ref()) {
+                            let h = highest.entry(batch.device).or_default();
+                            *h = (*h).max(batch.sequence);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                },
+                _ = tick.tick() => {
+                    for (device, sequence) in &highest {
+                        let mark = v1::StoredUpTo {
+                            line: line.clone(),
+                            device: device.clone(),
+                            sequence: *sequence,
+                            gap: false,
+                            published_ns: 0,
+                        };
+                        let _ = client.try_publish(
+                            fieldline_proto::stored_topic(&line, device),
+                            QoS::AtMostOnce,
+                            true,
+                            mark.encode_to_vec(),
+                        );
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+    Ok(())
 }

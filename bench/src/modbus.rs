@@ -41,6 +41,9 @@ pub struct ModbusArgs {
     /// Skip the Python collector.
     #[arg(long)]
     no_python: bool,
+    /// The adapter's outbox fsync policy: `always` (as shipped) or `os`.
+    #[arg(long, default_value = "always")]
+    outbox_fsync: String,
 }
 
 pub async fn run(args: ModbusArgs) -> anyhow::Result<()> {
@@ -109,10 +112,16 @@ async fn run_adapter(args: &ModbusArgs, devices: &[SocketAddr]) -> anyhow::Resul
     let dir = tempfile::tempdir()?;
     let http = free_addr()?;
     let mut yaml = format!(
-        "line: bench\nmqtt: {{ address: \"{}\" }}\nadapter:\n  id: bench\n  grpc_listen: \"{}\"\n  http_listen: \"{http}\"\n  state_dir: \"{}\"\ndevices:\n",
+        "line: bench\nmqtt: {{ address: \"{}\" }}\nadapter:\n  id: bench\n  grpc_listen: \"{}\"\n  http_listen: \"{http}\"\n  state_dir: \"{}\"\n{}devices:\n",
         args.mqtt,
         free_addr()?,
-        dir.path().display()
+        dir.path().display(),
+        // An adapter from before the outbox would refuse the setting.
+        if std::env::var_os("FIELDLINE_ADAPTER").is_some() {
+            String::new()
+        } else {
+            format!("  outbox: {{ fsync: {} }}\n", args.outbox_fsync)
+        },
     );
     for (d, addr) in devices.iter().enumerate() {
         yaml.push_str(&format!(
@@ -127,6 +136,9 @@ async fn run_adapter(args: &ModbusArgs, devices: &[SocketAddr]) -> anyhow::Resul
     }
     let config = dir.path().join("bench.yaml");
     std::fs::write(&config, yaml)?;
+    let acks = CancellationToken::new();
+    measure::acknowledge_batches(&args.mqtt, "bench", acks.clone()).await?;
+    let _acks = acks.drop_guard();
     let mut child = measure::spawn_adapter(&config)?;
     let metrics = format!("http://{http}/metrics");
     let points = || measure::adapter_points(&metrics);

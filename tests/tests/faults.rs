@@ -10,7 +10,9 @@
 //! 2. the broker killed and restarted with its folder wiped (a broker that forgot everything);
 //! 3. the adapter killed during a broker outage, restarted, the broker back;
 //! 4. storage frozen (SIGSTOP) so batches pile up unacknowledged, the processor killed and
-//!    restarted, storage let go (SIGCONT).
+//!    restarted, storage let go (SIGCONT);
+//! 5. storage killed with batches in flight, restarted;
+//! 6. the adapter stopped (SIGTERM) during a broker outage, restarted, the broker back.
 //!
 //! `FIELDLINE_FAULTS=long` keeps each outage for 90 s instead of 8 s and prints a table.
 
@@ -377,6 +379,28 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     let back = Instant::now();
     progressing(&line, 200).await?;
     record("storage frozen, processor kill -9", back);
+
+    // 5. Storage is killed with batches in flight and restarted.
+    storage.kill().await?;
+    tokio::time::sleep(outage / 2).await;
+    storage = line.storage().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("storage kill -9", back);
+
+    // 6. The adapter is stopped (SIGTERM, as for a rolling update) during a broker outage.
+    broker.kill().await?;
+    tokio::time::sleep(outage / 2).await;
+    anyhow::ensure!(
+        adapter.terminate().await? == Some(0),
+        "the adapter did not stop cleanly"
+    );
+    adapter = line.adapter().await?;
+    tokio::time::sleep(outage / 2).await;
+    broker.start().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("adapter stopped (SIGTERM) during a broker outage", back);
 
     // The devices fall silent, so what they served is final; the adapter keeps running and
     // sends again whatever storage does not have yet.

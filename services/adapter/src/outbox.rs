@@ -117,7 +117,16 @@ pub struct Outbox {
     cached_bytes: usize,
     memory_bytes: usize,
     unacked: usize,
+    /// Released records whose checkpoint is not written yet, and where it will point.
+    uncommitted: u64,
+    commit_to: Option<Position>,
+    last_commit: Instant,
 }
+
+/// How often the log's checkpoint is written at most while batches are released. A
+/// checkpoint that lags only means that after a crash some stored batches are sent again,
+/// which the processor drops; a segment is freed at once.
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Outbox {
     /// Opens (or creates) the outbox in `dir`; every batch held from before is sent again.
@@ -134,6 +143,9 @@ impl Outbox {
             cached_bytes: 0,
             memory_bytes: settings.memory_bytes,
             unacked: 0,
+            uncommitted: 0,
+            commit_to: None,
+            last_commit: Instant::now(),
         };
         let mut recovered = Recovered {
             cut_bytes: report.cut_bytes,
@@ -487,7 +499,22 @@ impl Outbox {
             .entries
             .front()
             .map_or_else(|| self.wal.end(), |e| e.start);
-        self.wal.commit_many(next, released)
+        self.uncommitted += released;
+        self.commit_to = Some(next);
+        if next.segment > self.wal.oldest().segment || self.last_commit.elapsed() >= COMMIT_EVERY {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint for everything released so far (and frees finished segments).
+    pub fn commit(&mut self) -> Result<(), WalError> {
+        if let Some(next) = self.commit_to.take() {
+            self.wal.commit_many(next, self.uncommitted)?;
+            self.uncommitted = 0;
+            self.last_commit = Instant::now();
+        }
+        Ok(())
     }
 
     /// Names of the devices with batches held, and how many each.
@@ -497,6 +524,14 @@ impl Outbox {
             .filter(|d| !d.unacked.is_empty())
             .map(|d| (d.name.clone(), d.unacked.len()))
             .collect()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if let Err(error) = self.commit() {
+            tracing::warn!(%error, "cannot write the outbox checkpoint; stored batches will be sent again");
+        }
     }
 }
 

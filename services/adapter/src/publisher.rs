@@ -43,6 +43,8 @@ use crate::{
 const CLIENT_QUEUE: usize = 1024;
 /// Most batches moved into the outbox with one sync.
 const GROUP: usize = 512;
+/// How long the first batch of a group waits for others to share its sync.
+const GROUP_WINDOW: Duration = Duration::from_millis(10);
 /// Longest wait between resends when nothing is acknowledged.
 const RESEND_MAX: Duration = Duration::from_secs(300);
 
@@ -115,6 +117,14 @@ pub struct Publisher {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The broker acknowledged a publish, which makes room in the client's queue: told to the
+/// publishing task only while it waits for room.
+#[derive(Default)]
+struct Progress {
+    waiting: AtomicBool,
+    acked: Notify,
+}
+
 /// What the event loop tells the publishing task.
 #[derive(Debug)]
 enum Link {
@@ -151,7 +161,7 @@ impl Publisher {
         let (live, _) = broadcast::channel(1024);
         let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
         let (links, link_rx) = mpsc::unbounded_channel();
-        let progress = Arc::new(Notify::new());
+        let progress = Arc::new(Progress::default());
         let unacked = Arc::new(AtomicI64::new(0));
         let connection = CancellationToken::new();
         tokio::spawn(drive(
@@ -179,6 +189,7 @@ impl Publisher {
         let pump = Pump {
             watchdog,
             refused: false,
+            room: progress.clone(),
             outbox: Arc::new(Mutex::new(outbox)),
             client,
             metrics,
@@ -210,6 +221,7 @@ impl Publisher {
 }
 
 struct Pump {
+    room: Arc<Progress>,
     /// Stuck when batches wait and none moves: the client's queue stays full while connected
     /// (its event loop does not drain it), or the outbox does not take any.
     watchdog: Watchdog,
@@ -235,7 +247,7 @@ impl Pump {
         mut self,
         mut rx: mpsc::UnboundedReceiver<Encoded>,
         mut links: mpsc::UnboundedReceiver<Link>,
-        progress: Arc<Notify>,
+        progress: Arc<Progress>,
         stop: CancellationToken,
         connection: CancellationToken,
         flush_timeout: Duration,
@@ -246,6 +258,9 @@ impl Pump {
             tokio::select! {
                 batch = rx.recv(), if self.waiting.is_empty() => match batch {
                     Some(batch) => {
+                        // What arrives within a moment goes in with the same sync (and
+                        // wakes nobody meanwhile).
+                        tokio::time::sleep(GROUP_WINDOW).await;
                         let mut group = vec![batch];
                         while group.len() < GROUP {
                             match rx.try_recv() {
@@ -258,10 +273,10 @@ impl Pump {
                     None => break,
                 },
                 link = links.recv() => match link {
-                    Some(link) => self.on_link(link).await,
+                    Some(link) => self.on_link(link),
                     None => break,
                 },
-                _ = progress.notified() => {}
+                _ = progress.acked.notified() => {}
                 _ = tick.tick() => {
                     if !self.waiting.is_empty() {
                         let group = std::mem::take(&mut self.waiting);
@@ -271,7 +286,7 @@ impl Pump {
                 }
                 _ = stop.cancelled() => break,
             }
-            self.publish().await;
+            self.publish();
             let waiting = self.queued_bytes.load(Ordering::Relaxed) > 0
                 || !self.waiting.is_empty()
                 || self.refused;
@@ -295,7 +310,7 @@ impl Pump {
                 "stopping with batches the full outbox could not take"
             );
         }
-        self.publish().await;
+        self.publish();
         let deadline = tokio::time::Instant::now() + flush_timeout;
         while self.connected
             && self.unacked.load(Ordering::Relaxed) > 0
@@ -303,14 +318,23 @@ impl Pump {
         {
             tokio::select! {
                 link = links.recv() => match link {
-                    Some(link) => self.on_link(link).await,
+                    Some(link) => self.on_link(link),
                     None => break,
                 },
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
-            self.publish().await;
+            self.publish();
         }
-        let held = self.with_outbox(|o| Ok(o.pending())).await.unwrap_or(0);
+        let held = {
+            let mut outbox = self
+                .outbox
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Err(error) = outbox.commit() {
+                tracing::warn!(%error, "cannot write the outbox checkpoint; stored batches will be sent again");
+            }
+            outbox.pending()
+        };
         if held > 0 {
             tracing::info!(
                 batches = held,
@@ -320,27 +344,6 @@ impl Pump {
         let _ = self.client.disconnect().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         connection.cancel();
-    }
-
-    /// Runs `f` on the outbox off the async threads (it syncs files).
-    async fn with_outbox<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Outbox) -> Result<T, WalError> + Send + 'static,
-    ) -> Result<T, WalError> {
-        let outbox = self.outbox.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut outbox = outbox
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut outbox)
-        })
-        .await
-        .unwrap_or_else(|join| {
-            Err(WalError::Io {
-                path: PathBuf::from("outbox"),
-                source: std::io::Error::other(join.to_string()),
-            })
-        })
     }
 
     /// Moves batches from the queue into the outbox.
@@ -411,57 +414,44 @@ impl Pump {
             .set(self.queued_bytes.load(Ordering::Relaxed) as i64);
     }
 
-    async fn on_link(&mut self, link: Link) {
+    fn on_link(&mut self, link: Link) {
+        let mut outbox = self
+            .outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match link {
             Link::Connected { session_present } => {
                 self.connected = true;
-                if !session_present {
+                if !session_present && outbox.pending() > 0 {
                     // The broker holds nothing of ours (a new session, a broker that forgot):
                     // everything not stored goes again.
-                    let held = self
-                        .with_outbox(|o| {
-                            o.resend_all();
-                            Ok(o.pending())
-                        })
-                        .await
-                        .unwrap_or(0);
-                    if held > 0 {
-                        tracing::info!(
-                            batches = held,
-                            "new broker session; sending again what storage does not have"
-                        );
-                    }
+                    tracing::info!(
+                        batches = outbox.pending(),
+                        "new broker session; sending again what storage does not have"
+                    );
+                    outbox.resend_all();
                 }
             }
             Link::Disconnected => self.connected = false,
             Link::Stored(mark) => {
-                let (device, sequence, gap) = (mark.device.clone(), mark.sequence, mark.gap);
-                let result = self
-                    .with_outbox(move |o| {
-                        let released = o.acknowledge(&device, sequence)?;
-                        let again = if gap {
-                            o.resend_device(&device, sequence)
-                        } else {
-                            0
-                        };
-                        Ok((released, again, o.pending(), o.used_bytes()))
-                    })
-                    .await;
-                match result {
-                    Ok((released, again, pending, used)) => {
-                        if released > 0 {
-                            self.resend_wait = self.resend_after;
-                        }
-                        if again > 0 {
-                            tracing::info!(device = %mark.device, stored = mark.sequence, batches = again, "the processor missed a batch; sending again");
-                        }
-                        self.metrics.outbox_batches.set(pending as i64);
-                        self.metrics.outbox_bytes.set(used as i64);
-                    }
+                let released = match outbox.acknowledge(&mark.device, mark.sequence) {
+                    Ok(released) => released,
                     Err(error) => {
                         tracing::error!(%error, "cannot release stored batches from the outbox");
+                        0
+                    }
+                };
+                if released > 0 {
+                    self.resend_wait = self.resend_after;
+                }
+                if mark.gap {
+                    let again = outbox.resend_device(&mark.device, mark.sequence);
+                    if again > 0 {
+                        tracing::info!(device = %mark.device, stored = mark.sequence, batches = again, "the processor missed a batch; sending again");
                     }
                 }
+                self.metrics.outbox_batches.set(outbox.pending() as i64);
+                self.metrics.outbox_bytes.set(outbox.used_bytes() as i64);
             }
         }
     }
@@ -487,33 +477,9 @@ impl Pump {
     }
 
     /// Hands the client what its queue takes now.
-    async fn publish(&mut self) {
+    fn publish(&mut self) {
         self.refused = false;
         if !self.connected {
-            return;
-        }
-        let (batches, error) = self
-            .with_outbox(|o| {
-                let mut batches = Vec::new();
-                let mut error = None;
-                while batches.len() < CLIENT_QUEUE {
-                    match o.next_to_send() {
-                        Ok(Some(b)) => batches.push(b),
-                        Ok(None) => break,
-                        Err(e) => {
-                            error = Some(e);
-                            break;
-                        }
-                    }
-                }
-                Ok((batches, error))
-            })
-            .await
-            .unwrap_or_default();
-        if let Some(error) = error {
-            tracing::error!(%error, "cannot read a batch back from the outbox");
-        }
-        if batches.is_empty() {
             return;
         }
         let mut outbox = self
@@ -521,16 +487,22 @@ impl Pump {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        let mut batches = batches.into_iter();
-        let mut refused = Vec::new();
         let mut handed = 0;
-        for batch in batches.by_ref() {
-            match self.client.try_publish(
-                batch.topic.as_ref(),
-                QoS::AtLeastOnce,
-                false,
-                batch.payload.clone(),
-            ) {
+        loop {
+            let batch = match outbox.next_to_send() {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read a batch back from the outbox");
+                    break;
+                }
+            };
+            let mut batch = batch;
+            let payload = std::mem::take(&mut batch.payload);
+            match self
+                .client
+                .try_publish(batch.topic.as_ref(), QoS::AtLeastOnce, false, payload)
+            {
                 Ok(()) => {
                     self.unacked.fetch_add(1, Ordering::Relaxed);
                     self.metrics.batches_published.inc();
@@ -538,17 +510,13 @@ impl Pump {
                     handed += 1;
                 }
                 Err(_) => {
-                    // The client's queue is full: the rest waits for its next turn.
-                    refused.push(batch);
+                    // The client's queue is full: this one and the rest wait for the next turn.
+                    outbox.put_back(batch);
+                    self.refused = handed == 0;
+                    self.room.waiting.store(true, Ordering::Relaxed);
                     break;
                 }
             }
-        }
-        self.refused = !refused.is_empty() && handed == 0;
-        refused.extend(batches);
-        // Given back newest first, so the oldest is the next to go.
-        for batch in refused.into_iter().rev() {
-            outbox.put_back(batch);
         }
     }
 }
@@ -563,7 +531,7 @@ async fn drive(
     stored_filter: String,
     ready: Readiness,
     links: mpsc::UnboundedSender<Link>,
-    progress: Arc<Notify>,
+    progress: Arc<Progress>,
     unacked: Arc<AtomicI64>,
     stop: CancellationToken,
 ) {
@@ -590,12 +558,15 @@ async fn drive(
                     session_present: ack.session_present,
                 });
                 // Never wait for the request queue here: it empties only while this loop polls.
-                let (client, filters) =
-                    (client.clone(), [commands.filter(), stored_filter.clone()]);
+                let (client, commands_filter, stored_filter) =
+                    (client.clone(), commands.filter(), stored_filter.clone());
                 tokio::spawn(async move {
-                    let filters = filters
-                        .into_iter()
-                        .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                    // Watermarks at most once: each is superseded by the next, and the broker
+                    // keeps the newest retained.
+                    let filters = [
+                        rumqttc::SubscribeFilter::new(commands_filter, QoS::AtLeastOnce),
+                        rumqttc::SubscribeFilter::new(stored_filter, QoS::AtMostOnce),
+                    ];
                     if let Err(error) = client.subscribe_many(filters).await {
                         tracing::error!(%error, "cannot subscribe to commands and watermarks");
                     }
@@ -621,7 +592,10 @@ async fn drive(
                 let _ = unacked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                     Some((n - 1).max(0))
                 });
-                progress.notify_one();
+                // Only a publisher the client's queue turned away waits for this.
+                if progress.waiting.swap(false, Ordering::Relaxed) {
+                    progress.acked.notify_one();
+                }
             }
             // Stopping: the broker closes the connection next, which is no failure.
             Ok(Event::Outgoing(MqttOutgoing::Disconnect)) => return,

@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// How often moved stored marks are saved and announced.
-const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(250);
 
 type Shared = Arc<Mutex<Progress>>;
 
@@ -511,6 +511,8 @@ async fn announce(
                     tracing::warn!(%error, "cannot save stored marks");
                 }
             }
+            // At most once: each mark is superseded by the next, and the broker keeps the
+            // newest retained for an adapter that connects later.
             for (device, stored) in &changes {
                 let mark = v1::StoredUpTo {
                     line: line.clone(),
@@ -522,7 +524,7 @@ async fn announce(
                 if client
                     .try_publish(
                         stored_topic(&line, device),
-                        QoS::AtLeastOnce,
+                        QoS::AtMostOnce,
                         true,
                         mark.encode_to_vec(),
                     )

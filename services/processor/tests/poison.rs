@@ -1,5 +1,5 @@
 //! A line's samples topic receiving what no adapter sends (a 17 MiB blob, a 5 MiB batch, a
-//! batch of a million empty samples, a thousand random payloads, a batch with a bad sample),
+//! batch of a million empty samples, ten thousand random payloads, a batch with a bad sample),
 //! through real Mosquitto into the processor binary: each is refused (or loses its bad sample
 //! only), counted by kind and copied to the dead-letter topic; the good batches before and
 //! after are stored, and the processor stays small.
@@ -85,7 +85,7 @@ async fn poison_on_the_samples_topic_is_dead_lettered_and_good_data_keeps_flowin
     *expected.entry("too_many_samples").or_default() += 1;
     // Random bytes behind a byte no protobuf field starts with.
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..1000 {
+    for _ in 0..10_000 {
         let mut junk = vec![0xff];
         let len = 1 + (seed % 64) as usize;
         for _ in 0..len {
@@ -96,7 +96,7 @@ async fn poison_on_the_samples_topic_is_dead_lettered_and_good_data_keeps_flowin
         }
         publish(junk).await?;
     }
-    *expected.entry("undecodable").or_default() += 1000;
+    *expected.entry("undecodable").or_default() += 10_000;
     let mut with_bad_sample = batch(&line, 3, vec![temp(3)]);
     with_bad_sample
         .samples

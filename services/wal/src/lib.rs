@@ -267,38 +267,56 @@ impl Wal {
             }
         }
         let mut starts = Vec::with_capacity(payloads.len());
+        // Records go to the file in one write per segment: (start of the pending bytes, the
+        // bytes, how many records they hold).
+        let mut pending: Vec<u8> = Vec::with_capacity(size as usize);
+        let mut pending_records = 0u64;
         for payload in payloads {
             let size = HEADER + payload.len() as u64;
-            if self
-                .segments
-                .back()
-                .is_some_and(|s| s.len > 0 && s.len + size > self.segment_bytes)
-            {
+            let current = self.segments.back().map_or(0, |s| s.len) + pending.len() as u64;
+            if current > 0 && current + size > self.segment_bytes {
+                self.write_pending(&mut pending, &mut pending_records)?;
                 self.sync()?;
                 self.rotate()?;
             }
-            let mut record = Vec::with_capacity(size as usize);
-            record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            record.extend_from_slice(payload);
-            let start = self.end();
-            let path = self.current_path();
-            if let Err(error) = self.writer.write_all(&record) {
-                // Part of the record may be on disk (ENOSPC): cut it, so that the next
-                // append does not follow garbage and hide itself from every later reader.
-                let _ = self.writer.set_len(start.offset);
-                let _ = self.writer.seek(SeekFrom::End(0));
-                return Err(io(&path)(error));
-            }
-            if let Some(s) = self.segments.back_mut() {
-                s.len += size;
-                s.records += 1;
-            }
-            self.pending += 1;
-            starts.push(start);
+            starts.push(Position {
+                segment: self.segments.back().map_or(1, |s| s.id),
+                offset: self.segments.back().map_or(0, |s| s.len) + pending.len() as u64,
+            });
+            pending.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            pending.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            pending.extend_from_slice(payload);
+            pending_records += 1;
         }
+        self.write_pending(&mut pending, &mut pending_records)?;
         self.sync()?;
         Ok(starts)
+    }
+
+    /// Writes records gathered for the current segment. When the write fails part-way (a full
+    /// disk), what reached the file is cut again, so the next append does not follow garbage
+    /// and hide itself from every later reader; none of these records counts as appended.
+    fn write_pending(&mut self, pending: &mut Vec<u8>, records: &mut u64) -> Result<(), WalError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let start = self.end();
+        let path = self.current_path();
+        if let Err(error) = self.writer.write_all(pending) {
+            let _ = self.writer.set_len(start.offset);
+            let _ = self.writer.seek(SeekFrom::End(0));
+            pending.clear();
+            *records = 0;
+            return Err(io(&path)(error));
+        }
+        if let Some(s) = self.segments.back_mut() {
+            s.len += pending.len() as u64;
+            s.records += *records;
+        }
+        self.pending += *records;
+        pending.clear();
+        *records = 0;
+        Ok(())
     }
 
     /// Where the next record will be appended.

@@ -242,3 +242,21 @@ fn a_device_that_cannot_be_read_is_set_aside_and_the_others_still_checked() {
         ]
     );
 }
+
+#[test]
+fn an_outbox_too_small_to_reclaim_space_is_refused_with_its_path() {
+    let doc = format!(
+        "{GOOD}adapter:\n  outbox: {{ max_size: 64KiB, memory: 100KiB, resend_after: 10ms }}\n"
+    );
+    let problems = errors_of(&doc);
+    for path in [
+        "adapter.outbox.max_size",
+        "adapter.outbox.memory",
+        "adapter.outbox.resend_after",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(path)),
+            "{path} in {problems:?}"
+        );
+    }
+}

@@ -96,6 +96,35 @@ impl LineConfig {
                 ),
             );
         }
+        let outbox = &self.adapter.outbox;
+        if outbox.max_size.0 < 512 << 10 {
+            // Space is reclaimed a segment (an eighth, at least 64KiB) at a time.
+            err(
+                "adapter.outbox.max_size".into(),
+                format!(
+                    "{} bytes is too small; give it at least 512KiB",
+                    outbox.max_size.0
+                ),
+            );
+        }
+        if outbox.memory.0 < 1 << 20 {
+            err(
+                "adapter.outbox.memory".into(),
+                format!(
+                    "{} bytes is too small; give it at least 1MiB",
+                    outbox.memory.0
+                ),
+            );
+        }
+        if outbox.resend_after < std::time::Duration::from_secs(1) {
+            err(
+                "adapter.outbox.resend_after".into(),
+                format!(
+                    "{:?} would send everything again and again; give it at least 1s",
+                    outbox.resend_after
+                ),
+            );
+        }
         let secrets = [
             ("mqtt.password", self.mqtt.password.as_ref()),
             (
