@@ -391,10 +391,13 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     // 6. The adapter is stopped (SIGTERM, as for a rolling update) during a broker outage.
     broker.kill().await?;
     tokio::time::sleep(outage / 2).await;
-    anyhow::ensure!(
-        adapter.terminate().await? == Some(0),
-        "the adapter did not stop cleanly"
-    );
+    let stopped = adapter.terminate().await;
+    if !matches!(stopped, Ok(Some(0))) {
+        anyhow::bail!(
+            "the adapter did not stop cleanly ({stopped:?}); it printed:\n{}",
+            adapter.stdout().await
+        );
+    }
     adapter = line.adapter().await?;
     tokio::time::sleep(outage / 2).await;
     broker.start().await?;

@@ -295,6 +295,29 @@ impl Outbox {
         queued
     }
 
+    /// Sends again the oldest batch of each device not yet stored: after a silence, a probe
+    /// that either is a duplicate (the processor drops it) or fills what was lost (and the
+    /// processor then reports any further gap, since the batches after it name it).
+    pub fn resend_oldest(&mut self) -> usize {
+        let mut queued = 0;
+        for d in &self.devices {
+            let Some(&id) = d.unacked.front() else {
+                continue;
+            };
+            if id >= self.cursor {
+                continue; // not sent yet: goes out in order anyway
+            }
+            if let Some(e) = self.entries.get_mut((id - self.first_id) as usize)
+                && !e.again
+            {
+                e.again = true;
+                self.again.push_back(id);
+                queued += 1;
+            }
+        }
+        queued
+    }
+
     /// When the oldest batch not yet stored was last sent; `None` when there is none, or it
     /// has not been sent since the last [`Outbox::resend_all`].
     pub fn oldest_sent_at(&self) -> Option<Instant> {
@@ -606,6 +629,9 @@ mod tests {
         // Queued twice, sent once.
         assert_eq!(outbox.resend_device("a", 1), 0);
         assert_eq!(drain(&mut outbox), vec![(2, 0), (3, 2)]);
+        // After a silence only the oldest of each device goes again.
+        assert_eq!(outbox.resend_oldest(), 2);
+        assert_eq!(drain(&mut outbox), vec![(2, 0), (1, 0)]);
     }
 
     #[test]

@@ -456,8 +456,9 @@ impl Pump {
         }
     }
 
-    /// Sends again everything held when nothing was acknowledged for a while: a batch lost
-    /// with nothing after it to reveal the gap. The wait doubles each time.
+    /// Probes when nothing was acknowledged for a while: the oldest batch of each device goes
+    /// again, which finds a batch lost with nothing after it to reveal the gap, without
+    /// flooding a broker that is only waiting for a slow processor. The wait doubles each time.
     fn resend_if_silent(&mut self) {
         if !self.connected {
             return;
@@ -470,8 +471,8 @@ impl Pump {
             return;
         };
         if sent.elapsed() >= self.resend_wait {
-            tracing::info!(batches = outbox.pending(), waited = ?self.resend_wait, "storage acknowledged nothing for a while; sending again");
-            outbox.resend_all();
+            let probes = outbox.resend_oldest();
+            tracing::info!(held = outbox.pending(), probes, waited = ?self.resend_wait, "storage acknowledged nothing for a while; sending the oldest batches again");
             self.resend_wait = (self.resend_wait * 2).min(RESEND_MAX);
         }
     }

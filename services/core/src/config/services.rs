@@ -96,7 +96,8 @@ pub struct OutboxConfig {
     /// is never made to wait); `pause_polling`: stop polling until there is room.
     #[serde(default)]
     pub when_full: OutboxWhenFull,
-    /// Send again what storage has not acknowledged after this long without progress, e.g.
+    /// After this long without progress, send the oldest batch of each device that storage
+    /// has not acknowledged again (a probe for a batch lost with nothing after it), e.g.
     /// `30s`; doubled on each try up to five minutes.
     #[serde(default = "default_resend_after", with = "humantime_serde")]
     #[schemars(with = "String")]
