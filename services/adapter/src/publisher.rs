@@ -341,7 +341,11 @@ impl Pump {
                 "stopping with batches storage has not acknowledged; they stay in the outbox"
             );
         }
-        let _ = self.client.disconnect().await;
+        // Never wait for room in the client's queue here: with the broker away nothing drains
+        // it, and the batches are safe in the outbox anyway.
+        if self.client.try_disconnect().is_err() {
+            tracing::debug!("the client's queue is full; closing without a DISCONNECT");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         connection.cancel();
     }

@@ -125,7 +125,7 @@ impl Forwarder {
         // The last marks go out before the connection closes.
         announcing.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), announce).await;
-        let _ = self.client.disconnect().await;
+        let _ = self.client.try_disconnect();
         // Let the event loop send the last acks and the DISCONNECT.
         let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_done.cancelled()).await;
         consume.abort();
