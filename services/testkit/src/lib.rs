@@ -403,46 +403,7 @@ impl ServiceProcess {
         args: &[&str],
         http: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(binary)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let stdout = child.stdout.take().context("service stdout")?;
-        let reader = tokio::spawn(keep_output(stdout, output.clone()));
-        let mut process = Self {
-            child,
-            http,
-            output,
-            reader: Some(reader),
-        };
-        let url = format!("http://{http}/readyz");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = http_get(&url).await {
-                return Ok(process);
-            }
-            if let Some(status) = process.child.try_wait()? {
-                bail!(
-                    "{} exited ({status}) before it was ready; it printed:\n{}",
-                    binary.display(),
-                    process.stdout().await
-                );
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let _ = process.child.kill().await;
-                bail!(
-                    "timed out after 30s waiting for {} to be ready; it printed:\n{}",
-                    binary.display(),
-                    process.stdout().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Self::launch(binary, args, http, "readyz", "ready").await
     }
 
     /// Starts `binary` with `args` and waits only until its `/healthz` on `http` answers (it
@@ -451,6 +412,17 @@ impl ServiceProcess {
         binary: &std::path::Path,
         args: &[&str],
         http: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        Self::launch(binary, args, http, "healthz", "answering").await
+    }
+
+    /// Starts `binary` and waits (up to 30 s) until `path` on `http` answers 200.
+    async fn launch(
+        binary: &std::path::Path,
+        args: &[&str],
+        http: SocketAddr,
+        path: &str,
+        state: &str,
     ) -> anyhow::Result<Self> {
         let mut child = Command::new(binary)
             .args(args)
@@ -469,7 +441,7 @@ impl ServiceProcess {
             output,
             reader: Some(reader),
         };
-        let url = format!("http://{http}/healthz");
+        let url = format!("http://{http}/{path}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((200, _)) = http_get(&url).await {
@@ -477,7 +449,7 @@ impl ServiceProcess {
             }
             if let Some(status) = process.child.try_wait()? {
                 bail!(
-                    "{} exited ({status}) before it answered; it printed:\n{}",
+                    "{} exited ({status}) before it was {state}; it printed:\n{}",
                     binary.display(),
                     process.stdout().await
                 );
@@ -485,7 +457,7 @@ impl ServiceProcess {
             if tokio::time::Instant::now() >= deadline {
                 let _ = process.child.kill().await;
                 bail!(
-                    "timed out after 30s waiting for {} to answer; it printed:\n{}",
+                    "timed out after 30s waiting for {} to be {state}; it printed:\n{}",
                     binary.display(),
                     process.stdout().await
                 );
