@@ -326,10 +326,7 @@ impl Pump {
             self.publish();
         }
         let held = {
-            let mut outbox = self
-                .outbox
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut outbox = lock(&self.outbox);
             if let Err(error) = outbox.commit() {
                 tracing::warn!(%error, "cannot write the outbox checkpoint; stored batches will be sent again");
             }
@@ -359,9 +356,7 @@ impl Pump {
         let (group, result) = {
             let outbox = self.outbox.clone();
             tokio::task::spawn_blocking(move || {
-                let mut outbox = outbox
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut outbox = lock(&outbox);
                 let result = outbox.append(&group);
                 (
                     group,
@@ -419,10 +414,7 @@ impl Pump {
     }
 
     fn on_link(&mut self, link: Link) {
-        let mut outbox = self
-            .outbox
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut outbox = lock(&self.outbox);
         match link {
             Link::Connected { session_present } => {
                 self.connected = true;
@@ -467,10 +459,7 @@ impl Pump {
         if !self.connected {
             return;
         }
-        let mut outbox = self
-            .outbox
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut outbox = lock(&self.outbox);
         let Some(sent) = outbox.oldest_sent_at() else {
             return;
         };
@@ -487,10 +476,7 @@ impl Pump {
         if !self.connected {
             return;
         }
-        let mut outbox = self
-            .outbox
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut outbox = lock(&self.outbox);
         let now = Instant::now();
         let mut handed = 0;
         loop {
@@ -524,6 +510,14 @@ impl Pump {
             }
         }
     }
+}
+
+/// The outbox behind its lock. A panic elsewhere while it was held leaves it usable (each of
+/// its operations leaves it consistent), so a poisoned lock is taken over.
+fn lock(outbox: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
+    outbox
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Polls the MQTT event loop: connects, reconnects with backoff, and reports to the
