@@ -661,6 +661,7 @@ async fn drive(
                     samples,
                     previous_sequence: 0,
                 }),
+                records: None,
             };
             if requests.send(request).await.is_err() {
                 bail!("the Ingest stream closed");

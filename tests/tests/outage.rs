@@ -1,6 +1,6 @@
 //! Storage down while the line keeps producing: the processor holds every batch unacknowledged
-//! (the broker keeps them), and once storage is up every batch the adapter published is
-//! stored exactly once. Real Mosquitto; storage into SQLite so each sample is a row.
+//! (the broker and the adapter's outbox keep them), and once storage is back every batch the
+//! adapter published is stored exactly once. Real Mosquitto; storage into SQLite so each sample is a row.
 
 use std::time::Duration;
 
@@ -38,6 +38,16 @@ async fn nothing_is_lost_or_duplicated_while_storage_is_down() -> anyhow::Result
 
     let stop = CancellationToken::new();
     let mut registry = Registry::default();
+    // Storage is up when the processor starts: it gives it the state to resume from.
+    let storage_stop = CancellationToken::new();
+    let storage = fieldline_storage::start(
+        &config,
+        &Health::default(),
+        &mut Registry::default(),
+        storage_stop.clone(),
+    )
+    .await?;
+    assert_eq!(storage.grpc_addr, storage_addr);
     let processor =
         fieldline_processor::start(&config, &Health::default(), &mut registry, stop.clone())
             .await?;
@@ -49,21 +59,39 @@ async fn nothing_is_lost_or_duplicated_while_storage_is_down() -> anyhow::Result
         adapter_stop.clone(),
     )
     .await?;
-
-    // Storage is down: batches pile up unacknowledged, nothing is stored.
-    kit::wait_for(Duration::from_secs(10), "30 batches published", || async {
-        metric(&registry, "fieldline_adapter_batches_published_total ").filter(|n| *n >= 30)
+    kit::wait_for(Duration::from_secs(10), "batches stored", || async {
+        metric(&registry, "fieldline_processor_batches_stored_total ").filter(|n| *n >= 5)
     })
+    .await?;
+
+    // Storage goes down: batches pile up unacknowledged, nothing more is stored.
+    storage_stop.cancel();
+    storage.wait().await;
+    let stored_before = metric(&registry, "fieldline_processor_batches_stored_total ");
+    let published_before =
+        metric(&registry, "fieldline_adapter_batches_published_total ").unwrap_or(0);
+    kit::wait_for(
+        Duration::from_secs(10),
+        "30 more batches published",
+        || async {
+            metric(&registry, "fieldline_adapter_batches_published_total ")
+                .filter(|n| *n >= published_before + 30)
+        },
+    )
     .await?;
     assert_eq!(
         metric(&registry, "fieldline_processor_batches_stored_total "),
-        Some(0)
+        stored_before
     );
 
-    // Storage comes up; then the line stops producing (flushing what it holds).
-    let storage =
-        fieldline_storage::start(&config, &Health::default(), &mut registry, stop.clone()).await?;
-    assert_eq!(storage.grpc_addr, storage_addr);
+    // Storage comes back; then the line stops producing (flushing what it holds).
+    let storage = fieldline_storage::start(
+        &config,
+        &Health::default(),
+        &mut Registry::default(),
+        stop.clone(),
+    )
+    .await?;
     adapter_stop.cancel();
     adapter.wait().await;
     let published = metric(&registry, "fieldline_adapter_batches_published_total ").unwrap_or(0);

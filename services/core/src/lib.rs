@@ -10,6 +10,7 @@ pub mod deadband;
 pub mod error;
 pub mod names;
 pub mod plugin;
+pub mod records;
 pub mod rules;
 pub mod sample;
 pub mod value_type;

@@ -15,10 +15,10 @@ use fieldline_core::{
         DiscreteValue, LineAlarms, Priority, alarm_id,
     },
     config::LineConfig,
+    records::AlarmStatus,
     rules::{Hold, Intent, LineRules, RuleConfig},
 };
 use fieldline_proto::v1;
-use fieldline_storage::events::AlarmStatus;
 
 use crate::{
     Error, Result,

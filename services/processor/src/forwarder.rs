@@ -5,9 +5,10 @@
 //! it again. Batches are taken per device in order ([`Progress`]): a redelivery is dropped, and
 //! a batch that overtook a lost one is dropped too while the adapter is told to send again.
 //! When the storage link breaks, every unacknowledged batch is sent again, in order, on the
-//! new link. Whenever a device's stored mark moves, it is saved (SQL, so a restart does not
-//! process a batch twice) and then announced retained on the device's `stored` topic, where
-//! the adapter releases what it covers from its outbox.
+//! new link. A batch's alarm transitions travel in the same request, so storage acknowledges
+//! both at once. Whenever a device's stored mark moves, it is saved (through storage into SQL,
+//! so a restart does not process a batch twice) and then announced retained on the device's
+//! `stored` topic, where the adapter releases what it covers from its outbox.
 
 use std::{
     collections::VecDeque,
@@ -23,7 +24,6 @@ use fieldline_runtime::{
     backoff::Backoff,
     health::{Readiness, Watchdog},
 };
-use fieldline_storage::events::{DeviceProgress, EventStore};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
@@ -54,7 +54,22 @@ struct InFlight {
     id: u64,
     publish: Publish,
     batch: v1::SampleBatch,
+    /// What processing the batch decided, stored with it.
+    records: Option<v1::PlantRecords>,
 }
+
+impl InFlight {
+    fn request(&self) -> v1::IngestRequest {
+        v1::IngestRequest {
+            request_id: self.id,
+            batch: Some(self.batch.clone()),
+            records: self.records.clone(),
+        }
+    }
+}
+
+/// A batch taken from the bus on its way to storage, with its records.
+type Taken = (Publish, v1::SampleBatch, Option<v1::PlantRecords>);
 
 /// Everything the two forwarding tasks share.
 pub struct Forwarder {
@@ -71,8 +86,8 @@ pub struct Forwarder {
     pub limits: Limits,
     /// Each device's watermarks, resumed from `progress_store`.
     pub progress: Progress,
-    /// Where stored marks are saved (the line's SQL database), if anywhere.
-    pub progress_store: Option<EventStore>,
+    /// Where stored marks are saved (storage, into the line's SQL database), if anywhere.
+    pub progress_store: Option<tonic::transport::Channel>,
     /// Stuck when messages from the bus wait and none is handled (acknowledging them waits
     /// for a client queue nobody drains), or batches wait for storage and nothing moves.
     pub bus_watchdog: Watchdog,
@@ -138,7 +153,7 @@ async fn consume(
     client: AsyncClient,
     line: String,
     limits: Limits,
-    to_storage: mpsc::UnboundedSender<(Publish, v1::SampleBatch)>,
+    to_storage: mpsc::UnboundedSender<Taken>,
     progress: Shared,
     metrics: ProcessorMetrics,
     latest: Latest,
@@ -227,7 +242,7 @@ async fn handle(
     client: &AsyncClient,
     line: &str,
     limits: Limits,
-    to_storage: &mpsc::UnboundedSender<(Publish, v1::SampleBatch)>,
+    to_storage: &mpsc::UnboundedSender<Taken>,
     progress: &Shared,
     metrics: &ProcessorMetrics,
     latest: &Latest,
@@ -316,12 +331,10 @@ async fn handle(
             return;
         }
     }
-    if let Some(engine) = engine {
-        engine.process(&mut batch, checked, metrics);
-    }
+    let records = engine.and_then(|engine| engine.process(&mut batch, checked, metrics));
     latest.apply(&batch);
     let (device, sequence) = (batch.device.clone(), batch.sequence);
-    if to_storage.send((publish, batch)).is_err() {
+    if to_storage.send((publish, batch, records)).is_err() {
         lock(progress).abandon(&device, sequence);
         tracing::debug!("forwarder stopped; batch left for redelivery");
     }
@@ -341,7 +354,7 @@ async fn send_dead_letter(client: &AsyncClient, line: &str, letter: v1::DeadLett
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    mut from_mqtt: mpsc::UnboundedReceiver<(Publish, v1::SampleBatch)>,
+    mut from_mqtt: mpsc::UnboundedReceiver<Taken>,
     client: AsyncClient,
     storage_url: String,
     progress: Shared,
@@ -384,13 +397,7 @@ async fn forward(
         };
         let (requests, request_rx) = mpsc::channel::<v1::IngestRequest>(1024);
         // Everything not yet acknowledged goes again, in order.
-        let resend: Vec<v1::IngestRequest> = in_flight
-            .iter()
-            .map(|f| v1::IngestRequest {
-                request_id: f.id,
-                batch: Some(f.batch.clone()),
-            })
-            .collect();
+        let resend: Vec<v1::IngestRequest> = in_flight.iter().map(InFlight::request).collect();
         let sender = requests.clone();
         tokio::spawn(async move {
             for r in resend {
@@ -424,11 +431,12 @@ async fn forward(
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 received = from_mqtt.recv() => {
-                    let Some((publish, batch)) = received else { continue };
+                    let Some((publish, batch, records)) = received else { continue };
                     let id = next_id;
                     next_id += 1;
-                    let request = v1::IngestRequest { request_id: id, batch: Some(batch.clone()) };
-                    in_flight.push_back(InFlight { id, publish, batch });
+                    let taken = InFlight { id, publish, batch, records };
+                    let request = taken.request();
+                    in_flight.push_back(taken);
                     metrics.in_flight.set(in_flight.len() as i64);
                     watchdog.pending(true);
                     if requests.send(request).await.is_err() {
@@ -447,6 +455,10 @@ async fn forward(
                         } else {
                             metrics.error("refused_by_storage");
                             tracing::warn!(device = %done.batch.device, sequence = done.batch.sequence, detail = %ack.detail, "storage refused a batch");
+                        }
+                        if !ack.records_refused.is_empty() {
+                            metrics.error("records_refused");
+                            tracing::error!(device = %done.batch.device, sequence = done.batch.sequence, reason = %ack.records_refused, "storage refused the alarm records of a batch");
                         }
                         if ack.rejected_samples > 0 {
                             metrics.rejected_samples.inc_by(u64::from(ack.rejected_samples));
@@ -475,15 +487,18 @@ async fn forward(
 
 /// Saves and announces moved stored marks every [`ANNOUNCE_EVERY`], until `stop` (then once
 /// more). A mark is saved before it is announced: once the adapter releases a batch, a restart
-/// of this processor must still know it was taken.
+/// of this processor must still know it was taken. A mark that cannot be saved is not
+/// announced; the adapter keeps those batches and sends them again later.
 async fn announce(
     client: AsyncClient,
     line: String,
     progress: Shared,
-    store: Option<EventStore>,
+    store: Option<tonic::transport::Channel>,
     metrics: ProcessorMetrics,
     stop: CancellationToken,
 ) {
+    let mut storage = store.map(StorageServiceClient::new);
+    let mut failing = false;
     let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -494,21 +509,33 @@ async fn announce(
         let changes = lock(&progress).take_changes();
         if !changes.is_empty() {
             let now = fieldline_runtime::now_ns();
-            if let Some(store) = &store {
-                let rows: Vec<DeviceProgress> = changes
-                    .iter()
-                    .map(|(device, stored)| DeviceProgress {
-                        line: line.clone(),
-                        device: device.clone(),
-                        stored_seq: *stored,
-                        updated_ns: now,
-                    })
-                    .collect();
-                if let Err(error) = store.save_progress(&rows).await {
-                    // Announcing anyway is safe (storage has the batches); a restart would
-                    // then take a few redelivered ones again, which storage stores idempotently.
+            if let Some(storage) = &mut storage {
+                let records = v1::PlantRecords {
+                    line: line.clone(),
+                    progress: changes
+                        .iter()
+                        .map(|(device, stored)| v1::DeviceProgress {
+                            device: device.clone(),
+                            stored_seq: *stored,
+                            updated_ns: now,
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                if let Err(status) = storage.record(records).await {
                     metrics.error("progress_save");
-                    tracing::warn!(%error, "cannot save stored marks");
+                    if !failing {
+                        tracing::warn!(%status, "cannot save stored marks; announcing them once they are saved");
+                    }
+                    failing = true;
+                    lock(&progress).unannounced(&changes);
+                    if last {
+                        return;
+                    }
+                    continue;
+                }
+                if std::mem::take(&mut failing) {
+                    tracing::info!("stored marks saved again");
                 }
             }
             // At most once: each mark is superseded by the next, and the broker keeps the

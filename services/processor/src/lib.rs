@@ -15,10 +15,10 @@ pub mod intake;
 pub mod latest;
 pub mod line;
 pub mod metrics;
-pub mod persist;
 pub mod plant;
 pub mod plugin_host;
 pub mod progress;
+pub mod records;
 pub mod writes;
 
 pub use error::{Error, Result};
@@ -68,7 +68,48 @@ pub async fn start(
     registry: &mut Registry,
     stop: CancellationToken,
 ) -> Result<RunningProcessor> {
-    let metrics = ProcessorMetrics::register(registry);
+    Processor::new(config, health, registry).start(stop).await
+}
+
+/// A processor that has registered its metrics and readiness but not yet loaded its state,
+/// so the operations endpoint can answer (alive, not ready) while storage is still away.
+pub struct Processor {
+    config: LineConfig,
+    health: Health,
+    metrics: ProcessorMetrics,
+    state_ready: fieldline_runtime::health::Readiness,
+}
+
+impl Processor {
+    pub fn new(config: &LineConfig, health: &Health, registry: &mut Registry) -> Self {
+        Self {
+            config: config.clone(),
+            health: health.clone(),
+            metrics: ProcessorMetrics::register(registry),
+            state_ready: health.component("plant_state"),
+        }
+    }
+
+    /// Loads the alarm state and progress from storage (waiting for it), then consumes the
+    /// line's telemetry and serves PlantService until `stop`.
+    pub async fn start(self, stop: CancellationToken) -> Result<RunningProcessor> {
+        let Processor {
+            config,
+            health,
+            metrics,
+            state_ready,
+        } = self;
+        run(&config, &health, metrics, state_ready, stop).await
+    }
+}
+
+async fn run(
+    config: &LineConfig,
+    health: &Health,
+    metrics: ProcessorMetrics,
+    state_ready: fieldline_runtime::health::Readiness,
+    stop: CancellationToken,
+) -> Result<RunningProcessor> {
     let settings = &config.processor;
     let limits = intake::Limits {
         max_bytes: usize::try_from(settings.max_batch_bytes.0).unwrap_or(usize::MAX),
@@ -88,38 +129,41 @@ pub async fn start(
     let latest = Latest::default();
     let mut tasks = JoinSet::new();
 
-    // Alarms and rules, resumed from the persisted alarm state.
+    // Alarms and rules, resumed from the state storage keeps.
     let mut engine = engine::Engine::new(config)?;
-    let mut progress_store = None;
+    let storage = endpoint("storage_url", &settings.storage_url)?;
     let mut progress = progress::Progress::default();
-    let persist_tx = match &config.storage.sql {
-        Some(sql) => {
-            let store = retry("alarm state", &stop, || {
-                fieldline_storage::events::EventStore::connect(sql)
-            })
-            .await?;
-            let saved = retry("progress", &stop, || store.load_progress(&config.line)).await?;
-            tracing::info!(devices = saved.len(), "progress loaded");
-            progress =
-                progress::Progress::restore(saved.into_iter().map(|p| (p.device, p.stored_seq)));
-            progress_store = Some(store.clone());
-            let saved = retry("alarm state", &stop, || {
-                store.load_alarm_states(&config.line)
-            })
-            .await?;
+    let recorder = match &config.storage.sql {
+        Some(_) => {
+            let state = load_plant_state(&config.line, storage.clone(), &stop).await?;
+            tracing::info!(devices = state.progress.len(), "progress loaded");
+            progress = progress::Progress::restore(
+                state
+                    .progress
+                    .iter()
+                    .map(|p| (p.device.clone(), p.stored_seq)),
+            );
+            let mut saved = Vec::with_capacity(state.alarm_states.len());
+            for s in state.alarm_states {
+                match fieldline_proto::alarm_status(&config.line, s) {
+                    Ok(status) => saved.push(status),
+                    Err(error) => {
+                        tracing::warn!(%error, "an alarm state storage holds cannot be read; it starts fresh")
+                    }
+                }
+            }
             for problem in engine.restore(&saved) {
                 tracing::warn!(%problem, "alarm state");
             }
             tracing::info!(alarms = saved.len(), "alarm state loaded");
-            let (tx, rx) = mpsc::unbounded_channel();
-            tasks.spawn(persist::run(
-                store,
-                config.line.clone(),
-                rx,
+            let (recorder, task) = records::Recorder::start(
+                &config.line,
+                storage.clone(),
                 metrics.clone(),
                 stop.clone(),
-            ));
-            Some(tx)
+            );
+            tasks.spawn(task);
+            Some(recorder)
         }
         None => {
             tracing::warn!(
@@ -128,6 +172,7 @@ pub async fn start(
             None
         }
     };
+    state_ready.set(true);
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
     let handle = line::LineHandle {
         line: config.line.clone(),
@@ -135,6 +180,7 @@ pub async fn start(
         latest: latest.clone(),
         effects: effects_tx.clone(),
         alarm_feed: broadcast::channel(4096).0,
+        recorder: recorder.clone(),
     };
     let adapter = endpoint("adapter_url", &settings.adapter_url)?;
     let writes = Arc::new(writes::WritePath::new(
@@ -142,7 +188,7 @@ pub async fn start(
         AdapterServiceClient::new(adapter),
         handle.engine.clone(),
         latest.clone(),
-        persist_tx.clone(),
+        recorder.clone(),
         effects_tx,
         metrics.clone(),
     ));
@@ -151,7 +197,6 @@ pub async fn start(
         effects_rx,
         client.clone(),
         writes.clone(),
-        persist_tx,
         metrics.clone(),
         stop.clone(),
     ));
@@ -168,12 +213,11 @@ pub async fn start(
         storage_ready: health.component("storage"),
         limits,
         progress,
-        progress_store,
+        progress_store: recorder.is_some().then(|| storage.clone()),
         bus_watchdog: health.watchdog("bus", settings.stall_after),
         storage_watchdog: health.watchdog("storage", settings.stall_after),
     };
     tasks.spawn(forwarder.run(eventloop, stop.clone(), Duration::from_secs(10)));
-    let storage = endpoint("storage_url", &settings.storage_url)?;
     let plant = PlantServiceServer::new(plant::PlantApi {
         config: Arc::new(config.clone()),
         line: handle,
@@ -209,23 +253,29 @@ fn endpoint(setting: &'static str, url: &str) -> Result<tonic::transport::Channe
         .connect_lazy())
 }
 
-/// Retries `attempt` while the database is unreachable; a refusal is logged and retried too,
-/// since the processor cannot evaluate alarms without their state.
-async fn retry<T, F, Fut>(what: &str, stop: &CancellationToken, mut attempt: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, fieldline_storage::sinks::SinkError>>,
-{
+/// The alarm states and stored marks storage keeps for `line`, retried while storage (or
+/// its database) is unreachable: the processor cannot evaluate alarms without their state.
+async fn load_plant_state(
+    line: &str,
+    storage: tonic::transport::Channel,
+    stop: &CancellationToken,
+) -> Result<fieldline_proto::v1::PlantState> {
+    let mut client =
+        fieldline_proto::v1::storage_service_client::StorageServiceClient::new(storage)
+            .max_decoding_message_size(fieldline_proto::MAX_MESSAGE_BYTES);
     let mut backoff = fieldline_runtime::backoff::Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(10),
     );
     loop {
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(error) => {
+        let request = fieldline_proto::v1::PlantStateRequest {
+            line: line.to_string(),
+        };
+        match client.load_plant_state(request).await {
+            Ok(state) => return Ok(state.into_inner()),
+            Err(status) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(what, %error, retry_in = ?delay, "database not ready");
+                tracing::warn!(%status, retry_in = ?delay, "cannot load the alarm state and progress from storage yet");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => return Err(Error::Stopped),

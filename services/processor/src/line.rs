@@ -1,6 +1,7 @@
 //! The processor's view of its line while running: the engine behind a lock, the latest
-//! values, and the effects task that publishes, streams and persists alarm transitions and
-//! carries out the writes control rules ask for.
+//! values, and the effects task that publishes and streams alarm transitions and carries out
+//! the writes control rules ask for. Transitions are stored by whoever caused them: a batch's
+//! go to storage with the batch, an operator action's and a timer's through the [`Recorder`].
 
 use std::{
     sync::{Arc, Mutex},
@@ -19,7 +20,7 @@ use fieldline_core::{
 };
 
 use crate::{
-    engine::Engine, latest::Latest, metrics::ProcessorMetrics, persist::Record, writes::WritePath,
+    engine::Engine, latest::Latest, metrics::ProcessorMetrics, records::Recorder, writes::WritePath,
 };
 
 /// How far ahead of its deadline a rule's write is given up.
@@ -29,7 +30,11 @@ const RULE_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Effect {
     Alarms(Vec<v1::AlarmEvent>),
-    Writes(Vec<Intent>),
+    /// What rules asked for on the batch with this sequence number.
+    Writes {
+        intents: Vec<Intent>,
+        sequence: u64,
+    },
 }
 
 /// Shared by the MQTT consumer, PlantService and the write path.
@@ -40,18 +45,21 @@ pub struct LineHandle {
     pub latest: Latest,
     pub effects: mpsc::UnboundedSender<Effect>,
     pub alarm_feed: broadcast::Sender<v1::AlarmEvent>,
+    /// Where transitions that belong to no batch are stored; none without a SQL database.
+    pub recorder: Option<Recorder>,
 }
 
 impl LineHandle {
     /// Runs plugins (adding their values to the batch), alarms and rules on a new batch,
-    /// before `latest` and storage take it.
+    /// before `latest` and storage take it, and returns the records to store with it (its
+    /// alarm transitions and the states they led to), if any.
     /// `checked` is the same batch, already checked and in domain types.
     pub fn process(
         &self,
         batch: &mut v1::SampleBatch,
         checked: fieldline_core::SampleBatch,
         metrics: &ProcessorMetrics,
-    ) {
+    ) -> Option<v1::PlantRecords> {
         let now = fieldline_runtime::now_ns();
         let (line, device) = (batch.line.clone(), batch.device.clone());
         let effects = {
@@ -60,15 +68,19 @@ impl LineHandle {
                 // are refused too). Say so loudly; the batch is still stored.
                 metrics.error("engine_unavailable");
                 tracing::error!(device = %device, "alarms and rules are unavailable: the engine's state is poisoned");
-                return;
+                return None;
             };
-            engine.process(
+            let effects = engine.process(
                 batch,
                 checked,
                 |tag| self.latest.value(&line, &device, tag),
                 now,
-            )
+            );
+            let records = (self.recorder.is_some() && !effects.alarm_events.is_empty())
+                .then(|| self.records(&engine, &effects.alarm_events));
+            (effects, records)
         };
+        let (effects, records) = effects;
         if effects.from_the_future > 0 {
             metrics.error("clock_ahead");
             tracing::debug!(device = %device, samples = effects.from_the_future, "samples stamped in the future, processed at their arrival");
@@ -87,22 +99,57 @@ impl LineHandle {
             let _ = self.effects.send(Effect::Alarms(effects.alarm_events));
         }
         if !effects.intents.is_empty() {
-            let _ = self.effects.send(Effect::Writes(effects.intents));
+            let _ = self.effects.send(Effect::Writes {
+                intents: effects.intents,
+                sequence: batch.sequence,
+            });
+        }
+        records
+    }
+
+    /// Transitions and the states they led to, as records of this line.
+    fn records(&self, engine: &Engine, events: &[v1::AlarmEvent]) -> v1::PlantRecords {
+        v1::PlantRecords {
+            line: self.line.clone(),
+            alarm_events: events.to_vec(),
+            alarm_states: engine.statuses(events).iter().map(Into::into).collect(),
+            ..Default::default()
         }
     }
 
-    /// Runs an operator action and hands its transitions on.
-    pub fn act(
+    /// Stores transitions that belong to no batch, without waiting.
+    fn record(&self, engine: &Engine, events: &[v1::AlarmEvent]) {
+        if let Some(recorder) = &self.recorder {
+            recorder.record(self.records(engine, events));
+        }
+    }
+
+    /// Runs an operator action, hands its transitions on and returns once they are stored
+    /// (when storage keeps plant records).
+    pub async fn act(
         &self,
         action: impl FnOnce(&mut LineAlarms) -> fieldline_core::Result<Vec<AlarmEvent>>,
     ) -> fieldline_core::Result<Vec<v1::AlarmEvent>> {
-        let events = self
-            .engine
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .act(action)?;
-        if !events.is_empty() {
-            let _ = self.effects.send(Effect::Alarms(events.clone()));
+        let (events, records) = {
+            let mut engine = self
+                .engine
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let events = engine.act(action)?;
+            let records = (!events.is_empty()).then(|| self.records(&engine, &events));
+            (events, records)
+        };
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let _ = self.effects.send(Effect::Alarms(events.clone()));
+        if let (Some(recorder), Some(records)) = (&self.recorder, records)
+            && !recorder.record_durably(records).await
+        {
+            tracing::error!(
+                events = events.len(),
+                "an operator action took effect but its transitions could not be stored"
+            );
         }
         Ok(events)
     }
@@ -114,7 +161,6 @@ pub async fn run_effects(
     mut effects: mpsc::UnboundedReceiver<Effect>,
     client: AsyncClient,
     writes: Arc<WritePath>,
-    persist: Option<mpsc::UnboundedSender<Record>>,
     metrics: ProcessorMetrics,
     stop: CancellationToken,
 ) {
@@ -128,11 +174,6 @@ pub async fn run_effects(
         match effect {
             Effect::Alarms(events) => {
                 metrics.alarm_events.inc_by(events.len() as u64);
-                let statuses = handle
-                    .engine
-                    .lock()
-                    .map(|e| e.statuses(&events))
-                    .unwrap_or_default();
                 for e in &events {
                     tracing::info!(alarm = %e.alarm_id, from = ?v1::AlarmState::try_from(e.from_state).unwrap_or_default(), to = ?v1::AlarmState::try_from(e.to_state).unwrap_or_default(), user = %e.user, "alarm");
                     let _ = handle.alarm_feed.send(e.clone());
@@ -144,17 +185,19 @@ pub async fn run_effects(
                         tracing::warn!(%error, "cannot publish an alarm event");
                     }
                 }
-                if let Some(persist) = &persist {
-                    let _ = persist.send(Record::Alarms { events, statuses });
-                }
             }
-            Effect::Writes(intents) => {
+            Effect::Writes { intents, sequence } => {
                 for intent in intents {
                     let writes = writes.clone();
                     let now = fieldline_runtime::now_ns();
                     let command = v1::Command {
                         ttl_ns: 0,
-                        id: format!("{}-{}-{}-{now}", intent.rule, intent.device, intent.tag),
+                        // Named after the batch that asked: if a restart processes that batch
+                        // again, the adapter recognises the command and does not write twice.
+                        id: format!(
+                            "{}-{}-{}-b{sequence}",
+                            intent.rule, intent.device, intent.tag
+                        ),
                         tag: format!("{}/{}/{}", handle.line, intent.device, intent.tag),
                         value: Some(intent.value.clone().into()),
                         deadline_ns: now
@@ -182,7 +225,13 @@ pub async fn run_ticks(handle: LineHandle, stop: CancellationToken) {
         }
         let now = fieldline_runtime::now_ns();
         let events = match handle.engine.lock() {
-            Ok(mut engine) if engine.next_deadline().is_some_and(|d| d <= now) => engine.tick(now),
+            Ok(mut engine) if engine.next_deadline().is_some_and(|d| d <= now) => {
+                let events = engine.tick(now);
+                if !events.is_empty() {
+                    handle.record(&engine, &events);
+                }
+                events
+            }
             _ => continue,
         };
         if !events.is_empty() {

@@ -26,15 +26,16 @@ async fn main() -> anyhow::Result<()> {
         health,
         mut registry,
     } = service::boot(&Args::parse().config)?;
-    let processor =
-        fieldline_processor::start(&config, &health, &mut registry, stop.clone()).await?;
+    // The operations endpoint answers (alive, not ready) while the processor waits for
+    // storage to give it the alarm state and progress to resume from.
+    let processor = fieldline_processor::Processor::new(&config, &health, &mut registry);
     http::serve(
         config.processor.http_listen,
         health,
         Arc::new(registry),
-        stop,
+        stop.clone(),
     )
     .await?;
-    processor.wait().await;
+    processor.start(stop).await?.wait().await;
     Ok(())
 }

@@ -58,7 +58,7 @@ fn check_user(action: &v1::AlarmAction) -> Result<(), Status> {
 
 impl PlantApi {
     /// An operator action on one alarm: checked for a user, run, and its transitions handed on.
-    fn alarm_action(
+    async fn alarm_action(
         &self,
         request: Request<v1::AlarmAction>,
         action: impl FnOnce(
@@ -73,6 +73,7 @@ impl PlantApi {
         let events = self
             .line
             .act(|alarms| action(alarms, &a, now))
+            .await
             .map_err(alarm_status)?;
         Ok(Response::new(v1::AlarmActionResult { events }))
     }
@@ -224,6 +225,7 @@ impl PlantService for PlantApi {
         self.alarm_action(request, |alarms, a, now| {
             alarms.acknowledge(&a.alarm_id, &a.user, &a.comment, now)
         })
+        .await
     }
 
     async fn shelve(
@@ -238,6 +240,7 @@ impl PlantService for PlantApi {
         self.alarm_action(request, |alarms, a, now| {
             alarms.shelve(&a.alarm_id, &a.user, a.until_ns, &a.comment, now)
         })
+        .await
     }
 
     async fn unshelve(
@@ -247,6 +250,7 @@ impl PlantService for PlantApi {
         self.alarm_action(request, |alarms, a, now| {
             alarms.unshelve(&a.alarm_id, &a.user, &a.comment, now)
         })
+        .await
     }
 
     async fn remove_from_service(
@@ -256,6 +260,7 @@ impl PlantService for PlantApi {
         self.alarm_action(request, |alarms, a, now| {
             alarms.remove_from_service(&a.alarm_id, &a.user, &a.comment, now)
         })
+        .await
     }
 
     async fn return_to_service(
@@ -265,6 +270,7 @@ impl PlantService for PlantApi {
         self.alarm_action(request, |alarms, a, now| {
             alarms.return_to_service(&a.alarm_id, &a.user, &a.comment, now)
         })
+        .await
     }
 
     async fn get_production(

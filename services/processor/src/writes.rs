@@ -18,15 +18,15 @@ use std::{
 use fieldline_core::{
     Value,
     config::LineConfig,
+    records::{CommandAudit, CommandStatus},
     rules::same,
     write::{self, WriteLimits},
 };
 use fieldline_proto::v1::{self, adapter_service_client::AdapterServiceClient};
-use fieldline_storage::events::{CommandAudit, CommandStatus};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::{engine::Engine, latest::Latest, metrics::ProcessorMetrics, persist::Record};
+use crate::{engine::Engine, latest::Latest, metrics::ProcessorMetrics, records::Recorder};
 
 /// Results kept for answering a repeated command id.
 const REMEMBERED: usize = 10_000;
@@ -42,7 +42,7 @@ pub struct WritePath {
     adapter: AdapterServiceClient<Channel>,
     engine: Arc<Mutex<Engine>>,
     latest: Latest,
-    audit: Option<mpsc::UnboundedSender<Record>>,
+    audit: Option<Recorder>,
     alarms: AlarmSender,
     metrics: ProcessorMetrics,
     done: Mutex<(HashMap<String, v1::CommandResult>, VecDeque<String>)>,
@@ -57,7 +57,7 @@ impl WritePath {
         adapter: AdapterServiceClient<Channel>,
         engine: Arc<Mutex<Engine>>,
         latest: Latest,
-        audit: Option<mpsc::UnboundedSender<Record>>,
+        audit: Option<Recorder>,
         alarms: AlarmSender,
         metrics: ProcessorMetrics,
     ) -> Self {
@@ -219,7 +219,22 @@ impl WritePath {
             let effects = self
                 .engine
                 .lock()
-                .map(|mut e| e.readback(&device, &tag, ok, result.timestamp_ns.max(now)))
+                .map(|mut e| {
+                    let effects = e.readback(&device, &tag, ok, result.timestamp_ns.max(now));
+                    if let Some(audit) = &self.audit
+                        && !effects.alarm_events.is_empty()
+                    {
+                        let mut records = audit.empty();
+                        records.alarm_events = effects.alarm_events.clone();
+                        records.alarm_states = e
+                            .statuses(&effects.alarm_events)
+                            .iter()
+                            .map(Into::into)
+                            .collect();
+                        audit.record(records);
+                    }
+                    effects
+                })
                 .ok();
             if let Some(effects) = effects
                 && !effects.alarm_events.is_empty()
@@ -303,8 +318,10 @@ impl WritePath {
     }
 
     fn record(&self, audit: CommandAudit) {
-        if let Some(audit_tx) = &self.audit {
-            let _ = audit_tx.send(Record::Audit(Box::new(audit)));
+        if let Some(recorder) = &self.audit {
+            let mut records = recorder.empty();
+            records.commands.push(v1::CommandRecord::from(&audit));
+            recorder.record(records);
         }
     }
 

@@ -1,7 +1,10 @@
 //! Conversions between wire messages and core types. Incoming messages are outside input:
 //! anything the core model cannot represent is an error, never a default.
 
-use fieldline_core::{Quality, QualityReason, Sample, SampleBatch, Value};
+use fieldline_core::{
+    Quality, QualityReason, Sample, SampleBatch, Value,
+    records::{AlarmStatus, CommandAudit, CommandStatus, DeviceProgress},
+};
 
 use crate::{Error, v1};
 
@@ -232,6 +235,181 @@ impl TryFrom<v1::AlarmState> for fieldline_core::alarm::AlarmState {
             v1::AlarmState::Shelved => Ok(S::Shelved),
             v1::AlarmState::OutOfService => Ok(S::OutOfService),
         }
+    }
+}
+
+impl From<CommandStatus> for v1::CommandStatus {
+    /// The result a `CommandResult` reports; a request still under way has none.
+    fn from(s: CommandStatus) -> Self {
+        match s {
+            CommandStatus::Requested | CommandStatus::Accepted => v1::CommandStatus::Unspecified,
+            CommandStatus::Written | CommandStatus::Verified => v1::CommandStatus::Written,
+            CommandStatus::Rejected => v1::CommandStatus::Rejected,
+            CommandStatus::Failed => v1::CommandStatus::Failed,
+            CommandStatus::ReadbackMismatch => v1::CommandStatus::ReadbackMismatch,
+        }
+    }
+}
+
+impl From<CommandStatus> for v1::AuditStatus {
+    fn from(s: CommandStatus) -> Self {
+        match s {
+            CommandStatus::Requested => v1::AuditStatus::Requested,
+            CommandStatus::Accepted => v1::AuditStatus::Accepted,
+            CommandStatus::Written => v1::AuditStatus::Written,
+            CommandStatus::Verified => v1::AuditStatus::Verified,
+            CommandStatus::Rejected => v1::AuditStatus::Rejected,
+            CommandStatus::Failed => v1::AuditStatus::Failed,
+            CommandStatus::ReadbackMismatch => v1::AuditStatus::ReadbackMismatch,
+        }
+    }
+}
+
+impl TryFrom<v1::AuditStatus> for CommandStatus {
+    type Error = Error;
+
+    fn try_from(s: v1::AuditStatus) -> Result<Self, Error> {
+        Ok(match s {
+            v1::AuditStatus::Unspecified => return Err(Error::Unspecified("audit status")),
+            v1::AuditStatus::Requested => CommandStatus::Requested,
+            v1::AuditStatus::Accepted => CommandStatus::Accepted,
+            v1::AuditStatus::Written => CommandStatus::Written,
+            v1::AuditStatus::Verified => CommandStatus::Verified,
+            v1::AuditStatus::Rejected => CommandStatus::Rejected,
+            v1::AuditStatus::Failed => CommandStatus::Failed,
+            v1::AuditStatus::ReadbackMismatch => CommandStatus::ReadbackMismatch,
+        })
+    }
+}
+
+/// An enum field as its wire number says, refusing numbers this version does not know.
+fn known<W, T>(number: i32, what: &'static str) -> Result<T, Error>
+where
+    W: TryFrom<i32>,
+    T: TryFrom<W, Error = Error>,
+{
+    W::try_from(number)
+        .map_err(|_| Error::Unspecified(what))
+        .and_then(T::try_from)
+}
+
+/// Empty text for none.
+fn some_text(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// 0 for none.
+fn some_ns(ns: i64) -> Option<i64> {
+    (ns != 0).then_some(ns)
+}
+
+fn some_value(v: Option<v1::Value>) -> Result<Option<Value>, Error> {
+    v.map(Value::try_from).transpose()
+}
+
+impl From<&AlarmStatus> for v1::AlarmStatus {
+    fn from(s: &AlarmStatus) -> Self {
+        v1::AlarmStatus {
+            alarm_id: s.alarm_id.clone(),
+            device: s.device.clone(),
+            tag: s.tag.clone(),
+            kind: s.kind.clone(),
+            priority: s.priority,
+            state: v1::AlarmState::from(s.state) as i32,
+            active: s.active,
+            acked: s.acked,
+            shelved_until_ns: s.shelved_until_ns.unwrap_or(0),
+            value: s.value.clone().map(Into::into),
+            message: s.message.clone(),
+            last_seq: s.last_seq,
+            changed_ns: s.changed_ns,
+            snapshot: s.snapshot.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// An alarm's state as `line`'s record.
+pub fn alarm_status(line: &str, w: v1::AlarmStatus) -> Result<AlarmStatus, Error> {
+    Ok(AlarmStatus {
+        line: line.to_string(),
+        state: known::<v1::AlarmState, _>(w.state, "alarm state")?,
+        value: some_value(w.value)?,
+        alarm_id: w.alarm_id,
+        device: w.device,
+        tag: w.tag,
+        kind: w.kind,
+        priority: w.priority,
+        active: w.active,
+        acked: w.acked,
+        shelved_until_ns: some_ns(w.shelved_until_ns),
+        message: w.message,
+        last_seq: w.last_seq,
+        changed_ns: w.changed_ns,
+        snapshot: some_text(w.snapshot),
+    })
+}
+
+impl From<&CommandAudit> for v1::CommandRecord {
+    fn from(c: &CommandAudit) -> Self {
+        v1::CommandRecord {
+            command_id: c.command_id.clone(),
+            device: c.device.clone(),
+            tag: c.tag.clone(),
+            value: Some(c.value.clone().into()),
+            source: c.source.clone(),
+            requested_by: c.requested_by.clone(),
+            reason: c.reason.clone(),
+            deadline_ns: c.deadline_ns,
+            requested_ns: c.requested_ns,
+            status: v1::AuditStatus::from(c.status) as i32,
+            rejected_by: c.rejected_by.clone().unwrap_or_default(),
+            old_value: c.old_value.clone().map(Into::into),
+            read_back: c.read_back.clone().map(Into::into),
+            detail: c.detail.clone().unwrap_or_default(),
+            finished_ns: c.finished_ns.unwrap_or(0),
+        }
+    }
+}
+
+/// A write request's audit as `line`'s record.
+pub fn command_audit(line: &str, w: v1::CommandRecord) -> Result<CommandAudit, Error> {
+    Ok(CommandAudit {
+        line: line.to_string(),
+        status: known::<v1::AuditStatus, _>(w.status, "audit status")?,
+        value: Value::try_from(w.value.ok_or(Error::Missing("command value"))?)?,
+        old_value: some_value(w.old_value)?,
+        read_back: some_value(w.read_back)?,
+        command_id: w.command_id,
+        device: w.device,
+        tag: w.tag,
+        source: w.source,
+        requested_by: w.requested_by,
+        reason: w.reason,
+        deadline_ns: w.deadline_ns,
+        requested_ns: w.requested_ns,
+        rejected_by: some_text(w.rejected_by),
+        detail: some_text(w.detail),
+        finished_ns: some_ns(w.finished_ns),
+    })
+}
+
+impl From<&DeviceProgress> for v1::DeviceProgress {
+    fn from(p: &DeviceProgress) -> Self {
+        v1::DeviceProgress {
+            device: p.device.clone(),
+            stored_seq: p.stored_seq,
+            updated_ns: p.updated_ns,
+        }
+    }
+}
+
+/// A device's stored mark as `line`'s record.
+pub fn device_progress(line: &str, w: v1::DeviceProgress) -> DeviceProgress {
+    DeviceProgress {
+        line: line.to_string(),
+        device: w.device,
+        stored_seq: w.stored_seq,
+        updated_ns: w.updated_ns,
     }
 }
 

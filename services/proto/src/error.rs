@@ -43,6 +43,9 @@ pub enum Error {
         what: &'static str,
         problem: String,
     },
+    /// A record field that must be set, e.g. `"command value"`.
+    #[error("{0} is missing")]
+    Missing(&'static str),
     /// What is wrong with one sample of a batch.
     #[error("sample {tag:?}: {problem}")]
     Sample { tag: String, problem: Box<Error> },
@@ -54,6 +57,7 @@ impl Error {
         match self {
             Error::NoValueKind | Error::NotFinite(_) => "value",
             Error::Unspecified(_) => "unspecified",
+            Error::Missing(_) => "missing",
             Error::QualityStatus(_)
             | Error::QualityReason(_)
             | Error::ExceptionCode(_)

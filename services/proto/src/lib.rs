@@ -21,6 +21,7 @@ pub mod sparkplug {
 mod convert;
 mod error;
 
+pub use convert::{alarm_status, command_audit, device_progress};
 pub use error::{Error, Result};
 
 /// The largest gRPC message between Fieldline's services (64 MiB): above the largest batch

@@ -1,6 +1,9 @@
 //! The write-ahead buffer as the storage service uses it: appends that wait for room
 //! (backpressure) or make it (drop-oldest), and a replayer that drains the buffer into the
 //! backends in order once they are back.
+//!
+//! Each record is one request: its batch and its plant records ([`Entry`]). Records written
+//! by versions that buffered a bare `SampleBatch` are read as that batch.
 
 use std::sync::{
     Arc, Mutex,
@@ -17,7 +20,46 @@ use fieldline_wal::{Fsync, Wal, WalError};
 use prost::Message;
 use tokio::sync::Notify;
 
-use crate::{Backends, metrics::StorageMetrics, service::write_with_retry};
+use crate::{
+    Backends,
+    events::PlantRecords,
+    metrics::StorageMetrics,
+    service::{write_records_with_retry, write_with_retry},
+};
+
+/// One buffered request as it is kept on disk. Its field numbers lie above those of
+/// `SampleBatch` (1 to 6), so a bare batch from an earlier version decodes as an empty entry.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Entry {
+    #[prost(message, optional, tag = "15")]
+    batch: Option<v1::SampleBatch>,
+    #[prost(message, optional, tag = "16")]
+    records: Option<v1::PlantRecords>,
+}
+
+/// An [`Entry`] read for its records only: the batch's bytes are skipped, not decoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RecordsOnly {
+    #[prost(message, optional, tag = "16")]
+    records: Option<v1::PlantRecords>,
+}
+
+/// The buffer record of one request.
+pub fn entry(batch: Option<v1::SampleBatch>, records: Option<v1::PlantRecords>) -> Vec<u8> {
+    Entry { batch, records }.encode_to_vec()
+}
+
+/// A buffer record as its batch and records; a bare batch of an earlier version too.
+fn decode(payload: &[u8]) -> Result<Entry, prost::DecodeError> {
+    let entry = Entry::decode(payload)?;
+    if entry.batch.is_none() && entry.records.is_none() {
+        return Ok(Entry {
+            batch: Some(v1::SampleBatch::decode(payload)?),
+            records: None,
+        });
+    }
+    Ok(entry)
+}
 
 pub struct Buffer {
     wal: Arc<Mutex<Wal>>,
@@ -174,6 +216,59 @@ impl Buffer {
         }
     }
 
+    /// The plant records still in the buffer, oldest first, for a processor that resumes
+    /// before they reached the database. Reads one record at a time, so appends and the
+    /// replayer go on meanwhile; what the replayer consumed meanwhile is in the database.
+    pub async fn pending_records(self: &Arc<Self>) -> Result<Vec<v1::PlantRecords>, WalError> {
+        let wal = self.wal.clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            let lock = || {
+                wal.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            let mut found = Vec::new();
+            let (mut at, end) = {
+                let wal = lock();
+                (wal.oldest(), wal.end())
+            };
+            while at < end {
+                let next = {
+                    let wal = lock();
+                    at = at.max(wal.oldest());
+                    match wal.read_at(at)? {
+                        Some(read) => Some(read),
+                        None => {
+                            // End of a segment: the next one, if any.
+                            match wal.next_segment(at) {
+                                Some(next) => {
+                                    at = next;
+                                    continue;
+                                }
+                                None => None,
+                            }
+                        }
+                    }
+                };
+                let Some((payload, after)) = next else { break };
+                at = after;
+                if let Ok(RecordsOnly {
+                    records: Some(records),
+                }) = RecordsOnly::decode(payload.as_slice())
+                {
+                    found.push(records);
+                }
+            }
+            Ok(found)
+        })
+        .await;
+        scan.unwrap_or_else(|join| {
+            Err(WalError::Io {
+                path: "buffer".into(),
+                source: std::io::Error::other(join.to_string()),
+            })
+        })
+    }
+
     /// Drains the buffer into `sinks`, in order, until `stop`. Records are replayed in
     /// groups as large as live writes, and removed only after every sink took them (or
     /// refused them for good).
@@ -210,18 +305,31 @@ impl Buffer {
             };
             let records = payloads.len() as u64;
             let mut batches = Vec::with_capacity(payloads.len());
+            let mut plant = Vec::new();
             for payload in payloads {
-                // Only valid batches are buffered; a record that fails to decode passed its
+                // Only valid requests are buffered; a record that fails to decode passed its
                 // checksum, so it was written by an incompatible version: skip it, loudly.
-                match v1::SampleBatch::decode(payload.as_slice()) {
-                    Ok(wire) => match SampleBatch::try_from(wire) {
+                let entry = match decode(&payload) {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        tracing::error!(%error, "skipping a buffered record that does not decode");
+                        continue;
+                    }
+                };
+                if let Some(wire) = entry.batch {
+                    match SampleBatch::try_from(wire) {
                         Ok(batch) => batches.push(batch),
                         Err(error) => {
                             tracing::error!(%error, "skipping a buffered record that is not a valid batch")
                         }
-                    },
-                    Err(error) => {
-                        tracing::error!(%error, "skipping a buffered record that is not a valid batch")
+                    }
+                }
+                if let Some(wire) = entry.records {
+                    match PlantRecords::from_wire(wire) {
+                        Ok(rows) => plant.push(rows),
+                        Err(error) => {
+                            tracing::error!(%error, "skipping buffered plant records that are not valid")
+                        }
                     }
                 }
             }
@@ -235,6 +343,23 @@ impl Buffer {
                     }
                 }
                 self.metrics.buffer_replayed.inc_by(batches.len() as u64);
+            }
+            if !plant.is_empty() {
+                match backends.events() {
+                    Some(events) => {
+                        let rows: Vec<&PlantRecords> = plant.iter().collect();
+                        if write_records_with_retry(&events, &self.metrics, &rows, &stop)
+                            .await
+                            .is_none()
+                        {
+                            return;
+                        }
+                    }
+                    None => tracing::error!(
+                        sets = plant.len(),
+                        "buffered plant records dropped: storage has no SQL database now"
+                    ),
+                }
             }
             let wal = self.wal.clone();
             let committed = tokio::task::spawn_blocking(move || {

@@ -12,6 +12,7 @@
 use std::{fmt, ops::Range};
 
 pub use fieldline_core::alarm::AlarmState;
+pub use fieldline_core::records::{AlarmStatus, CommandAudit, CommandStatus, DeviceProgress};
 use fieldline_core::{Value, config::SqlConfig};
 use fieldline_proto::v1;
 use sqlx::{
@@ -67,162 +68,6 @@ pub struct AlarmEvent {
     pub shelved_until_ns: Option<i64>,
     /// When the transition happened, ns since epoch.
     pub timestamp_ns: i64,
-}
-
-/// The current state of one alarm: what the processor saves after each transition and loads
-/// at start-up.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlarmStatus {
-    pub line: String,
-    pub alarm_id: String,
-    pub device: String,
-    pub tag: String,
-    pub kind: String,
-    pub priority: u32,
-    pub state: AlarmState,
-    /// The alarm condition is present. Must agree with `state` unless the alarm is shelved or
-    /// out of service, where it says what the alarm returns to.
-    pub active: bool,
-    /// The last activation has been acknowledged. Same rule as `active`.
-    pub acked: bool,
-    /// Until when the alarm stays shelved; set exactly when `state` is [`AlarmState::Shelved`].
-    pub shelved_until_ns: Option<i64>,
-    /// The value at the last transition.
-    pub value: Option<Value>,
-    pub message: String,
-    /// `seq` of the transition that produced this state. A save with a lower `last_seq` than
-    /// the stored one changes nothing, so a replayed older state never wins.
-    pub last_seq: u64,
-    /// When the last transition happened, ns since epoch.
-    pub changed_ns: i64,
-    /// The alarm machine's own persisted form (JSON), from which it resumes exactly.
-    pub snapshot: Option<String>,
-}
-
-impl AlarmStatus {
-    /// The alarm is out of service (its state says so; there is no separate flag).
-    pub fn out_of_service(&self) -> bool {
-        self.state == AlarmState::OutOfService
-    }
-}
-
-/// Where a write request stands. Later stages replace earlier ones, never the reverse; the
-/// first final status recorded stays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CommandStatus {
-    /// Received, not yet checked.
-    Requested,
-    /// Passed the safety checks (writable, limits, deadline); about to be written.
-    Accepted,
-    /// The device took the write; the read-back is pending or the device cannot be read back.
-    Written,
-    /// Written and read back equal to the requested value.
-    Verified,
-    /// Refused before anything was sent to the device; see `rejected_by`.
-    Rejected,
-    /// Sent, but the device refused it or the transport failed.
-    Failed,
-    /// Written, but the value read back differs from the value requested.
-    ReadbackMismatch,
-}
-
-impl CommandStatus {
-    pub const ALL: [CommandStatus; 7] = [
-        CommandStatus::Requested,
-        CommandStatus::Accepted,
-        CommandStatus::Written,
-        CommandStatus::Verified,
-        CommandStatus::Rejected,
-        CommandStatus::Failed,
-        CommandStatus::ReadbackMismatch,
-    ];
-
-    /// The name stored in the database (the adapter's outcome names where they overlap).
-    pub fn code(self) -> &'static str {
-        match self {
-            CommandStatus::Requested => "requested",
-            CommandStatus::Accepted => "accepted",
-            CommandStatus::Written => "written",
-            CommandStatus::Verified => "verified",
-            CommandStatus::Rejected => "rejected",
-            CommandStatus::Failed => "failed",
-            CommandStatus::ReadbackMismatch => "readback_mismatch",
-        }
-    }
-
-    /// The value of a stored name; `None` for a name this version does not know.
-    pub fn from_code(code: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.code() == code)
-    }
-
-    /// Order of the stages: 0 requested, 1 accepted, 2 written, 3 final.
-    pub fn stage(self) -> i16 {
-        match self {
-            CommandStatus::Requested => 0,
-            CommandStatus::Accepted => 1,
-            CommandStatus::Written => 2,
-            CommandStatus::Verified
-            | CommandStatus::Rejected
-            | CommandStatus::Failed
-            | CommandStatus::ReadbackMismatch => 3,
-        }
-    }
-
-    /// No later stage can follow.
-    pub fn is_final(self) -> bool {
-        self.stage() == 3
-    }
-}
-
-impl fmt::Display for CommandStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-impl From<CommandStatus> for v1::CommandStatus {
-    /// The result a `CommandResult` reports; a request still under way has none.
-    fn from(s: CommandStatus) -> Self {
-        match s {
-            CommandStatus::Requested | CommandStatus::Accepted => v1::CommandStatus::Unspecified,
-            CommandStatus::Written | CommandStatus::Verified => v1::CommandStatus::Written,
-            CommandStatus::Rejected => v1::CommandStatus::Rejected,
-            CommandStatus::Failed => v1::CommandStatus::Failed,
-            CommandStatus::ReadbackMismatch => v1::CommandStatus::ReadbackMismatch,
-        }
-    }
-}
-
-/// One write request and, once known, its result. Recorded when the request arrives and
-/// again at each later stage under the same `command_id`; it stays one row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommandAudit {
-    /// The command's idempotency key.
-    pub command_id: String,
-    pub line: String,
-    pub device: String,
-    pub tag: String,
-    /// The value requested.
-    pub value: Value,
-    /// What asked for the write: a control rule's name or "mes".
-    pub source: String,
-    /// The person or system on whose behalf it was asked.
-    pub requested_by: String,
-    pub reason: String,
-    /// Latest time the write may still be performed (ns since epoch); 0 means no deadline.
-    pub deadline_ns: i64,
-    /// When the request arrived, ns since epoch.
-    pub requested_ns: i64,
-    pub status: CommandStatus,
-    /// Which check refused the command, e.g. "not_writable", "max", "deadline".
-    pub rejected_by: Option<String>,
-    /// The tag's value read before the write.
-    pub old_value: Option<Value>,
-    /// The value read back after the write.
-    pub read_back: Option<Value>,
-    pub detail: Option<String>,
-    /// When the current status was reached, ns since epoch; none while only requested.
-    pub finished_ns: Option<i64>,
 }
 
 /// What a production event marks.
@@ -402,14 +247,114 @@ impl ProductionEventQuery {
     }
 }
 
-/// How far the processor has taken a device's batches: every batch up to `stored_seq` is
-/// stored. Keyed by line and device; a lower `stored_seq` never replaces a higher one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceProgress {
-    pub line: String,
-    pub device: String,
-    pub stored_seq: u64,
-    pub updated_ns: i64,
+/// Plant records of one line in row form, as `fieldline.v1.PlantRecords` carries them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlantRecords {
+    pub alarm_events: Vec<AlarmEvent>,
+    pub alarm_states: Vec<AlarmStatus>,
+    pub commands: Vec<CommandAudit>,
+    pub progress: Vec<DeviceProgress>,
+}
+
+impl PlantRecords {
+    /// The rows a wire message describes; the first record that cannot be one refuses all.
+    pub fn from_wire(w: v1::PlantRecords) -> Result<Self, SinkError> {
+        let refuse = |what: &str, index: usize, e: fieldline_proto::Error| SinkError::Invalid {
+            place: format!("{what} {index}"),
+            problem: e.to_string(),
+        };
+        let line = w.line;
+        let mut alarm_events = Vec::with_capacity(w.alarm_events.len());
+        for (index, e) in w.alarm_events.iter().enumerate() {
+            alarm_events.push(alarm_row(&line, e).ok_or_else(|| SinkError::Invalid {
+                place: format!("alarm event {index}"),
+                problem: format!(
+                    "tag {:?} is not line/device/tag or a state is unknown",
+                    e.tag
+                ),
+            })?);
+        }
+        let alarm_states = w
+            .alarm_states
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                fieldline_proto::alarm_status(&line, s).map_err(|e| refuse("alarm state", i, e))
+            })
+            .collect::<Result<_, _>>()?;
+        let commands = w
+            .commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                fieldline_proto::command_audit(&line, c).map_err(|e| refuse("command", i, e))
+            })
+            .collect::<Result<_, _>>()?;
+        let progress = w
+            .progress
+            .into_iter()
+            .map(|p| fieldline_proto::device_progress(&line, p))
+            .collect();
+        Ok(Self {
+            alarm_events,
+            alarm_states,
+            commands,
+            progress,
+        })
+    }
+
+    /// Refuses the records if any row could not be stored.
+    pub fn check(&self) -> Result<(), SinkError> {
+        check_all(&self.alarm_events)?;
+        check_all(&self.alarm_states)?;
+        check_all(&self.commands)?;
+        check_all(&self.progress)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.alarm_events.is_empty()
+            && self.alarm_states.is_empty()
+            && self.commands.is_empty()
+            && self.progress.is_empty()
+    }
+
+    /// Takes `other`'s records after this one's.
+    pub fn append(&mut self, other: PlantRecords) {
+        self.alarm_events.extend(other.alarm_events);
+        self.alarm_states.extend(other.alarm_states);
+        self.commands.extend(other.commands);
+        self.progress.extend(other.progress);
+    }
+}
+
+/// An alarm event as its `alarm_events` row; `None` when its tag is not a
+/// `{line}/{device}/{tag}` path or a state is unknown.
+pub fn alarm_row(line: &str, e: &v1::AlarmEvent) -> Option<AlarmEvent> {
+    let state = |s: i32| {
+        v1::AlarmState::try_from(s)
+            .ok()
+            .and_then(|s| AlarmState::try_from(s).ok())
+    };
+    let mut parts = e.tag.splitn(3, '/');
+    let (_, device, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(AlarmEvent {
+        line: line.to_string(),
+        alarm_id: e.alarm_id.clone(),
+        seq: e.sequence,
+        device: device.to_string(),
+        tag: tag.to_string(),
+        kind: e.kind.clone(),
+        priority: e.priority,
+        from_state: state(e.from_state)?,
+        to_state: state(e.to_state)?,
+        value: e.value.clone().and_then(|v| Value::try_from(v).ok()),
+        limit: None,
+        message: e.message.clone(),
+        user: e.user.clone(),
+        comment: e.comment.clone(),
+        shelved_until_ns: (e.shelved_until_ns != 0).then_some(e.shelved_until_ns),
+        timestamp_ns: e.timestamp_ns,
+    })
 }
 
 /// The plant-data tables of a MySQL/MariaDB or SQLite database.
@@ -467,6 +412,20 @@ impl EventStore {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         self.insert(&mut tx, events).await?;
         self.insert(&mut tx, states).await?;
+        tx.commit().await.map_err(classify)
+    }
+
+    /// Stores plant records of every kind in one transaction; replaying them changes nothing.
+    pub async fn record(&self, records: &PlantRecords) -> Result<(), SinkError> {
+        records.check()?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        self.insert(&mut tx, &records.alarm_events).await?;
+        self.insert(&mut tx, &records.alarm_states).await?;
+        self.insert(&mut tx, &records.commands).await?;
+        self.insert(&mut tx, &records.progress).await?;
         tx.commit().await.map_err(classify)
     }
 

@@ -77,6 +77,14 @@ impl Backends {
         }
     }
 
+    /// The plant-records tables, once the SQL backend is connected.
+    pub fn events(&self) -> Option<events::EventStore> {
+        self.get()?.iter().find_map(|sink| match sink {
+            Sink::Sql(sql) => Some(events::EventStore::new(sql)),
+            Sink::Influx(_) => None,
+        })
+    }
+
     fn set(&self, sinks: Vec<Sink>) {
         let _ = self.sinks.set(sinks);
         self.connected.notify_waiters();
@@ -211,6 +219,7 @@ async fn serve(
         buffer,
         batching: settings.batch,
         history,
+        sql: settings.sql.is_some(),
     };
     let router = tonic::transport::Server::builder().add_service(
         StorageServiceServer::new(api)

@@ -27,6 +27,8 @@ pub struct StorageMetrics {
     pub buffer_full_waits: Counter,
     pub buffer_replayed: Counter,
     pub group_points: Histogram,
+    /// Sets of plant records (one per request), by result: stored, buffered, refused.
+    pub records: Family<Labels, Counter>,
     /// Refusal reasons already logged, so each is logged once.
     logged: Arc<Mutex<HashSet<(&'static str, String)>>>,
 }
@@ -57,6 +59,7 @@ impl StorageMetrics {
             group_points: Histogram::new([
                 1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
             ]),
+            records: Family::default(),
             logged: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("fieldline_storage");
@@ -110,6 +113,11 @@ impl StorageMetrics {
             "buffer_replayed_batches",
             "Buffered batches written to the backends",
             m.buffer_replayed.clone(),
+        );
+        r.register(
+            "plant_records",
+            "Sets of plant records (alarm transitions and states, write audit, stored marks) by result",
+            m.records.clone(),
         );
         r.register(
             "write_group_samples",

@@ -78,6 +78,7 @@ async fn ingest(url: &str, all: &[SampleBatch]) -> anyhow::Result<()> {
         .map(|(i, b)| v1::IngestRequest {
             request_id: i as u64,
             batch: Some(b.clone().into()),
+            records: None,
         })
         .collect();
     let (tx, rx) = tokio::sync::mpsc::channel(128);

@@ -25,6 +25,7 @@ pub fn batch(line: &str, base_ns: i64, i: i64) -> v1::IngestRequest {
     v1::IngestRequest {
         request_id: u64::try_from(i).unwrap_or(0),
         batch: Some(batch.into()),
+        records: None,
     }
 }
 
