@@ -14,6 +14,11 @@
 //! 5. storage killed with batches in flight, restarted;
 //! 6. the adapter stopped (SIGTERM) during a broker outage, restarted, the broker back.
 //!
+//! Each device also has a derived value (the counter plugin's increase since the previous
+//! reading) and an alarm raised once its count passes 30: at the end every derived value must
+//! be what one uninterrupted run computes, and every alarm must have been raised exactly once,
+//! whatever restarted in between.
+//!
 //! `FIELDLINE_FAULTS=long` keeps each outage for 90 s instead of 8 s and prints a table.
 
 use std::{
@@ -31,6 +36,8 @@ use anyhow::Context;
 use fieldline_testkit::{self as kit, Answer, ServiceProcess};
 
 const DEVICES: usize = 20;
+/// Each device's `n-high` alarm is raised when its count reaches this, and never clears.
+const ALARM_AT: u64 = 30;
 
 /// A device whose holding register 0 reads 1, 2, 3, …: `served` is the last number given.
 /// Once `silent` is set it answers nothing more (the adapter stores Bad samples, no numbers).
@@ -208,6 +215,7 @@ fn write_line(dir: &Path, mqtt_port: u16, devices: &[Counter]) -> anyhow::Result
          adapter: {{ grpc_listen: \"{adapter_grpc}\", http_listen: \"{adapter_http}\", state_dir: \"{state}\", outbox: {{ resend_after: 5s }} }}\n\
          processor: {{ grpc_listen: \"{processor_grpc}\", http_listen: \"{processor_http}\", storage_url: \"http://{storage_grpc}\", adapter_url: \"http://{adapter_grpc}\", client_id: faults-processor }}\n\
          storage:\n  grpc_listen: \"{storage_grpc}\"\n  http_listen: \"{storage_http}\"\n  sql: {{ url: \"sqlite://{db}\" }}\n\
+         device_types:\n  counter:\n    plugins:\n      - {{ builtin: counter, input: n, delta: n_delta }}\n    alarms:\n      - {{ name: n-high, tag: n, kind: high, limit: {ALARM_AT}, priority: low }}\n\
          devices:\n",
         state = dir.join("adapter-state").display(),
         db = db.display(),
@@ -305,6 +313,104 @@ async fn progressing(line: &Line, more: u64) -> anyhow::Result<()> {
     .await
 }
 
+/// Checks the counter plugin's derived `n_delta` against the stored readings: at every
+/// timestamp it is the increase since the device's previous stored reading, exactly as one
+/// uninterrupted run would compute it (a batch processed twice, or with another batch's
+/// state, would give something else). A processor that starts takes its first reading of a
+/// device as a baseline, without a delta: at most `starts` of those per device.
+async fn check_derived(db: &Path, starts: usize) -> anyhow::Result<usize> {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
+    let rows: Vec<(String, String, i64, f64)> = sqlx::query_as(
+        "SELECT device, tag, ts_ns, value_num FROM samples WHERE line = 'faults' AND tag IN ('n', 'n_delta') AND value_num IS NOT NULL ORDER BY device, ts_ns",
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    let mut deltas = 0;
+    let mut per_device: std::collections::BTreeMap<String, Vec<(i64, Option<f64>, Option<f64>)>> =
+        std::collections::BTreeMap::new();
+    for (device, tag, ts, value) in rows {
+        let readings = per_device.entry(device).or_default();
+        if readings.last().is_none_or(|(t, _, _)| *t != ts) {
+            readings.push((ts, None, None));
+        }
+        if let Some(last) = readings.last_mut() {
+            if tag == "n" {
+                last.1 = Some(value);
+            } else {
+                last.2 = Some(value);
+            }
+        }
+    }
+    for (device, readings) in &per_device {
+        let mut baselines = 0;
+        let mut previous: Option<f64> = None;
+        for (ts, n, delta) in readings {
+            let Some(n) = n else {
+                anyhow::bail!("{device}: a delta at {ts} without its reading");
+            };
+            match (previous, delta) {
+                (Some(p), Some(d)) => {
+                    anyhow::ensure!(
+                        *d == n - p,
+                        "{device} at {ts}: n_delta {d}, but the reading went from {p} to {n}"
+                    );
+                    deltas += 1;
+                }
+                (None, Some(d)) => {
+                    anyhow::bail!("{device} at {ts}: n_delta {d} before any reading")
+                }
+                (_, None) => baselines += 1,
+            }
+            previous = Some(*n);
+        }
+        anyhow::ensure!(
+            baselines <= starts,
+            "{device}: {baselines} readings without a delta, {starts} processor starts"
+        );
+    }
+    Ok(deltas)
+}
+
+/// Each device's alarm went from normal to unacknowledged once, and stayed so: a processor
+/// that restarted without its state would raise it again.
+async fn check_alarms(db: &Path) -> anyhow::Result<()> {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
+    let events: Vec<(String, i64, String, String)> = sqlx::query_as(
+        "SELECT alarm_id, seq, from_state, to_state FROM alarm_events WHERE line = 'faults' ORDER BY alarm_id, seq",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let states: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT alarm_id, state, last_seq FROM alarm_state WHERE line = 'faults' ORDER BY alarm_id",
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    let expected_events: Vec<(String, i64, String, String)> = (0..DEVICES)
+        .map(|i| {
+            (
+                format!("faults/d{i:02}/n-high"),
+                1,
+                "normal".to_string(),
+                "unacked_active".to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(events, expected_events, "alarm transitions");
+    let expected_states: Vec<(String, String, i64)> = (0..DEVICES)
+        .map(|i| {
+            (
+                format!("faults/d{i:02}/n-high"),
+                "unacked_active".to_string(),
+                1,
+            )
+        })
+        .collect();
+    assert_eq!(states, expected_states, "alarm states");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     let long = std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long");
@@ -369,7 +475,22 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     progressing(&line, 200).await?;
     record("adapter kill -9 during a broker outage", back);
 
-    // 4. Storage hangs with batches in flight; the processor is killed and restarted.
+    // 4. Storage hangs with batches in flight; the processor is killed and restarted. Every
+    //    alarm has been raised by then, so the restarted processor must raise none again.
+    kit::wait_for(Duration::from_secs(30), "every alarm raised", || async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", line.db.display()))
+            .await
+            .ok()?;
+        let (raised,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM alarm_state WHERE line = 'faults' AND state = 'unacked_active'",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        pool.close().await;
+        (raised == DEVICES as i64).then_some(())
+    })
+    .await?;
     storage.pause()?;
     tokio::time::sleep(outage / 2).await;
     processor.kill().await?;
@@ -454,12 +575,23 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
         "fieldline_processor_batches_duplicate_total",
     )
     .await;
+    // The processor started twice (at the beginning and after its kill -9).
+    let deltas = check_derived(&line.db, 2).await?;
+    check_alarms(&line.db).await?;
+    // The database keeps a transition once whatever is sent again; what the restarted
+    // processor published tells whether it raised an alarm a second time.
+    let raised_again = metric(
+        line.processor_http,
+        "fieldline_processor_alarm_events_total",
+    )
+    .await;
+    assert_eq!(raised_again, 0.0, "alarms raised again after the processor's restart");
     println!("\n| scenario | outage | recovered after the fault ended |\n|---|---|---|");
     for (name, secs) in &table {
         println!("| {name} | {} s | {secs:.1} s |", outage.as_secs());
     }
     println!(
-        "\nreadings served {}, stored {}, lost {} (in the killed adapter's hands), invented {}; redeliveries the processor dropped since its restart {duplicates}",
+        "\nreadings served {}, stored {}, lost {} (in the killed adapter's hands), invented {}; redeliveries the processor dropped since its restart {duplicates}; derived deltas checked {deltas}",
         ledger.served,
         ledger.stored,
         ledger.lost.len(),
