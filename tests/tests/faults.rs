@@ -19,7 +19,12 @@
 //! be what one uninterrupted run computes, and every alarm must have been raised exactly once,
 //! whatever restarted in between.
 //!
-//! `FIELDLINE_FAULTS=long` keeps each outage for 90 s instead of 8 s and prints a table.
+//! A second run stores into private InfluxDB and MariaDB instances and takes each database
+//! down under the running line, first without storage's write-ahead buffer, then with it,
+//! killing storage (-9) while it replays; the ledger is read back from InfluxDB.
+//!
+//! `FIELDLINE_FAULTS=long` keeps each outage for 90 s (the databases' for 60 s) instead of
+//! 8 s; both runs print a table.
 
 use std::{
     collections::BTreeSet,
@@ -154,16 +159,33 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Where the test reads back what the line stored.
+enum Store {
+    /// The SQLite database's `samples` table.
+    Sqlite(PathBuf),
+    /// An InfluxDB at this URL, database `fl`.
+    Influx(String),
+}
+
 struct Line {
     dir: PathBuf,
     config: PathBuf,
+    /// The line document with `{STORAGE}` where the storage backends go.
+    template: String,
     db: PathBuf,
+    store: Store,
     adapter_http: SocketAddr,
     processor_http: SocketAddr,
     storage_http: SocketAddr,
 }
 
 impl Line {
+    /// Writes the line document with these storage backends (YAML lines of `storage:`).
+    fn set_storage(&self, backends: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.config, self.template.replace("{STORAGE}", backends))?;
+        Ok(())
+    }
+
     async fn adapter(&self) -> anyhow::Result<ServiceProcess> {
         ServiceProcess::spawn(
             &binary("fieldline-adapter")?,
@@ -192,7 +214,14 @@ impl Line {
     }
 }
 
-fn write_line(dir: &Path, mqtt_port: u16, devices: &[Counter]) -> anyhow::Result<Line> {
+/// The line of `devices`, its storage into SQLite unless `store` says otherwise (then
+/// `backends` are its storage backends).
+fn write_line(
+    dir: &Path,
+    mqtt_port: u16,
+    devices: &[Counter],
+    store: Option<(Store, &str)>,
+) -> anyhow::Result<Line> {
     let [
         adapter_grpc,
         adapter_http,
@@ -214,11 +243,10 @@ fn write_line(dir: &Path, mqtt_port: u16, devices: &[Counter]) -> anyhow::Result
          mqtt: {{ address: \"127.0.0.1:{mqtt_port}\", keep_alive: 5s }}\n\
          adapter: {{ grpc_listen: \"{adapter_grpc}\", http_listen: \"{adapter_http}\", state_dir: \"{state}\", outbox: {{ resend_after: 5s }} }}\n\
          processor: {{ grpc_listen: \"{processor_grpc}\", http_listen: \"{processor_http}\", storage_url: \"http://{storage_grpc}\", adapter_url: \"http://{adapter_grpc}\", client_id: faults-processor }}\n\
-         storage:\n  grpc_listen: \"{storage_grpc}\"\n  http_listen: \"{storage_http}\"\n  sql: {{ url: \"sqlite://{db}\" }}\n\
+         storage:\n  grpc_listen: \"{storage_grpc}\"\n  http_listen: \"{storage_http}\"\n{{STORAGE}}\n\
          device_types:\n  counter:\n    plugins:\n      - {{ builtin: counter, input: n, delta: n_delta }}\n    alarms:\n      - {{ name: n-high, tag: n, kind: high, limit: {ALARM_AT}, priority: low }}\n\
          devices:\n",
         state = dir.join("adapter-state").display(),
-        db = db.display(),
     );
     for (i, d) in devices.iter().enumerate() {
         yaml.push_str(&format!(
@@ -227,31 +255,62 @@ fn write_line(dir: &Path, mqtt_port: u16, devices: &[Counter]) -> anyhow::Result
         ));
     }
     let config = dir.join("line.yaml");
-    std::fs::write(&config, yaml)?;
-    Ok(Line {
+    let sqlite = format!("  sql: {{ url: \"sqlite://{}\" }}", db.display());
+    let (store, backends) = match store {
+        Some((store, backends)) => (store, backends.to_string()),
+        None => (Store::Sqlite(db.clone()), sqlite),
+    };
+    let line = Line {
         dir: dir.to_path_buf(),
         config,
+        template: yaml,
         db,
+        store,
         adapter_http,
         processor_http,
         storage_http,
-    })
+    };
+    line.set_storage(&backends)?;
+    Ok(line)
 }
 
 /// The numbers stored per device.
-async fn stored(db: &Path) -> anyhow::Result<Vec<BTreeSet<u64>>> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
-    let rows: Vec<(String, Option<f64>)> = sqlx::query_as(
-        "SELECT device, value_num FROM samples WHERE line = 'faults' AND tag = 'n' AND value_num IS NOT NULL",
-    )
-    .fetch_all(&pool)
-    .await?;
-    pool.close().await;
+async fn stored(store: &Store) -> anyhow::Result<Vec<BTreeSet<u64>>> {
     let mut per_device = vec![BTreeSet::new(); DEVICES];
-    for (device, value) in rows {
-        let i: usize = device.trim_start_matches('d').parse()?;
-        if let Some(v) = value {
-            per_device[i].insert(v as u64);
+    match store {
+        Store::Sqlite(db) => {
+            let pool =
+                sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
+            let rows: Vec<(String, Option<f64>)> = sqlx::query_as(
+                "SELECT device, value_num FROM samples WHERE line = 'faults' AND tag = 'n' AND value_num IS NOT NULL",
+            )
+            .fetch_all(&pool)
+            .await?;
+            pool.close().await;
+            for (device, value) in rows {
+                let i: usize = device.trim_start_matches('d').parse()?;
+                if let Some(v) = value {
+                    per_device[i].insert(v as u64);
+                }
+            }
+        }
+        Store::Influx(url) => {
+            for (i, numbers) in per_device.iter_mut().enumerate() {
+                let answer = kit::influx_query_at(
+                    url,
+                    "fl",
+                    &format!("SELECT \"n\" FROM \"d{i:02}\" WHERE \"line\" = 'faults'"),
+                )
+                .await?;
+                let values = answer["results"][0]["series"][0]["values"]
+                    .as_array()
+                    .cloned();
+                for row in values.unwrap_or_default() {
+                    if let Some(v) = row[1].as_f64() {
+                        numbers.insert(v as u64);
+                    }
+                }
+            }
         }
     }
     Ok(per_device)
@@ -268,8 +327,8 @@ struct Ledger {
     invented: Vec<(usize, u64)>,
 }
 
-async fn ledger(db: &Path, devices: &[Counter]) -> anyhow::Result<Ledger> {
-    let stored = stored(db).await?;
+async fn ledger(store: &Store, devices: &[Counter]) -> anyhow::Result<Ledger> {
+    let stored = stored(store).await?;
     let mut ledger = Ledger::default();
     for (i, d) in devices.iter().enumerate() {
         let served = d.served.load(Ordering::SeqCst);
@@ -296,12 +355,16 @@ async fn metric(http: SocketAddr, name: &str) -> f64 {
 
 /// Waits until the line has stored `more` readings beyond what it had.
 async fn progressing(line: &Line, more: u64) -> anyhow::Result<()> {
-    let before: u64 = stored(&line.db).await?.iter().map(|s| s.len() as u64).sum();
+    let before: u64 = stored(&line.store)
+        .await?
+        .iter()
+        .map(|s| s.len() as u64)
+        .sum();
     kit::wait_for(
         Duration::from_secs(60),
         "the line storing again",
         || async {
-            let now: u64 = stored(&line.db)
+            let now: u64 = stored(&line.store)
                 .await
                 .ok()?
                 .iter()
@@ -327,7 +390,9 @@ async fn check_derived(db: &Path, starts: usize) -> anyhow::Result<usize> {
     .await?;
     pool.close().await;
     let mut deltas = 0;
-    let mut per_device: std::collections::BTreeMap<String, Vec<(i64, Option<f64>, Option<f64>)>> =
+    // Per device, each timestamp's reading and delta.
+    type Readings = Vec<(i64, Option<f64>, Option<f64>)>;
+    let mut per_device: std::collections::BTreeMap<String, Readings> =
         std::collections::BTreeMap::new();
     for (device, tag, ts, value) in rows {
         let readings = per_device.entry(device).or_default();
@@ -428,7 +493,7 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     let port = kit::free_addr()?.port();
     let mut broker = Broker::new(dir.path(), port)?;
     broker.start().await?;
-    let line = write_line(dir.path(), port, &devices)?;
+    let line = write_line(dir.path(), port, &devices, None)?;
     let mut storage = line.storage().await?;
     let mut processor = line.processor().await?;
     let mut adapter = line.adapter().await?;
@@ -538,7 +603,7 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
         .flat_map(|(i, (a, b))| (a.saturating_sub(1)..=*b).map(move |n| (i, n)))
         .collect();
     let result = kit::wait_for(Duration::from_secs(120), "every reading stored", || async {
-        let l = ledger(&line.db, &devices).await.ok()?;
+        let l = ledger(&line.store, &devices).await.ok()?;
         l.lost
             .iter()
             .all(|lost| in_hand.contains(lost))
@@ -548,7 +613,7 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     let ledger = match result {
         Ok(l) => l,
         Err(e) => {
-            let l = ledger(&line.db, &devices).await?;
+            let l = ledger(&line.store, &devices).await?;
             let log = std::fs::read_to_string(line.dir.join("mosquitto.log")).unwrap_or_default();
             anyhow::bail!(
                 "{e}: {} of {} readings stored; lost (device, number), first 20: {:?}\nadapter log:\n{}\nprocessor log:\n{}\nbroker log (end):\n{}",
@@ -585,13 +650,211 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
         "fieldline_processor_alarm_events_total",
     )
     .await;
-    assert_eq!(raised_again, 0.0, "alarms raised again after the processor's restart");
+    assert_eq!(
+        raised_again, 0.0,
+        "alarms raised again after the processor's restart"
+    );
     println!("\n| scenario | outage | recovered after the fault ended |\n|---|---|---|");
     for (name, secs) in &table {
         println!("| {name} | {} s | {secs:.1} s |", outage.as_secs());
     }
     println!(
         "\nreadings served {}, stored {}, lost {} (in the killed adapter's hands), invented {}; redeliveries the processor dropped since its restart {duplicates}; derived deltas checked {deltas}",
+        ledger.served,
+        ledger.stored,
+        ledger.lost.len(),
+        ledger.invented.len()
+    );
+    adapter.terminate().await?;
+    processor.terminate().await?;
+    storage.terminate().await?;
+    broker.kill().await?;
+    Ok(())
+}
+
+/// The databases go down under the running line, each for the outage, first with storage
+/// holding batches unacknowledged (no buffer: the processor and the adapter's outbox keep
+/// them), then with storage's write-ahead buffer, and storage is killed (-9) while it replays
+/// the buffer. Nothing is lost or stored twice, and the alarms raised meanwhile reach MariaDB
+/// through the buffer. InfluxDB and MariaDB are private instances of this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Result<()> {
+    let long = std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long");
+    let outage = if long {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(8)
+    };
+    let dir = tempfile::tempdir()?;
+    let mut influx = kit::PrivateServer::influxdb(dir.path()).await?;
+    let mut maria = kit::PrivateServer::mariadb(dir.path()).await?;
+    let maria_url = format!("mysql://root@127.0.0.1:{}", maria.port);
+    let pool = sqlx::MySqlPool::connect(&format!("{maria_url}/mysql")).await?;
+    sqlx::query("CREATE DATABASE IF NOT EXISTS test")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut devices = Vec::new();
+    for _ in 0..DEVICES {
+        devices.push(counter(silent.clone()).await?);
+    }
+    let port = kit::free_addr()?.port();
+    let mut broker = Broker::new(dir.path(), port)?;
+    broker.start().await?;
+    let influx_url = format!("http://127.0.0.1:{}", influx.port);
+    let backends = format!(
+        "  influx: {{ url: \"{influx_url}\", database: fl, timeout: 2s }}\n  sql: {{ url: \"{maria_url}/test\" }}"
+    );
+    let buffered = format!(
+        "{backends}\n  buffer: {{ dir: \"{}\", max_size: 256MiB }}\n  batch: {{ max_points: 50 }}",
+        dir.path().join("buffer").display()
+    );
+    let line = write_line(
+        dir.path(),
+        port,
+        &devices,
+        Some((Store::Influx(influx_url.clone()), backends.as_str())),
+    )?;
+    let mut storage = line.storage().await?;
+    let mut processor = line.processor().await?;
+    let mut adapter = line.adapter().await?;
+    progressing(&line, 200).await?;
+    let mut table = Vec::new();
+    let mut record = |name: &str, back: Instant| {
+        table.push((name.to_string(), back.elapsed().as_secs_f64()));
+    };
+
+    // 1. Without a buffer: MariaDB down, then InfluxDB down.
+    maria.kill().await;
+    tokio::time::sleep(outage).await;
+    maria.start().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("MariaDB down, no buffer", back);
+    influx.kill().await;
+    tokio::time::sleep(outage).await;
+    influx.start().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("InfluxDB down, no buffer", back);
+
+    // 2. Storage restarted with its write-ahead buffer; the same outages.
+    storage.terminate().await?;
+    line.set_storage(&buffered)?;
+    storage = line.storage().await?;
+    maria.kill().await;
+    tokio::time::sleep(outage).await;
+    maria.start().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record("MariaDB down, buffered", back);
+    influx.kill().await;
+    tokio::time::sleep(outage).await;
+    influx.start().await?;
+    // 3. Storage killed (-9) while it replays what it buffered, and restarted.
+    let replaying = kit::wait_for(Duration::from_secs(60), "a replay under way", || async {
+        let replayed = metric(
+            line.storage_http,
+            "fieldline_storage_buffer_replayed_batches_total",
+        )
+        .await;
+        let pending = metric(
+            line.storage_http,
+            "fieldline_storage_buffer_pending_batches",
+        )
+        .await;
+        (replayed > 0.0 && pending > 0.0).then_some(())
+    })
+    .await;
+    let killed_in_replay = replaying.is_ok();
+    storage.kill().await?;
+    storage = line.storage().await?;
+    let back = Instant::now();
+    progressing(&line, 200).await?;
+    record(
+        if killed_in_replay {
+            "InfluxDB down, buffered; storage kill -9 during the replay"
+        } else {
+            "InfluxDB down, buffered; storage kill -9 (the replay had ended)"
+        },
+        back,
+    );
+
+    silent.store(true, Ordering::SeqCst);
+    let result = kit::wait_for(Duration::from_secs(120), "every reading stored", || async {
+        let l = ledger(&line.store, &devices).await.ok()?;
+        l.lost.is_empty().then_some(l)
+    })
+    .await;
+    let ledger = match result {
+        Ok(l) => l,
+        Err(e) => {
+            let l = ledger(&line.store, &devices).await?;
+            anyhow::bail!(
+                "{e}: {} of {} readings stored; lost (device, number), first 20: {:?}\nprocessor log:\n{}\nstorage log:\n{}",
+                l.stored,
+                l.served,
+                &l.lost[..l.lost.len().min(20)],
+                processor.stdout().await,
+                storage.stdout().await,
+            );
+        }
+    };
+    assert!(
+        ledger.invented.is_empty(),
+        "stored readings no device gave: {:?}",
+        ledger.invented
+    );
+    // Each number once: InfluxDB keeps one point per timestamp, so count the points too.
+    let answer = kit::influx_query_at(
+        &influx_url,
+        "fl",
+        "SELECT COUNT(\"n\") FROM /^d[0-9]+$/ WHERE \"line\" = 'faults'",
+    )
+    .await?;
+    let points: u64 = answer["results"][0]["series"]
+        .as_array()
+        .map(|series| {
+            series
+                .iter()
+                .filter_map(|s| s["values"][0][1].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(points, ledger.stored, "points in InfluxDB: {answer}");
+    assert!(killed_in_replay, "storage was not killed during a replay");
+
+    // The alarms, raised while the line ran through this, are in MariaDB once each.
+    let pool = sqlx::MySqlPool::connect(&format!("{maria_url}/test")).await?;
+    let raised: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT alarm_id, state, last_seq FROM alarm_state WHERE line = 'faults' ORDER BY alarm_id",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let expected: Vec<(String, String, i64)> = (0..DEVICES)
+        .map(|i| {
+            (
+                format!("faults/d{i:02}/n-high"),
+                "unacked_active".to_string(),
+                1,
+            )
+        })
+        .collect();
+    assert_eq!(raised, expected, "alarm states in MariaDB");
+    let (events,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM alarm_events WHERE line = 'faults'")
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(events, DEVICES as i64, "alarm transitions in MariaDB");
+    pool.close().await;
+
+    println!("\n| scenario | outage | recovered after the fault ended |\n|---|---|---|");
+    for (name, secs) in &table {
+        println!("| {name} | {} s | {secs:.1} s |", outage.as_secs());
+    }
+    println!(
+        "\nreadings served {}, stored {}, lost {}, invented {}",
         ledger.served,
         ledger.stored,
         ledger.lost.len(),
