@@ -23,8 +23,9 @@
 //! down under the running line, first without storage's write-ahead buffer, then with it,
 //! killing storage (-9) while it replays; the ledger is read back from InfluxDB.
 //!
-//! `FIELDLINE_FAULTS=long` keeps each outage for 90 s (the databases' for 60 s) instead of
-//! 8 s; both runs print a table.
+//! `FIELDLINE_FAULTS=long` keeps each outage for 5 minutes instead of 8 s; both runs print a
+//! table (readings served per scenario, recovery time, peak RSS of each process, the outbox's
+//! peak).
 
 use std::{
     collections::BTreeSet,
@@ -376,6 +377,141 @@ async fn progressing(line: &Line, more: u64) -> anyhow::Result<()> {
     .await
 }
 
+/// One scenario's line of the printed table.
+struct Row {
+    name: String,
+    /// Readings the devices gave during the scenario.
+    served: u64,
+    /// How long after the fault ended the line stored again.
+    recovered_s: f64,
+    /// Peak resident memory of the adapter, processor and storage running at its end (MiB).
+    rss_mib: [f64; 3],
+    /// Most bytes the adapter's outbox held during it.
+    outbox_peak: u64,
+}
+
+/// What the table's rows are measured against.
+struct Watch {
+    served: u64,
+    outbox_peak: Arc<AtomicU64>,
+}
+
+impl Watch {
+    /// Samples the adapter's outbox size every 250 ms, whichever adapter process is running.
+    fn start(adapter_http: SocketAddr) -> Self {
+        let outbox_peak = Arc::new(AtomicU64::new(0));
+        let peak = outbox_peak.clone();
+        tokio::spawn(async move {
+            loop {
+                let bytes = metric(adapter_http, "fieldline_adapter_outbox_bytes").await;
+                peak.fetch_max(bytes as u64, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Self {
+            served: 0,
+            outbox_peak,
+        }
+    }
+
+    /// The row of a scenario that ends now; the next one is measured from here.
+    fn row(
+        &mut self,
+        name: &str,
+        back: Instant,
+        devices: &[Counter],
+        processes: [&ServiceProcess; 3],
+    ) -> Row {
+        let served: u64 = devices
+            .iter()
+            .map(|d| d.served.load(Ordering::SeqCst))
+            .sum();
+        let row = Row {
+            name: name.to_string(),
+            served: served - self.served,
+            recovered_s: back.elapsed().as_secs_f64(),
+            rss_mib: processes.map(peak_rss_mib),
+            outbox_peak: self.outbox_peak.swap(0, Ordering::SeqCst),
+        };
+        self.served = served;
+        row
+    }
+}
+
+/// Peak resident memory of a running process (VmHWM), in MiB; 0 when it cannot be read.
+fn peak_rss_mib(process: &ServiceProcess) -> f64 {
+    let status = process
+        .pid()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn print_table(outage: Duration, rows: &[Row], ledger: &Ledger, rows_stored: u64) {
+    println!(
+        "\n| scenario | outage | readings served | recovered after the fault ended | peak RSS adapter / processor / storage | outbox peak |\n|---|---|---|---|---|---|"
+    );
+    for r in rows {
+        println!(
+            "| {} | {} s | {} | {:.1} s | {:.1} / {:.1} / {:.1} MiB | {:.1} MiB |",
+            r.name,
+            outage.as_secs(),
+            r.served,
+            r.recovered_s,
+            r.rss_mib[0],
+            r.rss_mib[1],
+            r.rss_mib[2],
+            r.outbox_peak as f64 / f64::from(1u32 << 20)
+        );
+    }
+    println!(
+        "\nreadings served {}, stored {}, lost {}, stored twice {}, invented {}",
+        ledger.served,
+        ledger.stored,
+        ledger.lost.len(),
+        rows_stored.saturating_sub(ledger.stored),
+        ledger.invented.len()
+    );
+}
+
+/// Rows (SQLite) or points (InfluxDB) of `n`, counting any reading stored twice.
+async fn stored_rows(store: &Store) -> anyhow::Result<u64> {
+    match store {
+        Store::Sqlite(db) => {
+            let pool =
+                sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM samples WHERE line = 'faults' AND tag = 'n' AND value_num IS NOT NULL",
+            )
+            .fetch_one(&pool)
+            .await?;
+            pool.close().await;
+            Ok(u64::try_from(n)?)
+        }
+        Store::Influx(url) => {
+            let answer = kit::influx_query_at(
+                url,
+                "fl",
+                "SELECT COUNT(\"n\") FROM /^d[0-9]+$/ WHERE \"line\" = 'faults'",
+            )
+            .await?;
+            Ok(answer["results"][0]["series"]
+                .as_array()
+                .map(|series| {
+                    series
+                        .iter()
+                        .filter_map(|s| s["values"][0][1].as_u64())
+                        .sum()
+                })
+                .unwrap_or(0))
+        }
+    }
+}
+
 /// Checks the counter plugin's derived `n_delta` against the stored readings: at every
 /// timestamp it is the increase since the device's previous stored reading, exactly as one
 /// uninterrupted run would compute it (a batch processed twice, or with another batch's
@@ -480,7 +616,7 @@ async fn check_alarms(db: &Path) -> anyhow::Result<()> {
 async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     let long = std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long");
     let outage = if long {
-        Duration::from_secs(90)
+        Duration::from_secs(300)
     } else {
         Duration::from_secs(8)
     };
@@ -499,10 +635,7 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     let mut adapter = line.adapter().await?;
     progressing(&line, 200).await?;
     let mut table = Vec::new();
-    // How long after the fault ended the line stored again.
-    let mut record = |name: &str, back: Instant| {
-        table.push((name.to_string(), back.elapsed().as_secs_f64()));
-    };
+    let mut watch = Watch::start(line.adapter_http);
 
     // 1. The broker crashes and comes back on its persistence folder.
     broker.kill().await?;
@@ -510,7 +643,12 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     broker.start().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("broker kill -9, restarted on its folder", back);
+    table.push(watch.row(
+        "broker kill -9, restarted on its folder",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
 
     // 2. The broker crashes and forgets everything.
     broker.kill().await?;
@@ -519,7 +657,12 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     broker.start().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("broker kill -9, folder wiped", back);
+    table.push(watch.row(
+        "broker kill -9, folder wiped",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
 
     // 3. The adapter is killed while the broker is down; both come back.
     broker.kill().await?;
@@ -538,7 +681,12 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     broker.start().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("adapter kill -9 during a broker outage", back);
+    table.push(watch.row(
+        "adapter kill -9 during a broker outage",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
 
     // 4. Storage hangs with batches in flight; the processor is killed and restarted. Every
     //    alarm has been raised by then, so the restarted processor must raise none again.
@@ -564,7 +712,12 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     storage.resume()?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("storage frozen, processor kill -9", back);
+    table.push(watch.row(
+        "storage frozen, processor kill -9",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
 
     // 5. Storage is killed with batches in flight and restarted.
     storage.kill().await?;
@@ -572,7 +725,12 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     storage = line.storage().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("storage kill -9", back);
+    table.push(watch.row(
+        "storage kill -9",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
 
     // 6. The adapter is stopped (SIGTERM, as for a rolling update) during a broker outage.
     broker.kill().await?;
@@ -589,7 +747,12 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     broker.start().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("adapter stopped (SIGTERM) during a broker outage", back);
+    table.push(watch.row(
+        "adapter stopped (SIGTERM) during a broker outage",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
 
     // The devices fall silent, so what they served is final; the adapter keeps running and
     // sends again whatever storage does not have yet.
@@ -602,13 +765,17 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
         .enumerate()
         .flat_map(|(i, (a, b))| (a.saturating_sub(1)..=*b).map(move |n| (i, n)))
         .collect();
-    let result = kit::wait_for(Duration::from_secs(120), "every reading stored", || async {
-        let l = ledger(&line.store, &devices).await.ok()?;
-        l.lost
-            .iter()
-            .all(|lost| in_hand.contains(lost))
-            .then_some(l)
-    })
+    let result = kit::wait_for(
+        outage.max(Duration::from_secs(120)),
+        "every reading stored",
+        || async {
+            let l = ledger(&line.store, &devices).await.ok()?;
+            l.lost
+                .iter()
+                .all(|lost| in_hand.contains(lost))
+                .then_some(l)
+        },
+    )
     .await;
     let ledger = match result {
         Ok(l) => l,
@@ -654,17 +821,12 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
         raised_again, 0.0,
         "alarms raised again after the processor's restart"
     );
-    println!("\n| scenario | outage | recovered after the fault ended |\n|---|---|---|");
-    for (name, secs) in &table {
-        println!("| {name} | {} s | {secs:.1} s |", outage.as_secs());
-    }
+    let rows_stored = stored_rows(&line.store).await?;
+    print_table(outage, &table, &ledger, rows_stored);
     println!(
-        "\nreadings served {}, stored {}, lost {} (in the killed adapter's hands), invented {}; redeliveries the processor dropped since its restart {duplicates}; derived deltas checked {deltas}",
-        ledger.served,
-        ledger.stored,
-        ledger.lost.len(),
-        ledger.invented.len()
+        "lost: only readings in the killed adapter's hands; redeliveries the processor dropped since its restart {duplicates}; derived deltas checked {deltas}"
     );
+    assert_eq!(rows_stored, ledger.stored, "readings stored twice");
     adapter.terminate().await?;
     processor.terminate().await?;
     storage.terminate().await?;
@@ -681,7 +843,7 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
 async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Result<()> {
     let long = std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long");
     let outage = if long {
-        Duration::from_secs(60)
+        Duration::from_secs(300)
     } else {
         Duration::from_secs(8)
     };
@@ -721,9 +883,7 @@ async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Res
     let mut adapter = line.adapter().await?;
     progressing(&line, 200).await?;
     let mut table = Vec::new();
-    let mut record = |name: &str, back: Instant| {
-        table.push((name.to_string(), back.elapsed().as_secs_f64()));
-    };
+    let mut watch = Watch::start(line.adapter_http);
 
     // 1. Without a buffer: MariaDB down, then InfluxDB down.
     maria.kill().await;
@@ -731,13 +891,23 @@ async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Res
     maria.start().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("MariaDB down, no buffer", back);
+    table.push(watch.row(
+        "MariaDB down, no buffer",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
     influx.kill().await;
     tokio::time::sleep(outage).await;
     influx.start().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("InfluxDB down, no buffer", back);
+    table.push(watch.row(
+        "InfluxDB down, no buffer",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
 
     // 2. Storage restarted with its write-ahead buffer; the same outages.
     storage.terminate().await?;
@@ -748,7 +918,12 @@ async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Res
     maria.start().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record("MariaDB down, buffered", back);
+    table.push(watch.row(
+        "MariaDB down, buffered",
+        back,
+        &devices,
+        [&adapter, &processor, &storage],
+    ));
     influx.kill().await;
     tokio::time::sleep(outage).await;
     influx.start().await?;
@@ -772,20 +947,22 @@ async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Res
     storage = line.storage().await?;
     let back = Instant::now();
     progressing(&line, 200).await?;
-    record(
-        if killed_in_replay {
-            "InfluxDB down, buffered; storage kill -9 during the replay"
-        } else {
-            "InfluxDB down, buffered; storage kill -9 (the replay had ended)"
-        },
-        back,
-    );
+    let name = if killed_in_replay {
+        "InfluxDB down, buffered; storage kill -9 during the replay"
+    } else {
+        "InfluxDB down, buffered; storage kill -9 (the replay had ended)"
+    };
+    table.push(watch.row(name, back, &devices, [&adapter, &processor, &storage]));
 
     silent.store(true, Ordering::SeqCst);
-    let result = kit::wait_for(Duration::from_secs(120), "every reading stored", || async {
-        let l = ledger(&line.store, &devices).await.ok()?;
-        l.lost.is_empty().then_some(l)
-    })
+    let result = kit::wait_for(
+        outage.max(Duration::from_secs(120)),
+        "every reading stored",
+        || async {
+            let l = ledger(&line.store, &devices).await.ok()?;
+            l.lost.is_empty().then_some(l)
+        },
+    )
     .await;
     let ledger = match result {
         Ok(l) => l,
@@ -807,22 +984,8 @@ async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Res
         ledger.invented
     );
     // Each number once: InfluxDB keeps one point per timestamp, so count the points too.
-    let answer = kit::influx_query_at(
-        &influx_url,
-        "fl",
-        "SELECT COUNT(\"n\") FROM /^d[0-9]+$/ WHERE \"line\" = 'faults'",
-    )
-    .await?;
-    let points: u64 = answer["results"][0]["series"]
-        .as_array()
-        .map(|series| {
-            series
-                .iter()
-                .filter_map(|s| s["values"][0][1].as_u64())
-                .sum()
-        })
-        .unwrap_or(0);
-    assert_eq!(points, ledger.stored, "points in InfluxDB: {answer}");
+    let points = stored_rows(&line.store).await?;
+    assert_eq!(points, ledger.stored, "points in InfluxDB");
     assert!(killed_in_replay, "storage was not killed during a replay");
 
     // The alarms, raised while the line ran through this, are in MariaDB once each.
@@ -849,17 +1012,7 @@ async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Res
     assert_eq!(events, DEVICES as i64, "alarm transitions in MariaDB");
     pool.close().await;
 
-    println!("\n| scenario | outage | recovered after the fault ended |\n|---|---|---|");
-    for (name, secs) in &table {
-        println!("| {name} | {} s | {secs:.1} s |", outage.as_secs());
-    }
-    println!(
-        "\nreadings served {}, stored {}, lost {}, invented {}",
-        ledger.served,
-        ledger.stored,
-        ledger.lost.len(),
-        ledger.invented.len()
-    );
+    print_table(outage, &table, &ledger, points);
     adapter.terminate().await?;
     processor.terminate().await?;
     storage.terminate().await?;
