@@ -612,14 +612,18 @@ async fn check_alarms(db: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
-    let long = std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long");
-    let outage = if long {
+/// How long each fault lasts: 8 s, or 5 minutes with `FIELDLINE_FAULTS=long`.
+fn outage() -> Duration {
+    if std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long") {
         Duration::from_secs(300)
     } else {
         Duration::from_secs(8)
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
+    let outage = outage();
     let dir = tempfile::tempdir()?;
     let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut devices = Vec::new();
@@ -841,12 +845,7 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
 /// through the buffer. InfluxDB and MariaDB are private instances of this test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Result<()> {
-    let long = std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long");
-    let outage = if long {
-        Duration::from_secs(300)
-    } else {
-        Duration::from_secs(8)
-    };
+    let outage = outage();
     let dir = tempfile::tempdir()?;
     let mut influx = kit::PrivateServer::influxdb(dir.path()).await?;
     let mut maria = kit::PrivateServer::mariadb(dir.path()).await?;
