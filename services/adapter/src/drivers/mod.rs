@@ -275,8 +275,27 @@ pub struct RememberedCommands {
 }
 
 impl RememberedCommands {
-    pub fn get(&self, id: &str) -> Option<&v1::CommandResult> {
-        self.results.get(id)
+    /// The earlier result of `command`, when its id reached the device before: the command
+    /// is answered with it and not written again (a retry after a lost answer, or a rule's
+    /// request processed again after a processor restart). Counted as the `repeated` outcome
+    /// of `writes_total` and logged.
+    pub fn repeat(
+        &self,
+        cx: &DeviceContext,
+        device: &str,
+        tag: &str,
+        command: &v1::Command,
+    ) -> Option<v1::CommandResult> {
+        let earlier = self.results.get(&command.id)?.clone();
+        cx.metrics
+            .writes
+            .get_or_create(&vec![
+                ("device", device.to_string()),
+                ("outcome", "repeated".to_string()),
+            ])
+            .inc();
+        tracing::info!(device, tag, command = %command.id, requested_by = %command.requested_by, outcome = outcome(&earlier), "a command already written came again; answered with its result, not written again");
+        Some(earlier)
     }
 
     pub fn last_write(&self, tag: &str) -> Option<i64> {

@@ -468,8 +468,12 @@ impl ModbusBus {
         tag_name: &str,
         command: &v1::Command,
     ) -> v1::CommandResult {
-        if let Some(done) = self.slaves[s].remembered.get(&command.id) {
-            return done.clone();
+        let slave = &self.slaves[s];
+        if let Some(earlier) = slave
+            .remembered
+            .repeat(&slave.cx, slave.name(), tag_name, command)
+        {
+            return earlier;
         }
         let result = self.write_once(s, tag_name, command).await;
         let outcome = match v1::CommandStatus::try_from(result.status) {

@@ -390,39 +390,39 @@ fn write(
     request: WriteRequest,
 ) {
     let command = &request.command;
-    let result = if let Some(earlier) = remembered.get(&command.id) {
-        earlier.clone()
-    } else {
-        match check_value_command(tags, &device.name, &request.tag, command, remembered) {
-            Err(result) => result,
-            Ok((tag, raw)) => match command_message(&target, tag, &raw, &command.id) {
-                Err(error) => command_result(
-                    command,
-                    v1::CommandStatus::Failed,
-                    "",
-                    None,
-                    error.to_string(),
-                ),
-                Ok((topic, message)) => {
-                    match client.try_publish(topic.clone(), QoS::AtLeastOnce, false, message) {
-                        Ok(()) => command_result(
-                            command,
-                            v1::CommandStatus::Written,
-                            "",
-                            None,
-                            format!("sent on {topic}"),
-                        ),
-                        Err(error) => command_result(
-                            command,
-                            v1::CommandStatus::Failed,
-                            "",
-                            None,
-                            format!("the MQTT client refused the command: {error}"),
-                        ),
-                    }
+    if let Some(earlier) = remembered.repeat(cx, &device.name, &request.tag, command) {
+        let _ = request.reply.send(earlier);
+        return;
+    }
+    let result = match check_value_command(tags, &device.name, &request.tag, command, remembered) {
+        Err(result) => result,
+        Ok((tag, raw)) => match command_message(&target, tag, &raw, &command.id) {
+            Err(error) => command_result(
+                command,
+                v1::CommandStatus::Failed,
+                "",
+                None,
+                error.to_string(),
+            ),
+            Ok((topic, message)) => {
+                match client.try_publish(topic.clone(), QoS::AtLeastOnce, false, message) {
+                    Ok(()) => command_result(
+                        command,
+                        v1::CommandStatus::Written,
+                        "",
+                        None,
+                        format!("sent on {topic}"),
+                    ),
+                    Err(error) => command_result(
+                        command,
+                        v1::CommandStatus::Failed,
+                        "",
+                        None,
+                        format!("the MQTT client refused the command: {error}"),
+                    ),
                 }
-            },
-        }
+            }
+        },
     };
     remembered.keep(&request.tag, &result);
     cx.count_write(&device.name, &request.tag, command, &result);

@@ -542,8 +542,11 @@ impl Driver {
 
     /// Checks, writes, reads back and answers one command.
     async fn write(&mut self, session: &Session, w: WriteRequest) {
-        if let Some(earlier) = self.remembered.get(&w.command.id) {
-            let _ = w.reply.send(earlier.clone());
+        if let Some(earlier) = self
+            .remembered
+            .repeat(&self.cx, self.name(), &w.tag, &w.command)
+        {
+            let _ = w.reply.send(earlier);
             return;
         }
         let checked = check_value_command(

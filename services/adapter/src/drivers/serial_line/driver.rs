@@ -451,6 +451,13 @@ impl Driver {
             reply,
             ..
         } = w;
+        if let Some(earlier) = self
+            .remembered
+            .repeat(&self.cx, &self.s.name, &tag, &command)
+        {
+            let _ = reply.send(earlier);
+            return;
+        }
         let result = self.write(&command, &tag).await;
         self.remembered.keep(&tag, &result);
         self.cx.count_write(&self.s.name, &tag, &command, &result);
@@ -459,9 +466,6 @@ impl Driver {
 
     /// Checks, renders, sends and (with an ack) confirms one write.
     async fn write(&mut self, command: &v1::Command, tag_name: &str) -> v1::CommandResult {
-        if let Some(done) = self.remembered.get(&command.id) {
-            return done.clone();
-        }
         let failed =
             |detail: String| command_result(command, v1::CommandStatus::Failed, "", None, detail);
         let raw = match check_value_command(
