@@ -151,11 +151,14 @@ pub struct CommandAudit {
 }
 
 /// How far the processor has taken a device's batches: every batch up to `stored_seq` is
-/// stored. Keyed by line and device; a lower `stored_seq` never replaces a higher one.
+/// stored, and `plugin_state` is what the device's plugins kept right after it (opaque JSON,
+/// for a device whose type has plugins). Keyed by line and device; a lower `stored_seq` never
+/// replaces a higher one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceProgress {
     pub line: String,
     pub device: String,
     pub stored_seq: u64,
     pub updated_ns: i64,
+    pub plugin_state: Option<String>,
 }

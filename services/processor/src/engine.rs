@@ -188,6 +188,33 @@ impl Engine {
         problems
     }
 
+    /// What the plugins keep for `device` (see [`PluginSet::save_state`]); `None` when its
+    /// type has no plugins or it has had no batch yet.
+    pub fn plugin_state(&mut self, device: &str) -> Option<String> {
+        let device_type = self.device_types.get(device)?;
+        self.plugins.get_mut(device_type)?.save_state(device)
+    }
+
+    /// Whether `device`'s type has plugins, whose state must be saved with its progress.
+    pub fn has_plugins(&self, device: &str) -> bool {
+        self.device_types
+            .get(device)
+            .is_some_and(|t| self.plugins.contains_key(t))
+    }
+
+    /// Resumes `device`'s plugins from their saved state; what cannot be resumed is reported
+    /// and starts fresh.
+    pub fn restore_plugins(&mut self, device: &str, saved: &str) -> Vec<String> {
+        match self
+            .device_types
+            .get(device)
+            .and_then(|t| self.plugins.get_mut(t))
+        {
+            Some(set) => set.restore_state(device, saved),
+            None => Vec::new(),
+        }
+    }
+
     /// Derives the plugins' values into the batch (so they are stored and served like read
     /// ones), then evaluates alarms and rules on it. `batch` is `wire` checked and in domain
     /// types; `current` gives the latest value of a tag of the batch's device from before

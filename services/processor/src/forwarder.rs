@@ -305,17 +305,17 @@ async fn handle(
             let _ = client.ack(&publish).await;
             return;
         }
-        Admission::Gap { stored, notify } => {
+        Admission::Gap { durable, notify } => {
             // Taking it now would store it before the batch it follows, which could then never
             // be taken: drop it, and ask the adapter (which still holds both) to send again.
             metrics.gaps.inc();
             tracing::debug!(device = %batch.device, sequence = batch.sequence, previous = batch.previous_sequence, "batch overtook one not yet received; dropped until it is sent again");
             if notify {
-                tracing::info!(device = %batch.device, stored, "a batch is missing; asking the adapter to send again");
+                tracing::info!(device = %batch.device, durable, "a batch is missing; asking the adapter to send again");
                 let notice = v1::StoredUpTo {
                     line: line.to_string(),
                     device: batch.device.clone(),
-                    sequence: stored,
+                    sequence: durable,
                     gap: true,
                     published_ns: fieldline_runtime::now_ns(),
                 };
@@ -331,9 +331,17 @@ async fn handle(
             return;
         }
     }
-    let records = engine.and_then(|engine| engine.process(&mut batch, checked, metrics));
-    latest.apply(&batch);
+    let now = std::time::Instant::now();
     let (device, sequence) = (batch.device.clone(), batch.sequence);
+    let checkpoint = lock(progress).checkpoint_due(&device, sequence, now);
+    let processed = engine
+        .map(|engine| engine.process(&mut batch, checked, metrics, checkpoint))
+        .unwrap_or_default();
+    if checkpoint {
+        lock(progress).checkpoint(&device, sequence, processed.plugin_state, now);
+    }
+    let records = processed.records;
+    latest.apply(&batch);
     if to_storage.send((publish, batch, records)).is_err() {
         lock(progress).abandon(&device, sequence);
         tracing::debug!("forwarder stopped; batch left for redelivery");
@@ -510,55 +518,43 @@ async fn announce(
         if !changes.is_empty() {
             let now = fieldline_runtime::now_ns();
             if let Some(storage) = &mut storage {
-                let records = v1::PlantRecords {
-                    line: line.clone(),
-                    progress: changes
-                        .iter()
-                        .map(|(device, stored)| v1::DeviceProgress {
-                            device: device.clone(),
-                            stored_seq: *stored,
-                            updated_ns: now,
-                        })
-                        .collect(),
-                    ..Default::default()
-                };
-                if let Err(status) = storage.record(records).await {
+                if let Err(status) = save_marks(storage, &line, &changes, now).await {
                     metrics.error("progress_save");
                     if !failing {
-                        tracing::warn!(%status, "cannot save stored marks; announcing them once they are saved");
+                        tracing::warn!(%status, "cannot save durable marks; announcing them once they are saved");
                     }
                     failing = true;
-                    lock(&progress).unannounced(&changes);
+                    lock(&progress).unannounced(changes.iter().map(|m| m.device.as_str()));
                     if last {
                         return;
                     }
                     continue;
                 }
                 if std::mem::take(&mut failing) {
-                    tracing::info!("stored marks saved again");
+                    tracing::info!("durable marks saved again");
                 }
             }
             // At most once: each mark is superseded by the next, and the broker keeps the
             // newest retained for an adapter that connects later.
-            for (device, stored) in &changes {
-                let mark = v1::StoredUpTo {
+            for mark in &changes {
+                let notice = v1::StoredUpTo {
                     line: line.clone(),
-                    device: device.clone(),
-                    sequence: *stored,
+                    device: mark.device.clone(),
+                    sequence: mark.sequence,
                     gap: false,
                     published_ns: now,
                 };
                 if client
                     .try_publish(
-                        stored_topic(&line, device),
+                        stored_topic(&line, &mark.device),
                         QoS::AtMostOnce,
                         true,
-                        mark.encode_to_vec(),
+                        notice.encode_to_vec(),
                     )
                     .is_err()
                 {
                     // The client's queue is full (the broker is away): next round.
-                    lock(&progress).unannounced(std::slice::from_ref(&(device.clone(), *stored)));
+                    lock(&progress).unannounced([mark.device.as_str()]);
                 }
             }
         }
@@ -566,4 +562,47 @@ async fn announce(
             return;
         }
     }
+}
+
+/// Bytes of plugin state sent to storage in one call at most (a mark's state is bounded by
+/// [`crate::plugin_host::STATE_MAX_BYTES`]).
+const SAVE_BYTES: usize = 4 << 20;
+
+/// Saves `marks` (each device's durable mark and plugin state) in storage, in calls of at most
+/// [`SAVE_BYTES`] of state.
+async fn save_marks(
+    storage: &mut StorageServiceClient<tonic::transport::Channel>,
+    line: &str,
+    marks: &[crate::progress::Mark],
+    now: i64,
+) -> Result<(), tonic::Status> {
+    let mut rest = marks;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let take = rest
+            .iter()
+            .position(|m| {
+                bytes += m.plugin_state.as_ref().map_or(0, String::len);
+                bytes > SAVE_BYTES
+            })
+            .unwrap_or(rest.len())
+            .max(1);
+        let (chunk, after) = rest.split_at(take);
+        rest = after;
+        let records = v1::PlantRecords {
+            line: line.to_string(),
+            progress: chunk
+                .iter()
+                .map(|m| v1::DeviceProgress {
+                    device: m.device.clone(),
+                    stored_seq: m.sequence,
+                    updated_ns: now,
+                    plugin_state: m.plugin_state.clone().unwrap_or_default(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        storage.record(records).await?;
+    }
+    Ok(())
 }

@@ -137,12 +137,20 @@ async fn run(
         Some(_) => {
             let state = load_plant_state(&config.line, storage.clone(), &stop).await?;
             tracing::info!(devices = state.progress.len(), "progress loaded");
-            progress = progress::Progress::restore(
-                state
-                    .progress
-                    .iter()
-                    .map(|p| (p.device.clone(), p.stored_seq)),
-            );
+            let mut resumed = 0;
+            for p in state.progress.iter().filter(|p| !p.plugin_state.is_empty()) {
+                resumed += 1;
+                for problem in engine.restore_plugins(&p.device, &p.plugin_state) {
+                    tracing::warn!(%problem, "plugin state");
+                }
+            }
+            tracing::info!(devices = resumed, "plugin state loaded");
+            progress =
+                progress::Progress::restore(state.progress.into_iter().map(|p| progress::Mark {
+                    device: p.device,
+                    sequence: p.stored_seq,
+                    plugin_state: (!p.plugin_state.is_empty()).then_some(p.plugin_state),
+                }));
             let mut saved = Vec::with_capacity(state.alarm_states.len());
             for s in state.alarm_states {
                 match fieldline_proto::alarm_status(&config.line, s) {

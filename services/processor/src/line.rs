@@ -49,17 +49,27 @@ pub struct LineHandle {
     pub recorder: Option<Recorder>,
 }
 
+/// What processing a batch gave besides the values it added to the batch.
+#[derive(Debug, Default)]
+pub struct Processed {
+    /// Records to store with the batch (its alarm transitions and the states they led to).
+    pub records: Option<v1::PlantRecords>,
+    /// The device's plugin state right after the batch, when asked for and its type has
+    /// plugins.
+    pub plugin_state: Option<String>,
+}
+
 impl LineHandle {
     /// Runs plugins (adding their values to the batch), alarms and rules on a new batch,
-    /// before `latest` and storage take it, and returns the records to store with it (its
-    /// alarm transitions and the states they led to), if any.
-    /// `checked` is the same batch, already checked and in domain types.
+    /// before `latest` and storage take it. `checked` is the same batch, already checked and
+    /// in domain types; with `checkpoint` the device's plugin state after it is returned too.
     pub fn process(
         &self,
         batch: &mut v1::SampleBatch,
         checked: fieldline_core::SampleBatch,
         metrics: &ProcessorMetrics,
-    ) -> Option<v1::PlantRecords> {
+        checkpoint: bool,
+    ) -> Processed {
         let now = fieldline_runtime::now_ns();
         let (line, device) = (batch.line.clone(), batch.device.clone());
         let effects = {
@@ -68,7 +78,7 @@ impl LineHandle {
                 // are refused too). Say so loudly; the batch is still stored.
                 metrics.error("engine_unavailable");
                 tracing::error!(device = %device, "alarms and rules are unavailable: the engine's state is poisoned");
-                return None;
+                return Processed::default();
             };
             let effects = engine.process(
                 batch,
@@ -78,9 +88,20 @@ impl LineHandle {
             );
             let records = (self.recorder.is_some() && !effects.alarm_events.is_empty())
                 .then(|| self.records(&engine, &effects.alarm_events));
-            (effects, records)
+            let plugin_state = if checkpoint {
+                engine.plugin_state(&device)
+            } else {
+                None
+            };
+            (
+                effects,
+                Processed {
+                    records,
+                    plugin_state,
+                },
+            )
         };
-        let (effects, records) = effects;
+        let (effects, processed) = effects;
         if effects.from_the_future > 0 {
             metrics.error("clock_ahead");
             tracing::debug!(device = %device, samples = effects.from_the_future, "samples stamped in the future, processed at their arrival");
@@ -104,7 +125,7 @@ impl LineHandle {
                 sequence: batch.sequence,
             });
         }
-        records
+        processed
     }
 
     /// Transitions and the states they led to, as records of this line.

@@ -732,3 +732,111 @@ fn extreme_timestamps_from_a_device_do_not_break_the_built_ins() {
         }
     }
 }
+
+/// Every kind of plugin, one after the other, on a device that gives all their inputs.
+const EVERY_KIND: &str = "- script: fahrenheit.rhai\n  outputs: [temp_f, batches, version]\n- builtin: counter\n  input: units\n  delta: units_delta\n  rate: units_per_min\n  rate_per: 1min\n- builtin: runtime\n  input: running\n  output: run_hours\n- builtin: oee\n  units_produced: units\n  good_count: good\n  running: running\n  target_rate: 120\n  window: 10min\n";
+
+fn every_input(seq: u64) -> SampleBatch {
+    batch(
+        "cell-1",
+        seq,
+        seq as i64 * 7 * S,
+        vec![
+            ("temp_c", Some(Value::F64(20.0 + seq as f64))),
+            ("units", Some(Value::U64(1000 + seq * seq))),
+            ("good", Some(Value::U64(990 + seq * seq - seq / 3))),
+            ("running", Some(Value::Bool(!seq.is_multiple_of(4)))),
+        ],
+    )
+}
+
+#[test]
+fn a_saved_state_resumes_every_plugin_exactly_where_it_was() {
+    let mut running = set(EVERY_KIND);
+    for seq in 1..=20 {
+        running.apply(&every_input(seq));
+    }
+    let saved = running.save_state("cell-1").expect("cell-1 has state");
+    assert_eq!(set(EVERY_KIND).save_state("cell-1"), None, "no batch yet");
+    // A restarted processor: a new set, resumed from the save, given the batches after it.
+    let mut resumed = set(EVERY_KIND);
+    assert_eq!(
+        resumed.restore_state("cell-1", &saved),
+        Vec::<String>::new()
+    );
+    let mut fresh = set(EVERY_KIND);
+    let mut differs_from_fresh = false;
+    for seq in 21..=40 {
+        let expected = running.apply(&every_input(seq));
+        let got = resumed.apply(&every_input(seq));
+        assert!(!expected.samples.is_empty());
+        assert_eq!(got.samples, expected.samples, "batch {seq}");
+        assert_eq!(got.events, expected.events, "batch {seq}");
+        differs_from_fresh |= fresh.apply(&every_input(seq)).samples != expected.samples;
+    }
+    assert!(
+        differs_from_fresh,
+        "the state carries something a fresh start does not have"
+    );
+    assert_eq!(resumed.save_state("cell-1"), running.save_state("cell-1"));
+}
+
+#[test]
+fn a_save_that_does_not_fit_the_plugins_starts_them_fresh_and_says_which() {
+    let mut running = set(EVERY_KIND);
+    running.apply(&every_input(1));
+    let saved = running.save_state("cell-1").expect("cell-1 has state");
+    // The counter's and the runtime's states swapped: each refuses the other's.
+    let mut swapped: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&saved).unwrap();
+    let counter = swapped.remove("counter units").unwrap();
+    let runtime = swapped.remove("runtime running").unwrap();
+    swapped.insert("counter units".into(), runtime);
+    swapped.insert("runtime running".into(), counter);
+    swapped.remove("oee units");
+    let mut resumed = set(EVERY_KIND);
+    let problems = resumed.restore_state("cell-1", &serde_json::to_string(&swapped).unwrap());
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("counter units"), "{problems:?}");
+    assert!(problems[1].contains("runtime running"), "{problems:?}");
+    assert!(
+        problems[2].contains("oee units") && problems[2].contains("no saved state"),
+        "{problems:?}"
+    );
+    // The script's state was fine: it counts on from 1; the counter starts a new baseline.
+    let d = resumed.apply(&every_input(2));
+    assert_eq!(value(&d, "batches"), Value::I64(2));
+    assert!(d.sample("units_delta").is_none(), "{:#?}", d.samples);
+    // Not JSON at all: one problem, every plugin fresh.
+    let mut garbled = set(EVERY_KIND);
+    assert_eq!(garbled.restore_state("cell-1", "{not json").len(), 1);
+    let d = garbled.apply(&every_input(2));
+    assert_eq!(value(&d, "batches"), Value::I64(1));
+}
+
+#[test]
+fn a_state_too_big_to_save_is_left_out_and_the_rest_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hoard.rhai"),
+        "let n = state.n ?? 0;\nlet m = state.m ?? #{};\nfor i in 0..500 { m[`key-${n * 500 + i}-0123456789abcdef0123456789abcdef0123456789`] = 1.0 / 3.0; }\nstate.m = m;\nstate.n = n + 1;\n#{ kept: m.len() }\n",
+    )
+    .unwrap();
+    let config = plugins(
+        "- script: hoard.rhai\n  outputs: [kept]\n- builtin: counter\n  input: units\n  delta: units_delta\n",
+    );
+    let mut plugins = PluginSet::build("cnc", &config, &options(dir.path())).unwrap();
+    let mut seq = 0;
+    while plugins
+        .save_state("cell-1")
+        .is_none_or(|s| s.contains("hoard"))
+    {
+        seq += 1;
+        assert!(seq < 1_000, "the script's state never got too big");
+        let d = plugins.apply(&every_input(seq));
+        assert_eq!(d.failures, vec![], "batch {seq}");
+    }
+    let saved = plugins.save_state("cell-1").unwrap();
+    assert!(saved.len() <= fieldline_processor::plugin_host::STATE_MAX_BYTES);
+    assert!(saved.contains("counter units"), "{saved}");
+}

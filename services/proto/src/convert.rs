@@ -399,6 +399,7 @@ impl From<&DeviceProgress> for v1::DeviceProgress {
             device: p.device.clone(),
             stored_seq: p.stored_seq,
             updated_ns: p.updated_ns,
+            plugin_state: p.plugin_state.clone().unwrap_or_default(),
         }
     }
 }
@@ -410,6 +411,7 @@ pub fn device_progress(line: &str, w: v1::DeviceProgress) -> DeviceProgress {
         device: w.device,
         stored_seq: w.stored_seq,
         updated_ns: w.updated_ns,
+        plugin_state: some_text(w.plugin_state),
     }
 }
 

@@ -32,6 +32,9 @@ pub const ID_MAX: usize = 128;
 /// Longest free text (messages, comments, reasons, details, string values): what a MySQL
 /// `TEXT` column holds in utf8mb4.
 pub const TEXT_MAX: usize = 16_383;
+/// Longest saved plugin state of one device, in characters (the `MEDIUMTEXT` column holds
+/// 16 MiB; the processor saves at most 256 KiB).
+pub const PLUGIN_STATE_MAX: usize = 1 << 20;
 /// Rows a read returns when the query does not say otherwise.
 pub const DEFAULT_LIMIT: u32 = 1000;
 
@@ -1215,7 +1218,8 @@ impl Record for CommandAudit {
 
 impl Record for DeviceProgress {
     const TABLE: &'static str = "processor_progress";
-    const COLUMNS: &'static [&'static str] = &["line", "device", "stored_seq", "updated_ns"];
+    const COLUMNS: &'static [&'static str] =
+        &["line", "device", "stored_seq", "updated_ns", "plugin_state"];
 
     fn on_conflict(dialect: Dialect) -> String {
         newer_wins(
@@ -1238,7 +1242,11 @@ impl Record for DeviceProgress {
     fn check(&self, at: &Place) -> Result<(), SinkError> {
         at.key("line", &self.line, NAME_MAX)?;
         at.key("device", &self.device, NAME_MAX)?;
-        at.seq("stored_seq", self.stored_seq)
+        at.seq("stored_seq", self.stored_seq)?;
+        match &self.plugin_state {
+            Some(state) => at.text("plugin_state", state, PLUGIN_STATE_MAX),
+            None => Ok(()),
+        }
     }
 
     fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
@@ -1247,6 +1255,7 @@ impl Record for DeviceProgress {
             .bind(self.device.as_str())
             .bind(stored_seq(self.stored_seq))
             .bind(self.updated_ns)
+            .bind(self.plugin_state.clone())
     }
 
     fn from_row(row: &AnyRow) -> Result<Self, SinkError> {
@@ -1256,6 +1265,7 @@ impl Record for DeviceProgress {
             device: get(row, t, "device")?,
             stored_seq: get_seq(row, t, "stored_seq")?,
             updated_ns: get(row, t, "updated_ns")?,
+            plugin_state: get(row, t, "plugin_state")?,
         })
     }
 }

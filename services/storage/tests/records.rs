@@ -182,6 +182,7 @@ async fn plant_records_are_durable_before_the_answer_and_survive_a_database_outa
                 device: "press".into(),
                 stored_seq: 1,
                 updated_ns: BASE_NS,
+                plugin_state: r#"{"counter":{"after":1}}"#.into(),
             }],
         ))
         .await?
@@ -223,6 +224,7 @@ async fn plant_records_are_durable_before_the_answer_and_survive_a_database_outa
                 device: "press".into(),
                 stored_seq: 2,
                 updated_ns: BASE_NS,
+                plugin_state: r#"{"counter":{"after":2}}"#.into(),
             }],
         )),
     )
@@ -286,9 +288,10 @@ async fn plant_records_are_durable_before_the_answer_and_survive_a_database_outa
         state_now
             .progress
             .iter()
-            .map(|p| (p.device.as_str(), p.stored_seq))
+            .map(|p| (p.device.as_str(), p.stored_seq, p.plugin_state.as_str()))
             .collect::<Vec<_>>(),
-        [("press", 2)]
+        [("press", 2, r#"{"counter":{"after":2}}"#)],
+        "the mark and plugin state still in the buffer are the newest"
     );
 
     // 5. InfluxDB back: the buffer drains, and every record is in the database once.
@@ -307,12 +310,15 @@ async fn plant_records_are_durable_before_the_answer_and_survive_a_database_outa
     .fetch_one(&pool)
     .await?;
     assert_eq!((seq, snapshot.as_str()), (4, "{\"seq\":4}"));
-    let stored: i64 =
-        sqlx::query_scalar("SELECT stored_seq FROM processor_progress WHERE line = ?")
+    let (stored, plugin_state): (i64, String) =
+        sqlx::query_as("SELECT stored_seq, plugin_state FROM processor_progress WHERE line = ?")
             .bind(&line)
             .fetch_one(&pool)
             .await?;
-    assert_eq!(stored, 2);
+    assert_eq!(
+        (stored, plugin_state.as_str()),
+        (2, r#"{"counter":{"after":2}}"#)
+    );
     let page = metrics(http).await;
     assert!(
         kit::metric_value(

@@ -1,6 +1,8 @@
 //! The built-in plugins as one closed set: each [`BuiltinPlugin`] entry builds its
 //! [`Builtin`], which makes the per-device [`BuiltinState`] and applies itself to a batch.
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     BuiltinPlugin,
     context::Context,
@@ -18,7 +20,8 @@ pub enum Builtin {
 }
 
 /// What a built-in keeps per device between batches.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BuiltinState {
     Counter(CounterState),
     RuntimeHours(RunTrack),
@@ -44,6 +47,17 @@ impl Builtin {
             Builtin::RuntimeHours(_) => BuiltinState::RuntimeHours(RunTrack::default()),
             Builtin::Oee(o) => BuiltinState::Oee(Box::new(o.fresh_state())),
         }
+    }
+
+    /// Whether `state` is a state of this kind of built-in (one read back after a restart
+    /// may have been saved by another configuration).
+    pub fn takes(&self, state: &BuiltinState) -> bool {
+        matches!(
+            (self, state),
+            (Builtin::Counter(_), BuiltinState::Counter(_))
+                | (Builtin::RuntimeHours(_), BuiltinState::RuntimeHours(_))
+                | (Builtin::Oee(_), BuiltinState::Oee(_))
+        )
     }
 
     /// Runs on one batch of one device, with that device's state.

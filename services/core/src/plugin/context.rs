@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::sample::{Quality, QualityReason, Sample, SampleBatch, Value};
 
 /// An event raised by a plugin.
@@ -95,7 +97,7 @@ pub enum InputError {
 }
 
 /// A counter or flag reading as a number the built-ins can work with.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Reading {
     Int(i128),
     Float(f64),

@@ -3,6 +3,8 @@
 //! a decrease is either a rollover (the counter wrapped at its configured range) or a reset
 //! (it was zeroed), and a reset counts from 0 and is reported as an event.
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     CounterPlugin,
     context::{Context, InputError, Reading},
@@ -10,7 +12,7 @@ use super::{
 use crate::sample::Value;
 
 /// The last accepted reading of a counter, and how the next one compares to it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct CounterTrack {
     prev: Option<(Reading, i64)>,
 }
@@ -102,7 +104,7 @@ pub(super) fn reset_event(cx: &mut Context<'_>, tag: &str, from: Reading, to: Re
 }
 
 /// What the counter built-in keeps per device between batches.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct CounterState {
     track: CounterTrack,
 }

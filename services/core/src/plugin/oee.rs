@@ -19,6 +19,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     OeeOutputs, OeePlugin,
     context::{Context, InputError, Reading},
@@ -31,14 +33,14 @@ use crate::sample::Value;
 const SNAPSHOTS_PER_WINDOW: i64 = 64;
 
 /// A counter made into a running total.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Total {
     track: CounterTrack,
     sum: f64,
 }
 
 /// Totals at one moment.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Snapshot {
     ts: i64,
     units: f64,
@@ -48,7 +50,7 @@ struct Snapshot {
 }
 
 /// What the OEE built-in keeps per device between batches.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct OeeState {
     units: Total,
     good: Total,

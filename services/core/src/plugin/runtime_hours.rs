@@ -2,6 +2,8 @@
 //! holds (a flag reported by exception is only sent when it changes); after a Bad reading the
 //! state is unknown and no time is counted until a good one arrives.
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     RuntimePlugin,
     context::{Context, InputError},
@@ -11,7 +13,7 @@ use crate::sample::{Quality, Sample, Value};
 const NS_PER_HOUR: f64 = 3_600_000_000_000.0;
 
 /// Run time and known time of a flag, integrated up to the last reading.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunTrack {
     last: Option<(bool, i64)>,
     run_ns: u128,

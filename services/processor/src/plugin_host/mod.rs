@@ -32,6 +32,11 @@ pub use fieldline_core::plugin::PluginEvent;
 use self::script::ScriptPlugin;
 use crate::{Error, Result};
 
+/// Largest saved state of one device's plugins, in bytes of JSON. A plugin whose state would
+/// not fit (a script that keeps an ever-growing map) is left out of the save and starts fresh
+/// after a restart, with a warning.
+pub const STATE_MAX_BYTES: usize = 256 * 1024;
+
 /// How plugin sets find and watch their scripts.
 #[derive(Debug, Clone)]
 pub struct PluginOptions {
@@ -373,6 +378,96 @@ impl PluginSet {
     }
 }
 
+impl PluginSet {
+    /// What the plugins keep for `device`, as one JSON object keyed by plugin label, to be
+    /// saved beside the device's progress and given back to [`PluginSet::restore_state`]
+    /// after a restart. `None` before the device's first batch. A plugin whose state cannot
+    /// be written as JSON, or would make the whole exceed [`STATE_MAX_BYTES`], is left out
+    /// (it starts fresh after a restart) and logged.
+    pub fn save_state(&mut self, device: &str) -> Option<String> {
+        let states = self.devices.get(device)?;
+        let mut saved = serde_json::Map::new();
+        let mut bytes = 2;
+        let now = Instant::now();
+        let keys = state_keys(&self.plugins);
+        for ((plugin, state), key) in self.plugins.iter_mut().zip(states).zip(keys) {
+            let json = match state {
+                PluginState::Script(st) => serde_json::to_value(st),
+                PluginState::Builtin(st) => serde_json::to_value(st),
+            };
+            let problem = match json {
+                Ok(json) => {
+                    // The label, its quotes, the colon and the comma.
+                    let size = key.len() + 4 + json.to_string().len();
+                    if bytes + size <= STATE_MAX_BYTES {
+                        bytes += size;
+                        saved.insert(key, json);
+                        continue;
+                    }
+                    format!("its state ({size} bytes) would exceed {STATE_MAX_BYTES} bytes")
+                }
+                Err(e) => format!("its state cannot be saved: {e}"),
+            };
+            if let Some(suppressed) = plugin.log.allow(now) {
+                tracing::warn!(device_type = %self.device_type, device, plugin = %plugin.label, %problem, suppressed, "plugin state not saved; after a restart this plugin starts fresh on this device");
+            }
+        }
+        Some(serde_json::Value::Object(saved).to_string())
+    }
+
+    /// Gives `device` back the plugin state [`PluginSet::save_state`] wrote. A plugin the save
+    /// does not hold, or holds in a form it cannot read (its configuration changed), starts
+    /// fresh; each such plugin is returned as a problem.
+    pub fn restore_state(&mut self, device: &str, saved: &str) -> Vec<String> {
+        let mut saved = match serde_json::from_str::<serde_json::Value>(saved) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => serde_json::Map::new(),
+            Err(e) => {
+                return vec![format!(
+                    "plugins of {device} start fresh: their saved state is not JSON: {e}"
+                )];
+            }
+        };
+        let mut problems = Vec::new();
+        let keys = state_keys(&self.plugins);
+        let states = self
+            .plugins
+            .iter()
+            .zip(keys)
+            .map(|(plugin, key)| {
+                let restored = match (&plugin.kind, saved.remove(&key)) {
+                    (_, None) => Err("no saved state".to_string()),
+                    (PluginKind::Script(_), Some(json)) => {
+                        serde_json::from_value::<rhai::Dynamic>(json)
+                            .map(PluginState::Script)
+                            .map_err(|e| e.to_string())
+                    }
+                    (PluginKind::Builtin(b), Some(json)) => {
+                        serde_json::from_value::<BuiltinState>(json)
+                            .map_err(|e| e.to_string())
+                            .and_then(|st| {
+                                if b.takes(&st) {
+                                    Ok(PluginState::Builtin(st))
+                                } else {
+                                    Err("the saved state is another plugin's".to_string())
+                                }
+                            })
+                    }
+                };
+                restored.unwrap_or_else(|why| {
+                    problems.push(format!(
+                        "plugin {} of {device} starts fresh: {why}",
+                        plugin.label
+                    ));
+                    plugin.fresh_state()
+                })
+            })
+            .collect();
+        self.devices.insert(device.to_string(), states);
+        problems
+    }
+}
+
 impl Plugin {
     fn fresh_state(&self) -> PluginState {
         match &self.kind {
@@ -380,6 +475,24 @@ impl Plugin {
             PluginKind::Builtin(b) => PluginState::Builtin(b.fresh_state()),
         }
     }
+}
+
+/// The key of each plugin's state in a save: its label, and for a label used again (two
+/// counters on one input) the label with its repetition, `counter parts #2`.
+fn state_keys(plugins: &[Plugin]) -> Vec<String> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    plugins
+        .iter()
+        .map(|p| {
+            let n = seen.entry(p.label.as_str()).or_default();
+            *n += 1;
+            if *n == 1 {
+                p.label.clone()
+            } else {
+                format!("{} #{n}", p.label)
+            }
+        })
+        .collect()
 }
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
