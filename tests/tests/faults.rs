@@ -14,10 +14,12 @@
 //! 5. storage killed with batches in flight, restarted;
 //! 6. the adapter stopped (SIGTERM) during a broker outage, restarted, the broker back.
 //!
-//! Each device also has a derived value (the counter plugin's increase since the previous
-//! reading) and an alarm raised once its count passes 30: at the end every derived value must
-//! be what one uninterrupted run computes, and every alarm must have been raised exactly once,
-//! whatever restarted in between.
+//! Each device also has derived values (the counter plugin's increase since the previous
+//! reading, and the run hours since its first), an alarm raised once its count passes 30,
+//! and a lamp a control rule switches on while the processor is about to be killed: at the
+//! end every derived value must be what one uninterrupted run computes, every alarm must have
+//! been raised exactly once and every lamp written exactly once, whatever restarted in
+//! between.
 //!
 //! A second run stores into private InfluxDB and MariaDB instances and takes each database
 //! down under the running line, first without storage's write-ahead buffer, then with it,
@@ -33,7 +35,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU16, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -44,30 +46,62 @@ use fieldline_testkit::{self as kit, Answer, ServiceProcess};
 const DEVICES: usize = 20;
 /// Each device's `n-high` alarm is raised when its count reaches this, and never clears.
 const ALARM_AT: u64 = 30;
+/// The `lamp-on` rule switches each device's lamp on once the level is above this (and one).
+const LEVEL_HIGH: u16 = 50;
 
 /// A device whose holding register 0 reads 1, 2, 3, …: `served` is the last number given.
+/// Its input register 0 reads the line's `level` (set by the test), and its coil 0 is a lamp
+/// a control rule switches on when the level is high; `writes` counts the writes it took.
 /// Once `silent` is set it answers nothing more (the adapter stores Bad samples, no numbers).
 struct Counter {
     addr: SocketAddr,
     served: Arc<AtomicU64>,
+    writes: Arc<AtomicU64>,
 }
 
-async fn counter(silent: Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<Counter> {
+async fn counter(
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    level: Arc<AtomicU16>,
+) -> anyhow::Result<Counter> {
     let served = Arc::new(AtomicU64::new(0));
-    let next = served.clone();
+    let writes = Arc::new(AtomicU64::new(0));
+    let lamp = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (next, written) = (served.clone(), writes.clone());
     let addr = kit::faulty_modbus(move |_, request| {
         if silent.load(Ordering::SeqCst) {
             return Answer::Silence;
         }
-        let n = next.fetch_add(1, Ordering::SeqCst) + 1;
-        let value = u16::try_from(n).unwrap_or(u16::MAX);
-        Answer::Bytes(kit::modbus_reply(
-            request,
-            &kit::registers_pdu(request, value),
-        ))
+        let pdu = match request.get(7).copied() {
+            Some(3) => {
+                let n = next.fetch_add(1, Ordering::SeqCst) + 1;
+                kit::registers_pdu(request, u16::try_from(n).unwrap_or(u16::MAX))
+            }
+            Some(4) => kit::registers_pdu(request, level.load(Ordering::SeqCst)),
+            Some(1) => vec![1, 1, u8::from(lamp.load(Ordering::SeqCst))],
+            // Write single coil: 0xFF00 is on; the answer echoes the request.
+            Some(5) if request.len() >= 12 => {
+                lamp.store(request[10] == 0xFF, Ordering::SeqCst);
+                written.fetch_add(1, Ordering::SeqCst);
+                request[7..12].to_vec()
+            }
+            // Write multiple coils, one of them: the answer gives address and quantity.
+            Some(15) if request.len() >= 14 => {
+                lamp.store(request[13] & 1 == 1, Ordering::SeqCst);
+                written.fetch_add(1, Ordering::SeqCst);
+                request[7..12].to_vec()
+            }
+            // Anything else: illegal function.
+            Some(f) => vec![f | 0x80, 1],
+            None => return Answer::Silence,
+        };
+        Answer::Bytes(kit::modbus_reply(request, &pdu))
     })
     .await?;
-    Ok(Counter { addr, served })
+    Ok(Counter {
+        addr,
+        served,
+        writes,
+    })
 }
 
 /// A Mosquitto of the test's own, from the shipped configuration.
@@ -245,13 +279,13 @@ fn write_line(
          adapter: {{ grpc_listen: \"{adapter_grpc}\", http_listen: \"{adapter_http}\", state_dir: \"{state}\", outbox: {{ resend_after: 5s }} }}\n\
          processor: {{ grpc_listen: \"{processor_grpc}\", http_listen: \"{processor_http}\", storage_url: \"http://{storage_grpc}\", adapter_url: \"http://{adapter_grpc}\", client_id: faults-processor }}\n\
          storage:\n  grpc_listen: \"{storage_grpc}\"\n  http_listen: \"{storage_http}\"\n{{STORAGE}}\n\
-         device_types:\n  counter:\n    plugins:\n      - {{ builtin: counter, input: n, delta: n_delta }}\n    alarms:\n      - {{ name: n-high, tag: n, kind: high, limit: {ALARM_AT}, priority: low }}\n\
+         device_types:\n  counter:\n    plugins:\n      - {{ builtin: counter, input: n, delta: n_delta }}\n      - {{ builtin: runtime, input: n, output: n_hours }}\n    alarms:\n      - {{ name: n-high, tag: n, kind: high, limit: {ALARM_AT}, priority: low }}\n    rules:\n      - {{ kind: hysteresis, name: lamp-on, input: level, output: lamp, setpoint: {LEVEL_HIGH}, band: 1, action: on_above }}\n\
          devices:\n",
         state = dir.join("adapter-state").display(),
     );
     for (i, d) in devices.iter().enumerate() {
         yaml.push_str(&format!(
-            "  - {{ name: d{i:02}, type: counter, protocol: modbus-tcp, endpoint: \"{}\", poll_interval: 100ms, tags: [ {{ name: n, address: \"holding:0\", type: u16 }} ] }}\n",
+            "  - {{ name: d{i:02}, type: counter, protocol: modbus-tcp, endpoint: \"{}\", poll_interval: 100ms, tags: [ {{ name: n, address: \"holding:0\", type: u16 }}, {{ name: level, address: \"input:0\", type: u16 }}, {{ name: lamp, address: \"coil:0\", type: bool, writable: true }} ] }}\n",
             d.addr
         ));
     }
@@ -512,65 +546,90 @@ async fn stored_rows(store: &Store) -> anyhow::Result<u64> {
     }
 }
 
-/// Checks the counter plugin's derived `n_delta` against the stored readings: at every
-/// timestamp it is the increase since the device's previous stored reading, exactly as one
-/// uninterrupted run would compute it (a batch processed twice, or with another batch's
-/// state, would give something else). A processor that starts takes its first reading of a
-/// device as a baseline, without a delta: at most `starts` of those per device.
-async fn check_derived(db: &Path, starts: usize) -> anyhow::Result<usize> {
+/// One stored timestamp of a device: its reading and what the plugins derived from it.
+#[derive(Default)]
+struct Derivation {
+    ts: i64,
+    n: Option<f64>,
+    delta: Option<f64>,
+    hours: Option<f64>,
+}
+
+/// Checks the plugins' derived values against the stored readings, exactly as one
+/// uninterrupted run would compute them (a batch processed twice, or with another batch's
+/// state, would give something else):
+/// - the counter's `n_delta` is the increase since the device's previous stored reading; only
+///   a device's very first reading has none (the counter's baseline);
+/// - the runtime's `n_hours` (the count is never 0, so the device always runs) is the time
+///   since the device's first reading: a processor restarted without its plugins' state would
+///   start again from 0.
+///
+/// Returns the number of derived values checked.
+async fn check_derived(db: &Path) -> anyhow::Result<usize> {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
     let rows: Vec<(String, String, i64, f64)> = sqlx::query_as(
-        "SELECT device, tag, ts_ns, value_num FROM samples WHERE line = 'faults' AND tag IN ('n', 'n_delta') AND value_num IS NOT NULL ORDER BY device, ts_ns",
+        "SELECT device, tag, ts_ns, value_num FROM samples WHERE line = 'faults' AND tag IN ('n', 'n_delta', 'n_hours') AND value_num IS NOT NULL ORDER BY device, ts_ns",
     )
     .fetch_all(&pool)
     .await?;
     pool.close().await;
-    let mut deltas = 0;
-    // Per device, each timestamp's reading and delta.
-    type Readings = Vec<(i64, Option<f64>, Option<f64>)>;
-    let mut per_device: std::collections::BTreeMap<String, Readings> =
+    let mut checked = 0;
+    let mut per_device: std::collections::BTreeMap<String, Vec<Derivation>> =
         std::collections::BTreeMap::new();
     for (device, tag, ts, value) in rows {
         let readings = per_device.entry(device).or_default();
-        if readings.last().is_none_or(|(t, _, _)| *t != ts) {
-            readings.push((ts, None, None));
+        if readings.last().is_none_or(|r| r.ts != ts) {
+            readings.push(Derivation {
+                ts,
+                ..Derivation::default()
+            });
         }
         if let Some(last) = readings.last_mut() {
-            if tag == "n" {
-                last.1 = Some(value);
-            } else {
-                last.2 = Some(value);
+            match tag.as_str() {
+                "n" => last.n = Some(value),
+                "n_delta" => last.delta = Some(value),
+                _ => last.hours = Some(value),
             }
         }
     }
     for (device, readings) in &per_device {
         let mut baselines = 0;
         let mut previous: Option<f64> = None;
-        for (ts, n, delta) in readings {
-            let Some(n) = n else {
-                anyhow::bail!("{device}: a delta at {ts} without its reading");
+        let first_ts = readings.first().map_or(0, |r| r.ts);
+        for r in readings {
+            let ts = r.ts;
+            let Some(n) = r.n else {
+                anyhow::bail!("{device}: a derived value at {ts} without its reading");
             };
-            match (previous, delta) {
+            match (previous, r.delta) {
                 (Some(p), Some(d)) => {
                     anyhow::ensure!(
-                        *d == n - p,
+                        d == n - p,
                         "{device} at {ts}: n_delta {d}, but the reading went from {p} to {n}"
                     );
-                    deltas += 1;
+                    checked += 1;
                 }
                 (None, Some(d)) => {
                     anyhow::bail!("{device} at {ts}: n_delta {d} before any reading")
                 }
                 (_, None) => baselines += 1,
             }
-            previous = Some(*n);
+            previous = Some(n);
+            let expected = (ts - first_ts) as f64 / 3.6e12;
+            match r.hours {
+                Some(h) if (h - expected).abs() < 1e-9 => checked += 1,
+                Some(h) => anyhow::bail!(
+                    "{device} at {ts}: n_hours {h}, but it has run {expected} h since its first reading"
+                ),
+                None => anyhow::bail!("{device} at {ts}: a reading without n_hours"),
+            }
         }
         anyhow::ensure!(
-            baselines <= starts,
-            "{device}: {baselines} readings without a delta, {starts} processor starts"
+            baselines == 1,
+            "{device}: {baselines} readings without a delta, one expected"
         );
     }
-    Ok(deltas)
+    Ok(checked)
 }
 
 /// Each device's alarm went from normal to unacknowledged once, and stayed so: a processor
@@ -612,6 +671,35 @@ async fn check_alarms(db: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each device's lamp was written once, and its one audit row says so: the processor that
+/// restarted and processed the batches that asked for the writes again did not write again.
+async fn check_writes(db: &Path, devices: &[Counter]) -> anyhow::Result<()> {
+    let writes: Vec<u64> = devices
+        .iter()
+        .map(|d| d.writes.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(writes, vec![1; DEVICES], "writes each device took");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
+    let audit: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT device, tag, source, status FROM command_audit WHERE line = 'faults' ORDER BY device",
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    let expected: Vec<(String, String, String, String)> = (0..DEVICES)
+        .map(|i| {
+            (
+                format!("d{i:02}"),
+                "lamp".to_string(),
+                "lamp-on".to_string(),
+                "verified".to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(audit, expected, "the write audit");
+    Ok(())
+}
+
 /// How long each fault lasts: 8 s, or 5 minutes with `FIELDLINE_FAULTS=long`.
 fn outage() -> Duration {
     if std::env::var("FIELDLINE_FAULTS").is_ok_and(|v| v == "long") {
@@ -626,9 +714,10 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     let outage = outage();
     let dir = tempfile::tempdir()?;
     let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let level = Arc::new(AtomicU16::new(0));
     let mut devices = Vec::new();
     for _ in 0..DEVICES {
-        devices.push(counter(silent.clone()).await?);
+        devices.push(counter(silent.clone(), level.clone()).await?);
     }
     let port = kit::free_addr()?.port();
     let mut broker = Broker::new(dir.path(), port)?;
@@ -708,14 +797,54 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
         (raised == DEVICES as i64).then_some(())
     })
     .await?;
+    //    While storage hangs, the level goes high and the rule switches every lamp on: the
+    //    batches that asked for those writes are processed, not stored, when the processor
+    //    dies. The restarted one processes them again and must not write again.
     storage.pause()?;
-    tokio::time::sleep(outage / 2).await;
+    let frozen = Instant::now();
+    level.store(LEVEL_HIGH + 10, Ordering::SeqCst);
+    kit::wait_for(
+        Duration::from_secs(30),
+        "every lamp switched on",
+        || async {
+            devices
+                .iter()
+                .all(|d| d.writes.load(Ordering::SeqCst) >= 1)
+                .then_some(())
+        },
+    )
+    .await?;
+    tokio::time::sleep((outage / 2).saturating_sub(frozen.elapsed())).await;
     processor.kill().await?;
     processor = line.processor().await?;
     tokio::time::sleep(outage / 2).await;
     storage.resume()?;
     let back = Instant::now();
     progressing(&line, 200).await?;
+    // The restarted processor asked again for each lamp (the batch that asked is processed
+    // again), and the adapter answered from memory.
+    kit::wait_for(
+        Duration::from_secs(30),
+        "every lamp asked for again",
+        || async {
+            let page = match kit::http_get(&format!("http://{}/metrics", line.adapter_http)).await
+            {
+                Ok((200, page)) => page,
+                _ => return None,
+            };
+            (0..DEVICES)
+                .all(|i| {
+                    kit::metric_value(
+                        &page,
+                        &format!(
+                            "fieldline_adapter_writes_total{{device=\"d{i:02}\",outcome=\"repeated\"}} "
+                        ),
+                    ) == Some(1.0)
+                })
+                .then_some(())
+        },
+    )
+    .await?;
     table.push(watch.row(
         "storage frozen, processor kill -9",
         back,
@@ -811,9 +940,11 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
         "fieldline_processor_batches_duplicate_total",
     )
     .await;
-    // The processor started twice (at the beginning and after its kill -9).
-    let deltas = check_derived(&line.db, 2).await?;
+    // One baseline per device, from the processor's first start: the restarted one resumed
+    // each counter from its saved state.
+    let deltas = check_derived(&line.db).await?;
     check_alarms(&line.db).await?;
+    check_writes(&line.db, &devices).await?;
     // The database keeps a transition once whatever is sent again; what the restarted
     // processor published tells whether it raised an alarm a second time.
     let raised_again = metric(
@@ -828,7 +959,7 @@ async fn every_reading_is_stored_once_whatever_crashes() -> anyhow::Result<()> {
     let rows_stored = stored_rows(&line.store).await?;
     print_table(outage, &table, &ledger, rows_stored);
     println!(
-        "lost: only readings in the killed adapter's hands; redeliveries the processor dropped since its restart {duplicates}; derived deltas checked {deltas}"
+        "lost: only readings in the killed adapter's hands; redeliveries the processor dropped since its restart {duplicates}; derived values checked {deltas}"
     );
     assert_eq!(rows_stored, ledger.stored, "readings stored twice");
     adapter.terminate().await?;
@@ -856,9 +987,10 @@ async fn databases_down_cost_nothing_with_or_without_the_buffer() -> anyhow::Res
         .await?;
     pool.close().await;
     let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let level = Arc::new(AtomicU16::new(0));
     let mut devices = Vec::new();
     for _ in 0..DEVICES {
-        devices.push(counter(silent.clone()).await?);
+        devices.push(counter(silent.clone(), level.clone()).await?);
     }
     let port = kit::free_addr()?.port();
     let mut broker = Broker::new(dir.path(), port)?;
