@@ -1139,7 +1139,7 @@ impl Record for CommandAudit {
                 }
                 sets.push("stage = excluded.stage".into());
                 format!(
-                    " ON CONFLICT (command_id) DO UPDATE SET {} WHERE excluded.stage > command_audit.stage",
+                    " ON CONFLICT (line, command_id) DO UPDATE SET {} WHERE excluded.stage > command_audit.stage",
                     sets.join(", ")
                 )
             }

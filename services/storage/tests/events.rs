@@ -372,6 +372,24 @@ async fn command_audit_keeps_one_row_per_command_and_never_reverts() -> anyhow::
             ..AuditQuery::new("mixing", T0 + 1_000..T0 + 4_000)
         };
         ensure!(ids(store.command_audit(&window).await?) == ["cmd-3"]);
+
+        // A command id is unique within its line only: another line's cmd-1 is its own row,
+        // and leaves this line's alone.
+        let elsewhere = CommandAudit {
+            line: "other-line".into(),
+            status: CommandStatus::Rejected,
+            rejected_by: Some("interlock".into()),
+            finished_ns: Some(T0 + 6_000),
+            ..request("cmd-1", "pump", "run", T0 + 6_000)
+        };
+        store.record_commands(from_ref(&elsewhere)).await?;
+        let other = store
+            .command_audit(&AuditQuery::new("other-line", ALL_TIME))
+            .await?;
+        ensure!(ids(other.clone()) == ["cmd-1", "cmd-6"], "{other:?}");
+        ensure!(other[0] == elsewhere, "{:?}", other[0]);
+        let mine = store.command_audit(&all).await?;
+        ensure!(mine.last() == Some(&expected), "{mine:?}");
         Ok(())
     })
     .await
