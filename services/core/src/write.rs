@@ -121,13 +121,18 @@ pub fn check(limits: &WriteLimits, write: &Proposed<'_>) -> Result<(), Refusal> 
         && hold.rule != write.source
         && !same(&hold.value, value)
     {
-        return refuse(
-            "interlock",
+        let detail = if hold.unknown {
+            format!(
+                "interlock {} has had no good reading of its input since the processor started; until it has, it holds {} at {}",
+                hold.rule, write.tag, hold.value
+            )
+        } else {
             format!(
                 "interlock {} holds {} at {}",
                 hold.rule, write.tag, hold.value
-            ),
-        );
+            )
+        };
+        return refuse("interlock", detail);
     }
     if let (Some(step), Some(x), Some(old)) = (
         limits.max_step,
@@ -250,6 +255,7 @@ mod tests {
         let hold = Hold {
             rule: "trip".into(),
             value: Value::Bool(false),
+            unknown: false,
         };
         let pump = WriteLimits::default();
         let pump = WriteLimits {

@@ -48,6 +48,8 @@ struct Instance {
     asked: Option<(Value, i64)>,
     /// Interlocks: tripped now.
     tripped: bool,
+    /// Interlocks: a Good reading of the input has been judged since the rules started.
+    known: bool,
 }
 
 /// The rules of one line, instantiated per device.
@@ -57,11 +59,14 @@ pub struct LineRules {
     by_device: HashMap<String, Vec<usize>>,
 }
 
-/// An active interlock's hold on an output: which rule, and the value it forces.
+/// An interlock's hold on an output: which rule, and the value it forces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hold {
     pub rule: String,
     pub value: Value,
+    /// Held because the interlock has had no Good reading of its input since the rules
+    /// started (a processor restart): not knowing counts as tripped.
+    pub unknown: bool,
 }
 
 impl LineRules {
@@ -82,6 +87,7 @@ impl LineRules {
                     config: config.clone(),
                     asked: None,
                     tripped: false,
+                    known: false,
                 });
             }
         }
@@ -92,7 +98,9 @@ impl LineRules {
         self.rules.is_empty()
     }
 
-    /// The interlock holding (device, tag), if one has tripped.
+    /// The interlock holding (device, tag), if one has tripped, or has not yet had a Good
+    /// reading of its input to judge: until it has, only its protective value may be
+    /// written.
     pub fn hold(&self, device: &str, tag: &str) -> Option<Hold> {
         self.by_device.get(device)?.iter().find_map(|&i| {
             let r = &self.rules[i];
@@ -102,9 +110,10 @@ impl LineRules {
                     output,
                     value,
                     ..
-                } if r.tripped && output == tag => Some(Hold {
+                } if (r.tripped || !r.known) && output == tag => Some(Hold {
                     rule: name.clone(),
                     value: forced_value(value)?,
+                    unknown: !r.tripped,
                 }),
                 _ => None,
             }
@@ -145,6 +154,9 @@ impl LineRules {
                     trip_on_bad,
                     ..
                 } => {
+                    if reading.is_some() {
+                        self.rules[i].known = true;
+                    }
                     let trip = match reading {
                         // At the limit already trips, as its alarm is active at the limit.
                         Some(v) => {
@@ -318,6 +330,12 @@ mod tests {
     fn hysteresis_switches_outside_the_band_only() {
         let config = rules();
         let mut r = LineRules::new([("tank", config.as_slice())]);
+        // The interlock on the pump has judged a Good pressure: it does not hold the pump.
+        assert!(
+            run(&mut r, vec![pressure(1.0)], Some(false), 0)
+                .intents
+                .is_empty()
+        );
         // Inside the band: nothing, whatever the pump does.
         assert!(
             run(&mut r, vec![level(49.0)], Some(false), 0)
@@ -392,7 +410,8 @@ mod tests {
             r.hold("tank", "pump"),
             Some(Hold {
                 rule: "overpressure".into(),
-                value: Value::Bool(false)
+                value: Value::Bool(false),
+                unknown: false,
             })
         );
         // Held: the level rule stays quiet while the interlock is tripped.
@@ -454,5 +473,41 @@ mod tests {
         let mut b = batch(vec![level(10.0)]);
         b.device = "other".into();
         assert!(r.on_batch(&b, |_| None, 0).intents.is_empty());
+    }
+
+    #[test]
+    fn until_an_interlock_has_judged_a_good_reading_it_holds_its_output() {
+        let config = rules();
+        let mut r = LineRules::new([("tank", config.as_slice())]);
+        let held = Some(Hold {
+            rule: "overpressure".into(),
+            value: Value::Bool(false),
+            unknown: true,
+        });
+        // Just started: nothing is known of the pressure, so the pump is held off and the
+        // level rule does not switch it on.
+        assert_eq!(r.hold("tank", "pump"), held);
+        assert!(
+            run(&mut r, vec![level(40.0)], Some(false), 0)
+                .intents
+                .is_empty()
+        );
+        // A Bad pressure is no judgement either (it trips by default, which holds too).
+        let bad = Sample::bad(
+            "pressure",
+            Quality::bad(QualityReason::CommFailure, "timeout"),
+            0,
+        );
+        let lenient: Vec<RuleConfig> = serde_yaml::from_str(
+            "- { kind: interlock, name: overpressure, input: pressure, above: 3.0, output: pump, value: false, trip_on_bad: false }",
+        )
+        .unwrap();
+        let mut lax = LineRules::new([("tank", lenient.as_slice())]);
+        run(&mut lax, vec![bad], Some(false), 0);
+        assert_eq!(lax.hold("tank", "pump"), held);
+        // A Good reading below the limit: released, and the level rule acts.
+        let o = run(&mut r, vec![pressure(1.0), level(40.0)], Some(false), S);
+        assert_eq!(asked(&o), vec![("fill".into(), Value::Bool(true))]);
+        assert_eq!(r.hold("tank", "pump"), None);
     }
 }
