@@ -1,7 +1,8 @@
 //! Control end to end against a pymodbus device: the test drives the device's temperature and
 //! pressure registers; the processor's hysteresis rule switches the pump coil on below
 //! setpoint − 2 and off above setpoint + 2, the overpressure interlock switches it off and
-//! holds it off whatever the rule or the MES says, and every write leaves an audit row.
+//! holds it off whatever the rule, the MES or a command from the bus says, and every write
+//! leaves an audit row.
 //! Then an MES client over gRPC: devices, tags, alarms with acknowledge and shelve, a refused
 //! and an accepted write, and the audit and alarm rows in MariaDB.
 
@@ -138,12 +139,15 @@ fn config(
     device: std::net::SocketAddr,
     state: &std::path::Path,
 ) -> anyhow::Result<LineConfig> {
+    // The processor shows the adapter this token on every write; nobody else has it.
+    let token = state.join("write-token");
+    std::fs::write(&token, format!("{}\n", kit::unique("token")))?;
     let yaml = format!(
         r#"
 line: {line}
 mqtt: {{ address: "{mqtt}" }}
-adapter: {{ grpc_listen: "{adapter}", http_listen: "{ah}", state_dir: "{state}" }}
-processor: {{ grpc_listen: "127.0.0.1:0", http_listen: "{ph}", adapter_url: "http://{adapter}" }}
+adapter: {{ grpc_listen: "{adapter}", http_listen: "{ah}", state_dir: "{state}", write_token: {{ file: "{token}" }} }}
+processor: {{ grpc_listen: "127.0.0.1:0", http_listen: "{ph}", adapter_url: "http://{adapter}", mqtt_commands: true }}
 storage:
   grpc_listen: "127.0.0.1:0"
   http_listen: "{sh}"
@@ -173,6 +177,7 @@ device_types:
         ph = kit::free_addr()?,
         sh = kit::free_addr()?,
         state = state.display(),
+        token = token.display(),
         mysql = kit::MYSQL_URL,
     );
     LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))
@@ -282,6 +287,69 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
     assert!(
         !coil(&mut peer).await?,
         "the refused write reached the device"
+    );
+    // Nor can a Command published on the device's MQTT topic: this line takes commands from
+    // the bus, and they go through the same checks.
+    let cmd_topic = format!("fieldline/v1/{line}/tank/cmd");
+    let (bus, mut answers) = kit::subscribe_many(&[format!("{cmd_topic}/result")]).await?;
+    bus.publish(
+        &cmd_topic,
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        prost::Message::encode_to_vec(&v1::Command {
+            ttl_ns: 5_000_000_000,
+            id: format!("{line}-mqtt-1"),
+            tag: format!("{line}/tank/pump"),
+            value: Some(fieldline_core::Value::Bool(true).into()),
+            deadline_ns: 0,
+            requested_by: "panel-7".into(),
+            reason: "test".into(),
+        }),
+    )
+    .await?;
+    let (_, answer) = tokio::time::timeout(WAIT, answers.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no answer on {cmd_topic}/result"))?;
+    let answer = <v1::CommandResult as prost::Message>::decode(answer.as_slice())?;
+    assert_eq!(
+        (answer.status, answer.rejected_by.as_str()),
+        (v1::CommandStatus::Rejected as i32, "interlock"),
+        "{answer:?}"
+    );
+    assert!(
+        !coil(&mut peer).await?,
+        "the command from the bus reached the device"
+    );
+    // Nor a client that calls the adapter directly, around the processor: without the write
+    // token, or with another one, it is refused before it reaches the device.
+    let mut direct = fieldline_proto::v1::adapter_service_client::AdapterServiceClient::connect(
+        format!("http://{}", config.adapter.grpc_listen),
+    )
+    .await?;
+    for token in [None, Some("Bearer guessed")] {
+        let mut request = tonic::Request::new(v1::Command {
+            ttl_ns: 5_000_000_000,
+            id: format!("{line}-direct-{}", token.is_some()),
+            tag: format!("{line}/tank/pump"),
+            value: Some(fieldline_core::Value::Bool(true).into()),
+            deadline_ns: 0,
+            requested_by: "intruder".into(),
+            reason: "test".into(),
+        });
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.parse()?);
+        }
+        let refused = direct
+            .write(request)
+            .await
+            .expect_err("a write around the processor is refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    }
+    assert!(
+        !coil(&mut peer).await?,
+        "a write around the processor reached the device"
     );
     // The interlock raised its alarm; the MES sees it and acknowledges it.
     let alarm_id = format!("{line}/tank/overpressure");
@@ -529,6 +597,13 @@ async fn rules_interlocks_and_the_mes_write_through_one_safe_path() -> anyhow::R
             && r.2 == "rejected"
             && r.3.as_deref() == Some("interlock")
             && r.4 == "operator-anna"),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r.0 == "mqtt"
+            && r.2 == "rejected"
+            && r.3.as_deref() == Some("interlock")
+            && r.4 == "panel-7"),
         "{rows:?}"
     );
     assert!(has("mes", "false", "verified"), "{rows:?}");

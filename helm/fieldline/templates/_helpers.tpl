@@ -72,6 +72,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The adapter's write token, for the adapter and the processor. */}}
+{{- define "fieldline.writeTokenEnv" -}}
+{{- if .Values.adapter.writeToken.existingSecret }}
+- name: FIELDLINE_WRITE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.adapter.writeToken.existingSecret }}
+      key: {{ .Values.adapter.writeToken.existingSecretKey }}
+{{- end }}
+{{- end }}
+
 {{/* Startup, liveness and readiness probes on the container port named http. */}}
 {{- define "fieldline.probes" -}}
 startupProbe:

@@ -22,10 +22,15 @@ adapter:
   grpc_listen: "0.0.0.0:{{ .Values.adapter.ports.grpc }}"
   http_listen: "0.0.0.0:{{ .Values.adapter.ports.http }}"
   state_dir: /var/lib/fieldline
+  {{- if .Values.adapter.writeToken.existingSecret }}
+  write_token:
+    env: FIELDLINE_WRITE_TOKEN
+  {{- end }}
 processor:
   grpc_listen: "0.0.0.0:{{ .Values.processor.ports.grpc }}"
   http_listen: "0.0.0.0:{{ .Values.processor.ports.http }}"
   storage_url: "http://{{ $fullname }}-storage:{{ .Values.storage.ports.grpc }}"
+  adapter_url: "http://{{ $fullname }}-adapter:{{ .Values.adapter.ports.grpc }}"
   client_id: {{ printf "%s-processor" $fullname | quote }}
 storage:
   grpc_listen: "0.0.0.0:{{ .Values.storage.ports.grpc }}"

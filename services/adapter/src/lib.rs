@@ -3,7 +3,6 @@
 //! samples, publishes them as numbered batches to `fieldline/v1/{line}/{device}/samples`
 //! (QoS 1) and serves AdapterService (live samples and writes) over gRPC.
 
-pub mod commands;
 pub mod drivers;
 pub mod error;
 pub mod metrics;
@@ -29,7 +28,6 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 
 use crate::{
-    commands::CommandRouter,
     drivers::{
         DeviceContext, DeviceHandle,
         modbus::{ModbusBus, ModbusDevice},
@@ -62,12 +60,30 @@ pub async fn start(
 ) -> Result<RunningAdapter> {
     let metrics = AdapterMetrics::register(registry);
     let settings = &config.adapter;
+    // Who may write is settled before anything runs: a token that cannot be read stops the
+    // start, rather than leaving writes open or refused without a word.
+    let token = match &settings.write_token {
+        Some(secret) => match fieldline_runtime::secret::resolve(secret) {
+            Ok(token) if !token.is_empty() => Some(token),
+            Ok(_) => {
+                return Err(Error::Secret {
+                    detail: "adapter.write_token is empty".into(),
+                });
+            }
+            Err(e) => {
+                return Err(Error::Secret {
+                    detail: format!("adapter.write_token: {e}"),
+                });
+            }
+        },
+        None => None,
+    };
+    let writers = service::Writers::new(token, settings.grpc_listen);
     let client_id = format!("fieldline-adapter-{}-{}", config.line, settings.id);
     let options = fieldline_runtime::mqtt::options(&config.mqtt, &client_id)?;
     // Modbus devices that share an endpoint share one link (a gateway's TCP connection, an
     // RTU bus) and one driver task; every other device has its own. Each task's write queue
-    // exists before anything runs, so commands from gRPC and MQTT can be routed from the
-    // first moment.
+    // exists before anything runs, so writes from gRPC can be routed from the first moment.
     let mut links: Vec<(String, Vec<&DeviceConfig>)> = Vec::new();
     for device in &config.devices {
         let shared = device.modbus().and_then(|_| {
@@ -95,10 +111,6 @@ pub async fn start(
         }
         write_queues.push(queue);
     }
-    let commands = Arc::new(CommandRouter {
-        line: config.line.clone(),
-        devices: handles.clone(),
-    });
     // Pollers stop first; the publisher then flushes what they queued.
     let pollers_stop = stop.child_token();
     let publisher_stop = CancellationToken::new();
@@ -132,7 +144,6 @@ pub async fn start(
         health.component("mqtt"),
         health.watchdog("publisher", settings.stall_after),
         publisher_stop.clone(),
-        commands,
     )?;
     let mut tasks = JoinSet::new();
     let mut drivers = JoinSet::new();
@@ -148,6 +159,7 @@ pub async fn start(
                 sink: publisher.sink.clone(),
                 metrics: metrics.clone(),
                 sequence: Arc::new(Mutex::new(sequence)),
+                commands_dir: settings.state_dir.join("commands"),
             };
             // Fail at start-up, not in the supervisor, when a device cannot be driven.
             check(device).map_err(|source| Error::Device {
@@ -158,11 +170,23 @@ pub async fn start(
         }
         drivers.spawn(supervise(devices, writes, pollers_stop.clone()));
     }
+    match &writers {
+        service::Writers::Token(_) => {}
+        service::Writers::Loopback => tracing::info!(
+            grpc = %settings.grpc_listen,
+            "AdapterService.Write takes writes from this machine only (no adapter.write_token)"
+        ),
+        service::Writers::Nobody { listen } => tracing::warn!(
+            grpc = %listen,
+            "AdapterService.Write refuses every write: the adapter listens beyond this machine without adapter.write_token"
+        ),
+    }
     let api = service::AdapterApi {
         line: config.line.clone(),
         devices: handles,
         sink: publisher.sink.clone(),
         stop: stop.clone(),
+        writers,
     };
     let router = tonic::transport::Server::builder().add_service(AdapterServiceServer::new(api));
     let (grpc_addr, server) = fieldline_runtime::grpc::serve(

@@ -34,7 +34,6 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing as MqttOutgoi
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::{
-    commands::CommandRouter,
     metrics::AdapterMetrics,
     outbox::{Encoded, Outbox, OutboxSettings},
 };
@@ -143,7 +142,6 @@ impl Publisher {
         ready: Readiness,
         watchdog: Watchdog,
         stop: CancellationToken,
-        commands: Arc<CommandRouter>,
     ) -> Result<Self, WalError> {
         let (outbox, recovered) = Outbox::open(&settings.outbox_dir, &settings.outbox)?;
         if recovered.batches > 0 || recovered.cut_bytes > 0 || recovered.unreadable > 0 {
@@ -167,7 +165,6 @@ impl Publisher {
         tokio::spawn(drive(
             eventloop,
             client.clone(),
-            commands,
             line_stored_filter(&settings.line),
             ready,
             links,
@@ -526,7 +523,6 @@ fn lock(outbox: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    commands: Arc<CommandRouter>,
     stored_filter: String,
     ready: Readiness,
     links: mpsc::UnboundedSender<Link>,
@@ -557,26 +553,20 @@ async fn drive(
                     session_present: ack.session_present,
                 });
                 // Never wait for the request queue here: it empties only while this loop polls.
-                let (client, commands_filter, stored_filter) =
-                    (client.clone(), commands.filter(), stored_filter.clone());
+                // Watermarks at most once: each is superseded by the next, and the broker
+                // keeps the newest retained. The adapter takes no commands from the bus:
+                // writes reach it only from the processor, through the safe write path.
+                let (client, stored_filter) = (client.clone(), stored_filter.clone());
                 tokio::spawn(async move {
-                    // Watermarks at most once: each is superseded by the next, and the broker
-                    // keeps the newest retained.
-                    let filters = [
-                        rumqttc::SubscribeFilter::new(commands_filter, QoS::AtLeastOnce),
-                        rumqttc::SubscribeFilter::new(stored_filter, QoS::AtMostOnce),
-                    ];
-                    if let Err(error) = client.subscribe_many(filters).await {
-                        tracing::error!(%error, "cannot subscribe to commands and watermarks");
+                    if let Err(error) = client.subscribe(stored_filter, QoS::AtMostOnce).await {
+                        tracing::error!(%error, "cannot subscribe to watermarks");
                     }
                 });
             }
-            // Ready once batches can be published and commands received.
+            // Ready once batches can be published and watermarks received.
             Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if commands.is_command(&publish.topic) {
-                    tokio::spawn(commands.clone().handle(client.clone(), publish));
-                } else if publish.topic.ends_with("/stored") {
+                if publish.topic.ends_with("/stored") {
                     match v1::StoredUpTo::decode(publish.payload.as_ref()) {
                         Ok(mark) => {
                             let _ = links.send(Link::Stored(mark));

@@ -254,9 +254,9 @@ async fn writes_pass_every_check_of_the_safe_path() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn commands_on_the_mqtt_topic_are_written_once_and_answered() -> anyhow::Result<()> {
+async fn commands_published_on_the_bus_never_reach_the_device() -> anyhow::Result<()> {
     use prost::Message;
-    let (addr, state, sim_stop) = sim(|_| {}).await?;
+    let (addr, state, sim_stop) = sim(|r| r.holding[7] = 3).await?;
     let run = start(&format!(
         "  - name: plc\n    type: t\n    protocol: modbus-tcp\n    endpoint: \"{addr}\"\n    poll_interval: 200ms\n    tags:\n      - {{ name: speed, address: \"holding:7\", type: i16, writable: true, min: -100, max: 100 }}\n"
     ))
@@ -269,83 +269,101 @@ async fn commands_on_the_mqtt_topic_are_written_once_and_answered() -> anyhow::R
         rumqttc::MqttOptions::new(kit::unique("cmd-test"), host, port.parse()?),
         16,
     );
+    // Anyone may publish on the broker here: a Command on the device's `cmd` topic, as an
+    // intruder would send it, bypassing the processor's interlocks and audit.
     let topic = format!("fieldline/v1/{line}/plc/cmd");
     client
         .subscribe(format!("{topic}/result"), rumqttc::QoS::AtLeastOnce)
         .await?;
-    let mut results = Vec::new();
-    let mut sent = 0;
-    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            match events.poll().await? {
-                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
-                    client
-                        .publish(
-                            &topic,
-                            rumqttc::QoS::AtLeastOnce,
-                            false,
-                            command(&line, "m1", "speed", Value::I64(-42)).encode_to_vec(),
-                        )
-                        .await?;
-                    sent += 1;
-                }
-                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-                    results.push(v1::CommandResult::decode(p.payload.as_ref())?);
-                    match results.len() {
-                        1 => {
-                            // The same command delivered again, after the device value changed.
-                            state.with(|r| r.holding[7] = 5);
-                            client
-                                .publish(
-                                    &topic,
-                                    rumqttc::QoS::AtLeastOnce,
-                                    false,
-                                    command(&line, "m1", "speed", Value::I64(-42)).encode_to_vec(),
-                                )
-                                .await?;
-                            sent += 1;
-                        }
-                        2 => {
-                            client
-                                .publish(
-                                    &topic,
-                                    rumqttc::QoS::AtLeastOnce,
-                                    false,
-                                    b"\xff\x00garbage".to_vec(),
-                                )
-                                .await?;
-                            sent += 1;
-                        }
-                        _ => return anyhow::Ok(()),
+    let mut answers = 0;
+    let listened: Result<anyhow::Result<()>, _> =
+        tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match events.poll().await? {
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                        client
+                            .publish(
+                                &topic,
+                                rumqttc::QoS::AtLeastOnce,
+                                false,
+                                command(&line, "intruder", "speed", Value::I64(-42))
+                                    .encode_to_vec(),
+                            )
+                            .await?;
                     }
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)) => answers += 1,
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-    })
-    .await;
-    outcome.map_err(|_| anyhow::anyhow!("results so far: {results:?}"))??;
-    assert_eq!(sent, 3);
-    assert_eq!(
-        results[0].status,
-        v1::CommandStatus::Written as i32,
-        "{:?}",
-        results[0]
-    );
-    assert_eq!(results[0].read_back, Some(Value::I64(-42).into()));
-    assert_eq!(
-        results[1], results[0],
-        "a redelivered command gets its first result"
-    );
+        })
+        .await;
+    assert!(listened.is_err(), "the MQTT client failed: {listened:?}");
+    // Fifteen polls later the device still holds its own value, and nobody answered.
     assert_eq!(
         state.with(|r| r.holding[7]),
-        5,
-        "and is not written a second time"
+        3,
+        "the command reached the device"
     );
+    assert_eq!(answers, 0, "the adapter answered a command from the bus");
+    // Writes still reach the device the one way there is: AdapterService.Write.
+    let written = run
+        .client
+        .clone()
+        .write(command(&line, "c-grpc", "speed", Value::I64(-42)))
+        .await?
+        .into_inner();
     assert_eq!(
-        (results[2].status, results[2].rejected_by.as_str()),
-        (v1::CommandStatus::Rejected as i32, "malformed")
+        written.status,
+        v1::CommandStatus::Written as i32,
+        "{written:?}"
     );
+    assert_eq!(state.with(|r| r.holding[7]), -42i16 as u16);
+    run.stop().await;
+    sim_stop.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_command_id_is_written_once_even_across_an_adapter_restart() -> anyhow::Result<()> {
+    let (addr, state, sim_stop) = sim(|_| {}).await?;
+    let devices = format!(
+        "  - name: plc\n    type: t\n    protocol: modbus-tcp\n    endpoint: \"{addr}\"\n    poll_interval: 200ms\n    tags:\n      - {{ name: speed, address: \"holding:7\", type: i16, writable: true, min: -100, max: 100 }}\n"
+    );
+    let folder = tempfile::tempdir()?;
+    let line = kit::unique("restart");
+    let mut run = common::start_at(&line, &devices, folder.path()).await?;
+    let first = run
+        .client
+        .write(command(&line, "once", "speed", Value::I64(-42)))
+        .await?
+        .into_inner();
+    assert_eq!(first.status, v1::CommandStatus::Written as i32, "{first:?}");
+    assert_eq!(state.with(|r| r.holding[7]), -42i16 as u16);
+    run.stop().await;
+
+    // Someone changes the value at the panel; the adapter starts again on its folder and the
+    // same command arrives (a retry whose first answer was lost with the restart).
+    state.with(|r| r.holding[7] = 5);
+    let mut run = common::start_at(&line, &devices, folder.path()).await?;
+    let again = run
+        .client
+        .write(command(&line, "once", "speed", Value::I64(-42)))
+        .await?
+        .into_inner();
+    assert_eq!(again, first, "the first result, from the journal");
+    assert_eq!(state.with(|r| r.holding[7]), 5, "not written a second time");
+    assert_eq!(
+        run.metric("fieldline_adapter_writes_total{device=\"plc\",outcome=\"repeated\"} "),
+        Some(1.0)
+    );
+    // A new id is written as usual.
+    let other = run
+        .client
+        .write(command(&line, "twice", "speed", Value::I64(-42)))
+        .await?
+        .into_inner();
+    assert_eq!(other.status, v1::CommandStatus::Written as i32, "{other:?}");
+    assert_eq!(state.with(|r| r.holding[7]), -42i16 as u16);
     run.stop().await;
     sim_stop.cancel();
     Ok(())

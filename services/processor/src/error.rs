@@ -49,6 +49,9 @@ pub enum Error {
     },
     #[error("stopped before the alarm state could be loaded")]
     Stopped,
+    /// A secret (the adapter's write token) that could not be read or used.
+    #[error("secret: {detail}")]
+    Secret { detail: String },
 }
 
 impl Error {
@@ -57,9 +60,10 @@ impl Error {
         match self {
             Error::Runtime(e) => e.kind(),
             Error::Core(e) => e.kind(),
-            Error::Url { .. } | Error::AlarmDefinition { .. } | Error::PluginConfig { .. } => {
-                "config"
-            }
+            Error::Url { .. }
+            | Error::AlarmDefinition { .. }
+            | Error::PluginConfig { .. }
+            | Error::Secret { .. } => "config",
             Error::ScriptRead { .. } => "plugin_script_read",
             Error::ScriptCompile { .. } => "plugin_script_compile",
             Error::Stopped => "stopped",

@@ -8,6 +8,7 @@
 //! configuration; the processor feeds it batches and the time, hosts the Rhai plugin scripts
 //! ([`plugin_host`]), and carries out what it decides: publishing, persisting, writing.
 
+pub mod commands;
 pub mod engine;
 pub mod error;
 pub mod forwarder;
@@ -194,6 +195,7 @@ async fn run(
     let writes = Arc::new(writes::WritePath::new(
         config,
         AdapterServiceClient::new(adapter),
+        write_token(config)?,
         handle.engine.clone(),
         latest.clone(),
         recorder.clone(),
@@ -209,6 +211,16 @@ async fn run(
         stop.clone(),
     ));
     tasks.spawn(line::run_ticks(handle.clone(), stop.clone()));
+    if settings.mqtt_commands {
+        let options =
+            fieldline_runtime::mqtt::options(&config.mqtt, &format!("{client_id}-commands"))?;
+        tasks.spawn(commands::run(
+            options,
+            config.line.clone(),
+            writes.clone(),
+            stop.clone(),
+        ));
+    }
 
     let forwarder = Forwarder {
         line: config.line.clone(),
@@ -247,6 +259,30 @@ async fn run(
         latest,
         tasks,
     })
+}
+
+/// The header value that shows the adapter a write comes from this processor, when the line
+/// has `adapter.write_token`.
+fn write_token(
+    config: &LineConfig,
+) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+    let Some(secret) = &config.adapter.write_token else {
+        return Ok(None);
+    };
+    let token = fieldline_runtime::secret::resolve(secret).map_err(|e| Error::Secret {
+        detail: format!("adapter.write_token: {e}"),
+    })?;
+    if token.is_empty() {
+        return Err(Error::Secret {
+            detail: "adapter.write_token is empty".into(),
+        });
+    }
+    format!("Bearer {token}")
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::Secret {
+            detail: "adapter.write_token holds characters an HTTP header cannot carry".into(),
+        })
 }
 
 /// A lazily connected gRPC channel to a configured URL.

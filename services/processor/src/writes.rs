@@ -45,16 +45,21 @@ pub struct WritePath {
     audit: Option<Recorder>,
     alarms: AlarmSender,
     metrics: ProcessorMetrics,
+    /// What the adapter is shown on every write (`authorization: Bearer …`), when the line
+    /// has `adapter.write_token`.
+    write_token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     done: Mutex<(HashMap<String, v1::CommandResult>, VecDeque<String>)>,
     running: Mutex<HashSet<String>>,
     last_write: Mutex<HashMap<(String, String), i64>>,
 }
 
 impl WritePath {
+    /// The write path of `config`'s line; `write_token` is the adapter's, already read.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &LineConfig,
         adapter: AdapterServiceClient<Channel>,
+        write_token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
         engine: Arc<Mutex<Engine>>,
         latest: Latest,
         audit: Option<Recorder>,
@@ -71,6 +76,7 @@ impl WritePath {
             line: config.line.clone(),
             limits,
             adapter,
+            write_token,
             engine,
             latest,
             audit,
@@ -82,7 +88,7 @@ impl WritePath {
         }
     }
 
-    /// Writes one tag; `source` is the rule's name or "mes".
+    /// Writes one tag; `source` is the rule's name, "mes" or "mqtt".
     pub async fn write(&self, command: v1::Command, source: &str) -> v1::CommandResult {
         let now = fieldline_runtime::now_ns();
         // A time to live is measured from here, on this clock.
@@ -121,7 +127,11 @@ impl WritePath {
             .get_or_create(&vec![
                 (
                     "source",
-                    if source == "mes" { "mes" } else { "rule" }.to_string(),
+                    match source {
+                        "mes" | "mqtt" => source,
+                        _ => "rule",
+                    }
+                    .to_string(),
                 ),
                 ("status", format!("{status:?}").to_lowercase()),
             ])
@@ -195,7 +205,13 @@ impl WritePath {
         if forwarded.requested_by.is_empty() {
             forwarded.requested_by = source.to_string();
         }
-        let answer = tokio::time::timeout(timeout, self.adapter.clone().write(forwarded)).await;
+        let mut request = tonic::Request::new(forwarded);
+        if let Some(token) = &self.write_token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        let answer = tokio::time::timeout(timeout, self.adapter.clone().write(request)).await;
         let result = match answer {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => failed(command, format!("adapter: {}", status.message())),

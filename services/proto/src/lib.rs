@@ -78,6 +78,13 @@ pub fn dead_letter_topic(line: &str) -> String {
     format!("fieldline/v1/{line}/dead-letter")
 }
 
+/// MQTT filter matching every device's command topic of a line (protobuf `Command`, QoS 1),
+/// taken by the processor only where `processor.mqtt_commands` is on; each result goes to the
+/// command's topic with `/result` appended.
+pub fn line_commands_filter(line: &str) -> String {
+    format!("fieldline/v1/{line}/+/cmd")
+}
+
 /// MQTT topic of a line's alarm events (protobuf `AlarmEvent`, QoS 1).
 pub fn alarms_topic(line: &str) -> String {
     format!("fieldline/v1/{line}/alarms")

@@ -35,6 +35,19 @@ pub fn resolve(secret: &SecretRef) -> Result<String, SecretError> {
     }
 }
 
+/// Whether `presented` is `expected`, in time that depends on their lengths only, so a
+/// caller cannot find a token byte by byte from how long refusals take.
+pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    if presented.len() != expected.len() {
+        return false;
+    }
+    presented
+        .iter()
+        .zip(expected)
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +62,13 @@ mod tests {
         assert!(missing.to_string().contains("FIELDLINE_TEST_SURELY_UNSET"));
         let gone = resolve(&SecretRef::file("/nonexistent/pw")).unwrap_err();
         assert!(gone.to_string().contains("/nonexistent/pw"));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cres", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
     }
 }

@@ -6,10 +6,13 @@
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;
+mod remembered;
 pub mod serial_line;
 
+pub use remembered::{REMEMBERED_COMMANDS, RememberedCommands};
+
 use std::{
-    collections::{HashMap, VecDeque},
+    path::PathBuf,
     sync::{Arc, Mutex},
 };
 
@@ -77,9 +80,21 @@ pub struct DeviceContext {
     pub sink: BatchSink,
     pub metrics: AdapterMetrics,
     pub sequence: Arc<Mutex<Sequence>>,
+    /// Folder of the devices' command journals (`{state_dir}/commands`).
+    pub commands_dir: PathBuf,
 }
 
 impl DeviceContext {
+    /// The commands `device` remembers, from its journal: a command id that reached the
+    /// device before a restart is not written again after it. A journal that cannot be opened
+    /// is logged and refuses every write to the device (`RememberedCommands::sending`).
+    pub fn remembered(&self, device: &str) -> RememberedCommands {
+        RememberedCommands::open(&self.commands_dir.join(device)).unwrap_or_else(|error| {
+            tracing::error!(device, %error, "the device's command journal cannot be opened; its writes are refused");
+            RememberedCommands::unusable(error.to_string())
+        })
+    }
+
     /// Numbers `samples` as the device's next batch and hands it to the publisher; false
     /// (logged and counted) when no sequence number could be taken.
     pub fn publish(&self, device: &str, samples: Vec<Sample>) -> bool {
@@ -259,70 +274,4 @@ pub fn check_write(
             source: "adapter",
         },
     )
-}
-
-/// How many command ids a device remembers for idempotency.
-pub const REMEMBERED_COMMANDS: usize = 10_000;
-
-/// Results of commands that reached a device, by command id: a command sent again with the
-/// same id gets the earlier result and is not written twice.
-#[derive(Default)]
-pub struct RememberedCommands {
-    results: HashMap<String, v1::CommandResult>,
-    order: VecDeque<String>,
-    /// When each tag was last written (ns), for its least time between writes.
-    last_writes: HashMap<String, i64>,
-}
-
-impl RememberedCommands {
-    /// The earlier result of `command`, when its id reached the device before: the command
-    /// is answered with it and not written again (a retry after a lost answer, or a rule's
-    /// request processed again after a processor restart). Counted as the `repeated` outcome
-    /// of `writes_total` and logged.
-    pub fn repeat(
-        &self,
-        cx: &DeviceContext,
-        device: &str,
-        tag: &str,
-        command: &v1::Command,
-    ) -> Option<v1::CommandResult> {
-        let earlier = self.results.get(&command.id)?.clone();
-        cx.metrics
-            .writes
-            .get_or_create(&vec![
-                ("device", device.to_string()),
-                ("outcome", "repeated".to_string()),
-            ])
-            .inc();
-        tracing::info!(device, tag, command = %command.id, requested_by = %command.requested_by, outcome = outcome(&earlier), "a command already written came again; answered with its result, not written again");
-        Some(earlier)
-    }
-
-    pub fn last_write(&self, tag: &str) -> Option<i64> {
-        self.last_writes.get(tag).copied()
-    }
-
-    /// Notes that `tag` was sent to the device now.
-    fn note_write(&mut self, tag: &str) {
-        self.last_writes.insert(tag.to_string(), now_ns());
-    }
-
-    /// Keeps `result`, of a command for `tag`, when it touched the device (written, or read
-    /// back different), and notes the tag's write time.
-    pub fn keep(&mut self, tag: &str, result: &v1::CommandResult) {
-        if result.command_id.is_empty()
-            || !matches!(outcome(result), "written" | "readback_mismatch")
-        {
-            return;
-        }
-        self.note_write(tag);
-        if self.order.len() >= REMEMBERED_COMMANDS
-            && let Some(old) = self.order.pop_front()
-        {
-            self.results.remove(&old);
-        }
-        self.order.push_back(result.command_id.clone());
-        self.results
-            .insert(result.command_id.clone(), result.clone());
-    }
 }

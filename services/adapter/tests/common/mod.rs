@@ -22,19 +22,31 @@ pub struct TestAdapter {
     /// The unique line name the adapter runs under (tag paths start with it).
     #[allow(dead_code)]
     pub line: String,
-    _state: tempfile::TempDir,
+    _state: Option<tempfile::TempDir>,
 }
 
 /// Starts an adapter for `devices` (the YAML list items, indented two spaces) and waits until
 /// it is ready (connected to the broker and subscribed to commands).
 pub async fn start(prefix: &str, devices: &str) -> anyhow::Result<TestAdapter> {
-    kit::require_mqtt()?;
     let state = tempfile::tempdir()?;
-    let line = kit::unique(prefix);
+    let mut adapter = start_at(&kit::unique(prefix), devices, state.path()).await?;
+    adapter._state = Some(state);
+    Ok(adapter)
+}
+
+/// [`start`] for line `line`, keeping its state in `state` (which outlives the adapter, for
+/// a restart on the same folder).
+pub async fn start_at(
+    line: &str,
+    devices: &str,
+    state: &std::path::Path,
+) -> anyhow::Result<TestAdapter> {
+    kit::require_mqtt()?;
+    let line = line.to_string();
     let yaml = format!(
         "line: {line}\nmqtt: {{ address: \"{mqtt}\" }}\nadapter: {{ grpc_listen: \"127.0.0.1:0\", state_dir: \"{dir}\" }}\ndevices:\n{devices}",
         mqtt = kit::MQTT,
-        dir = state.path().display()
+        dir = state.display()
     );
     let config = LineConfig::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Subscribed before the adapter starts, so that nothing it publishes is missed (a value
@@ -58,7 +70,7 @@ pub async fn start(prefix: &str, devices: &str) -> anyhow::Result<TestAdapter> {
         stop,
         client,
         line,
-        _state: state,
+        _state: None,
     })
 }
 

@@ -70,6 +70,12 @@ pub struct AdapterSettings {
     #[serde(default = "default_stall_after", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub stall_after: Duration,
+    /// The secret the processor presents on AdapterService.Write (as a bearer token); the
+    /// adapter refuses a write without it. Without one, the adapter takes writes only while
+    /// `grpc_listen` is a loopback address (one machine, as `fieldline up`), and refuses every
+    /// write otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_token: Option<super::SecretRef>,
 }
 
 fn default_stall_after() -> Duration {
@@ -149,6 +155,7 @@ impl Default for AdapterSettings {
             state_dir: default_state_dir(),
             outbox: OutboxConfig::default(),
             stall_after: default_stall_after(),
+            write_token: None,
         }
     }
 }
@@ -198,6 +205,12 @@ pub struct ProcessorSettings {
     #[serde(default = "default_stall_after", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub stall_after: Duration,
+    /// Take protobuf `Command`s published on `fieldline/v1/{line}/{device}/cmd` (answered on
+    /// `…/cmd/result`), through the same safe write path as every other write. Off by
+    /// default: MQTT does not say who published, so turn it on only where the broker lets
+    /// only authorized clients publish there.
+    #[serde(default)]
+    pub mqtt_commands: bool,
 }
 
 impl Default for ProcessorSettings {
@@ -211,6 +224,7 @@ impl Default for ProcessorSettings {
             max_batch_bytes: default_max_batch_bytes(),
             max_batch_samples: default_max_batch_samples(),
             stall_after: default_stall_after(),
+            mqtt_commands: false,
         }
     }
 }

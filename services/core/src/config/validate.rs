@@ -127,6 +127,7 @@ impl LineConfig {
         }
         let secrets = [
             ("mqtt.password", self.mqtt.password.as_ref()),
+            ("adapter.write_token", self.adapter.write_token.as_ref()),
             (
                 "storage.influx.password",
                 self.storage

@@ -263,6 +263,7 @@ impl ModbusBus {
                 let base = (device.config.timeout * 4).max(Duration::from_secs(1));
                 let backoff = Backoff::new(base, device.config.max_backoff);
                 let meters = Meters::new(&cx.metrics, &device.config.name);
+                let remembered = cx.remembered(&device.config.name);
                 Slave {
                     meters,
                     device,
@@ -270,7 +271,7 @@ impl ModbusBus {
                     deadbands: vec![Deadband::default(); n],
                     last_read: vec![None; n],
                     stale: vec![false; n],
-                    remembered: RememberedCommands::default(),
+                    remembered,
                     backoff,
                     retry_at: Instant::now(),
                 }
@@ -527,6 +528,9 @@ impl ModbusBus {
                 None,
                 format!("device not reachable: {e}"),
             );
+        }
+        if let Err(why) = self.slaves[s].remembered.sending(tag_name, command) {
+            return command_result(command, v1::CommandStatus::Failed, "", None, why);
         }
         let offset = tag.address.offset;
         let written = match (tag.codec.bit, &value, tag.address.table) {

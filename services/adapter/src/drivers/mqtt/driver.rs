@@ -168,7 +168,7 @@ pub async fn run(
         .iter()
         .filter_map(|t| t.resolve_value().ok())
         .collect();
-    let mut remembered = RememberedCommands::default();
+    let mut remembered = cx.remembered(&device.name);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let mut backoff = Backoff::new(Duration::from_millis(200), device.max_backoff);
     loop {
@@ -405,7 +405,12 @@ fn write(
                 error.to_string(),
             ),
             Ok((topic, message)) => {
-                match client.try_publish(topic.clone(), QoS::AtLeastOnce, false, message) {
+                let sent = remembered.sending(&request.tag, command).and_then(|()| {
+                    client
+                        .try_publish(topic.clone(), QoS::AtLeastOnce, false, message)
+                        .map_err(|error| format!("the MQTT client refused the command: {error}"))
+                });
+                match sent {
                     Ok(()) => command_result(
                         command,
                         v1::CommandStatus::Written,
@@ -413,13 +418,7 @@ fn write(
                         None,
                         format!("sent on {topic}"),
                     ),
-                    Err(error) => command_result(
-                        command,
-                        v1::CommandStatus::Failed,
-                        "",
-                        None,
-                        format!("the MQTT client refused the command: {error}"),
-                    ),
+                    Err(why) => command_result(command, v1::CommandStatus::Failed, "", None, why),
                 }
             }
         },

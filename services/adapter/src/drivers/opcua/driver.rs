@@ -70,6 +70,7 @@ impl Driver {
     ) -> Self {
         let n = tags.len();
         let meters = SampleMeters::new(&cx, &device.name);
+        let remembered = cx.remembered(&device.name);
         Self {
             meters,
             settings: device.opcua.clone(),
@@ -79,7 +80,7 @@ impl Driver {
             nodes,
             deadbands: vec![Deadband::default(); n],
             server_band: vec![false; n],
-            remembered: RememberedCommands::default(),
+            remembered,
             marked_down: false,
         }
     }
@@ -565,8 +566,16 @@ impl Driver {
                     .iter()
                     .position(|t| t.name == tag.name)
                     .and_then(|i| self.nodes.get(i));
-                match node {
-                    Some(node) => self.write_value(session, &tag, node, raw, &w.command).await,
+                match node.cloned() {
+                    Some(node) => match self.remembered.sending(&w.tag, &w.command) {
+                        Ok(()) => {
+                            self.write_value(session, &tag, &node, raw, &w.command)
+                                .await
+                        }
+                        Err(why) => {
+                            command_result(&w.command, v1::CommandStatus::Failed, "", None, why)
+                        }
+                    },
                     None => command_result(
                         &w.command,
                         v1::CommandStatus::Rejected,

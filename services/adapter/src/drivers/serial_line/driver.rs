@@ -101,6 +101,7 @@ impl Driver {
             .get_or_create(&vec![("device", device.clone())])
             .clone();
         let n = s.tags.len();
+        let remembered = cx.remembered(&s.name);
         Self {
             framer: Framer::new(s.max_line_length),
             backoff: Backoff::new(Duration::from_millis(250), s.max_backoff),
@@ -111,7 +112,7 @@ impl Driver {
             deadbands: vec![Deadband::default(); n],
             last_read: vec![Instant::now(); n],
             stale: vec![false; n],
-            remembered: RememberedCommands::default(),
+            remembered,
             polls,
             poll_seconds,
             good,
@@ -488,6 +489,9 @@ impl Driver {
                 "port {} is not open: {}",
                 self.s.path, self.down_reason
             ));
+        }
+        if let Err(why) = self.remembered.sending(tag_name, command) {
+            return failed(why);
         }
         if let Err(error) = self.send(&bytes).await {
             let reason = error.to_string();
