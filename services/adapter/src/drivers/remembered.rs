@@ -298,7 +298,11 @@ mod tests {
         assert_eq!(unfinished.status, v1::CommandStatus::Failed as i32);
         assert!(unfinished.detail.contains("unknown"), "{unfinished:?}");
         assert!(r.last_write("speed").is_some() && r.last_write("valve").is_some());
-        assert_eq!(r.results.get("c3"), None, "a failed write may be sent again");
+        assert_eq!(
+            r.results.get("c3"),
+            None,
+            "a failed write may be sent again"
+        );
     }
 
     #[test]
