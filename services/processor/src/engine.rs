@@ -195,13 +195,6 @@ impl Engine {
         self.plugins.get_mut(device_type)?.save_state(device)
     }
 
-    /// Whether `device`'s type has plugins, whose state must be saved with its progress.
-    pub fn has_plugins(&self, device: &str) -> bool {
-        self.device_types
-            .get(device)
-            .is_some_and(|t| self.plugins.contains_key(t))
-    }
-
     /// Resumes `device`'s plugins from their saved state; what cannot be resumed is reported
     /// and starts fresh.
     pub fn restore_plugins(&mut self, device: &str, saved: &str) -> Vec<String> {

@@ -128,6 +128,7 @@ impl Forwarder {
         forward(
             from_mqtt,
             self.client.clone(),
+            self.line.clone(),
             self.storage_url,
             progress,
             self.metrics,
@@ -364,6 +365,7 @@ async fn send_dead_letter(client: &AsyncClient, line: &str, letter: v1::DeadLett
 async fn forward(
     mut from_mqtt: mpsc::UnboundedReceiver<Taken>,
     client: AsyncClient,
+    line: String,
     storage_url: String,
     progress: Shared,
     metrics: ProcessorMetrics,
@@ -461,8 +463,19 @@ async fn forward(
                         if ack.stored {
                             metrics.stored.inc();
                         } else {
+                            // Refused for good: sending it again cannot help. It is
+                            // acknowledged below, counted, and kept on the dead-letter topic.
                             metrics.error("refused_by_storage");
-                            tracing::warn!(device = %done.batch.device, sequence = done.batch.sequence, detail = %ack.detail, "storage refused a batch");
+                            metrics.dead_letter("refused_by_storage");
+                            tracing::warn!(device = %done.batch.device, sequence = done.batch.sequence, detail = %ack.detail, "storage refused a batch; copied to the dead-letter topic");
+                            let letter = intake::dead_letter(
+                                &done.publish.topic,
+                                "refused_by_storage",
+                                ack.detail.clone(),
+                                &done.publish.payload,
+                                fieldline_runtime::now_ns(),
+                            );
+                            send_dead_letter(&client, &line, letter).await;
                         }
                         if !ack.records_refused.is_empty() {
                             metrics.error("records_refused");
